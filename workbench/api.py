@@ -1,0 +1,87 @@
+"""The public sampling API: ``workbench.sample`` and ``workbench.run_sampler``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import timegrids
+from .processes import GaussianProcess, canonical_prediction
+from .samplers import ModelFn, get
+from .utils import Generator
+
+
+@dataclass
+class SampleOutput:
+    """Result of :func:`run_sampler`: the sample ``x`` ``[B, ...]``, the exact number of
+    model evaluations ``nfe``, and the float64 grid ``timesteps`` ``[steps + 1]`` used."""
+
+    x: Tensor
+    nfe: int
+    timesteps: Tensor
+    sampler: str
+
+
+def resolve_timesteps(process: GaussianProcess, steps: int, timesteps: Union[None, str, Tensor, list] = None, **grid_kwargs) -> Tensor:
+    """``None`` -> the process's default grid; a name -> that grid from
+    :mod:`workbench.timegrids`; a tensor/list -> validated user grid."""
+    if timesteps is None:
+        return timegrids.get_grid(process.default_grid, process, steps, **grid_kwargs)
+    if isinstance(timesteps, str):
+        return timegrids.get_grid(timesteps, process, steps, **grid_kwargs)
+    return timegrids.custom(timesteps)
+
+
+def run_sampler(model: Callable, process: GaussianProcess, x_T: Tensor, *, sampler: str = "dpm_solver_pp_2m", steps: int = 5,
+                prediction: str = "epsilon", timesteps=None, mask: Optional[Tensor] = None, cond: Any = None,
+                generator: Generator = None, callback: Optional[Callable] = None, x0_clip: Optional[float] = None,
+                grid_options: Optional[dict] = None, **options) -> SampleOutput:
+    """Like :func:`sample` but returns a :class:`SampleOutput` with the NFE count and grid.
+    Gradients are not disabled here (distillation may differentiate through a sampler)."""
+    spec = get(sampler)
+    if not isinstance(x_T, Tensor) or x_T.ndim < 1:
+        raise ValueError("x_T must be a tensor of shape [B, ...]")
+    if mask is not None:
+        if mask.ndim != 2 or x_T.ndim < 2 or tuple(mask.shape) != tuple(x_T.shape[:2]):
+            raise ValueError(f"mask must have shape [B, N] = {tuple(x_T.shape[:2])}, got {tuple(mask.shape)}")
+    ts = resolve_timesteps(process, steps, timesteps, **(grid_options or {}))
+    opts = {**spec.options, **options}
+    import inspect
+
+    params = inspect.signature(spec.fn).parameters
+    unknown = [k for k in opts if k not in params]
+    if unknown:
+        valid = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in spec.options]
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for sampler {sampler!r}; valid: {', '.join(valid) or '(none)'}")
+    mf = ModelFn(model, process, canonical_prediction(prediction), mask=mask, cond=cond, generator=generator, callback=callback, x0_clip=x0_clip)
+    x = mf.project(x_T)
+    out = spec.fn(mf, x, ts, **opts)
+    return SampleOutput(x=out, nfe=mf.nfe, timesteps=ts, sampler=sampler)
+
+
+def sample(model: Callable, process: GaussianProcess, x_T: Tensor, *, sampler: str = "dpm_solver_pp_2m", steps: int = 5,
+           prediction: str = "epsilon", timesteps=None, mask: Optional[Tensor] = None, cond: Any = None,
+           generator: Generator = None, **options) -> Tensor:
+    """Sample from ``model`` with a training-free sampler.
+
+    Args:
+        model: ``model(x_t [B, ...], t [B]) -> [B, ...]`` in the process's time (t=1 noise,
+            t=0 data); receives ``mask=`` / ``cond=`` keywords when those are given.
+        process: a Gaussian process (:mod:`workbench.processes`).
+        x_T: ``[B, ...]`` initial noise at ``t = 1`` (e.g. ``process.prior(shape)``).
+        sampler: one of ``workbench.samplers.available()``.
+        steps: number of steps (grid intervals); NFE depends on the sampler.
+        prediction: the model's output: ``x0``, ``epsilon``, ``v``, ``velocity`` or ``score``.
+        timesteps: ``None`` (process default grid), a grid name, or a decreasing tensor.
+        mask: ``[B, N]`` validity mask for set/chain states ``[B, N, ...]``.
+        cond: conditioning passed to the model.
+        generator: ``torch.Generator`` or a list of per-sample generators (stochastic samplers).
+        **options: sampler options (e.g. ``eta=1.0`` for ``euler``, ``s_churn`` for ``heun``).
+    Returns:
+        ``[B, ...]`` the sample (the data prediction of the last step when the grid ends at 0).
+    """
+    with torch.no_grad():
+        return run_sampler(model, process, x_T, sampler=sampler, steps=steps, prediction=prediction, timesteps=timesteps,
+                           mask=mask, cond=cond, generator=generator, **options).x
