@@ -172,9 +172,10 @@ class GaussianProcess(Process):
         t = torch.as_tensor(t).detach().clone().requires_grad_(True)
         with torch.enable_grad():
             a, s = self.alpha(t), self.sigma(t)
-            da = torch.autograd.grad(a.sum(), t, retain_graph=True)[0]
-            ds = torch.autograd.grad(s.sum(), t)[0]
-        return da.detach(), ds.detach()
+            da = torch.autograd.grad(a.sum(), t, retain_graph=True, allow_unused=True)[0] if a.requires_grad else None
+            ds = torch.autograd.grad(s.sum(), t, allow_unused=True)[0] if s.requires_grad else None
+        zero = torch.zeros_like(t.detach())
+        return (zero if da is None else da.detach()), (zero if ds is None else ds.detach())
 
     # -- prior and corruption ----------------------------------------------------------------
     def prior_std(self) -> float:
@@ -371,6 +372,10 @@ class VE(GaussianProcess):
 
     def t_of_lambda(self, lam):
         return torch.exp(-torch.as_tensor(lam)) / self.sigma_max
+
+    def d_alpha_sigma(self, t):
+        t = torch.as_tensor(t)
+        return torch.zeros_like(t), torch.full_like(t, self.sigma_max)
 
     def t_of_sigma(self, sigma) -> Tensor:
         return torch.as_tensor(sigma) / self.sigma_max

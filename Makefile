@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh clone:
+#   make demo   - create .venv, install, run the demo (few-step generation in every domain) -> demo/
+#   make test   - create .venv, install, run the whole test suite (incl. notebooks)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH  := $(shell grep -E '^torch==' constraints.txt)
+PYTEST_ARGS ?=
+
+.PHONY: demo test install bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first (the local CPU wheel), then the project under the constraints file so
+	# nothing can pull a CUDA torch
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -c constraints.txt -e ".[all]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/workbench demo out=demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q --nbmake notebooks
+
+bench: $(STAMP)
+	$(VENV)/bin/workbench bench samplers domain=toy out=runs/bench_toy
+	$(VENV)/bin/workbench bench samplers domain=images out=runs/bench_images bench.n=128 bench.n_ref=32
+
+clean:
+	rm -rf demo outputs runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Domain plugins of the workbench (registered through the ``workbench.domains`` entry points)."""

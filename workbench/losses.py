@@ -1,0 +1,140 @@
+"""Training objectives for teachers. An objective is an object: hyper-parameters in
+``__init__``, ``__call__(nets, batch, generator) -> per-sample loss [B]`` (as NVlabs/edm's
+loss classes). The shared training loop (:mod:`workbench.training`) reduces and
+optimises it; distillation methods follow the same protocol.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from .processes import GaussianProcess, append_dims, canonical_prediction
+from .utils import Generator, randn
+
+WEIGHTINGS = ("uniform", "min_snr", "edm")
+TIME_SAMPLERS = ("uniform", "logit_normal", "edm")
+
+
+@dataclass
+class Batch:
+    """A batch of states: ``x`` ``[B, ...]``, optional ``mask`` ``[B, N]`` and ``cond``
+    (e.g. class labels ``[B]``)."""
+
+    x: Tensor
+    mask: Optional[Tensor] = None
+    cond: Any = None
+
+    def to(self, device) -> "Batch":
+        mv = lambda v: v.to(device) if isinstance(v, Tensor) else v  # noqa: E731
+        return Batch(mv(self.x), mv(self.mask), mv(self.cond))
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+def masked_mean(v: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """Per-sample mean of ``v`` ``[B, ...]`` over real elements (``mask`` ``[B, N]``) -> ``[B]``."""
+    if mask is None:
+        return v.flatten(1).mean(1)
+    m = append_dims(mask.to(v.dtype), v.ndim).expand_as(v)
+    return (v * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
+
+
+def sample_time(n: int, kind: str, *, process: GaussianProcess, generator: Generator = None, device=None,
+                t_eps: float = 1e-3, p_mean: float = -1.2, p_std: float = 1.2) -> Tensor:
+    """Training times ``[n]`` in ``(0, 1]``.
+
+    * ``uniform``: ``U(t_eps, 1)``;
+    * ``logit_normal``: ``sigmoid(N(0, 1))`` (Esser et al. 2024, SD3 eq. 19);
+    * ``edm``: ``log sigma~ ~ N(p_mean, p_std^2)`` mapped through ``t_of_lambda``
+      (Karras et al. 2022, Table 1).
+    """
+    g = generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
+    if kind == "uniform":
+        u = torch.rand(n, generator=g, device=g.device if g is not None else device, dtype=torch.float64)
+        t = t_eps + (1 - t_eps) * u
+    elif kind == "logit_normal":
+        z = torch.randn(n, generator=g, device=g.device if g is not None else device, dtype=torch.float64)
+        t = torch.sigmoid(z).clamp(t_eps, 1.0)
+    elif kind == "edm":
+        z = torch.randn(n, generator=g, device=g.device if g is not None else device, dtype=torch.float64)
+        t = process.t_of_lambda(-(p_mean + p_std * z)).clamp(t_eps, 1.0)
+    else:
+        raise ValueError(f"unknown time sampler {kind!r}; valid: {', '.join(TIME_SAMPLERS)}")
+    return t.to(device) if device is not None else t
+
+
+class DenoisingLoss:
+    """Denoising score matching / flow matching objective (Ho et al. 2020 eq. 14;
+    Lipman et al. 2023 eq. 23; Karras et al. 2022 eq. 8).
+
+    ``x_t = alpha x0 + sigma eps``; the net predicts ``prediction`` and the loss is the
+    weighted squared error to the exact target in that parameterization, averaged over real
+    elements (mask), one value per sample.
+
+    Args:
+        process: the Gaussian process.
+        prediction: the net's parameterization (must match the :class:`~workbench.model.Denoiser`).
+        weighting: ``uniform`` (plain MSE in the prediction space), ``min_snr``
+            (Hang et al. 2023: weight ``min(SNR, gamma) / SNR`` in epsilon units, converted
+            to the prediction space), ``edm`` (Karras et al. 2022: error in x0 space weighted
+            ``(sigma~^2 + sigma_data^2) / (sigma~ sigma_data)^2``).
+        time_sampler: one of ``uniform``, ``logit_normal``, ``edm``.
+    """
+
+    def __init__(self, process: GaussianProcess, prediction: str = "epsilon", *, weighting: str = "uniform",
+                 time_sampler: str = "uniform", min_snr_gamma: float = 5.0, sigma_data: float = 0.5, t_eps: float = 1e-3):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown loss weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+        if time_sampler not in TIME_SAMPLERS:
+            raise ValueError(f"unknown time sampler {time_sampler!r}; valid: {', '.join(TIME_SAMPLERS)}")
+        self.process = process
+        self.prediction = canonical_prediction(prediction)
+        self.weighting = weighting
+        self.time_sampler = time_sampler
+        self.min_snr_gamma = min_snr_gamma
+        self.sigma_data = sigma_data
+        self.t_eps = t_eps
+
+    def __call__(self, nets, batch: Batch, generator: Generator = None) -> Tensor:
+        net = nets["model"] if isinstance(nets, (dict, torch.nn.ModuleDict)) else nets
+        x0 = batch.x
+        B = x0.shape[0]
+        t = sample_time(B, self.time_sampler, process=self.process, generator=generator, device=x0.device, t_eps=self.t_eps)
+        eps = self.process.project(randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype), batch.mask)
+        x_t = self.process.add_noise(x0, t, eps, batch.mask)
+        out = net(x_t, t.to(x0.dtype), mask=batch.mask, cond=batch.cond)
+        if self.weighting == "edm":
+            x0_hat = self.process.convert(out, getattr(net, "prediction", self.prediction), "x0", x_t, t)
+            sig = torch.exp(-self.process.lambda_(t))
+            w = (sig**2 + self.sigma_data**2) / (sig * self.sigma_data) ** 2
+            return w.to(x0.dtype) * masked_mean((x0_hat - x0) ** 2, batch.mask)
+        target = self.process.from_x0_eps(x0, eps, self.prediction, x_t, t)
+        err = masked_mean((out - target) ** 2, batch.mask)
+        if self.weighting == "min_snr":
+            snr = torch.exp(2 * self.process.lambda_(t))
+            w_eps = torch.clamp(snr, max=self.min_snr_gamma) / snr  # weight on the epsilon-MSE
+            # epsilon-MSE = unit_ratio * prediction-MSE for this parameterization
+            ratio = self._eps_per_pred(t)
+            return (w_eps * ratio).to(x0.dtype) * err
+        return err
+
+    def _eps_per_pred(self, t: Tensor) -> Tensor:
+        """Factor r(t) with ||eps_hat - eps||^2 = r(t) ||pred_hat - pred||^2 at fixed x_t."""
+        a, s = self.process.alpha(t), self.process.sigma(t)
+        if self.prediction == "epsilon":
+            return torch.ones_like(t)
+        if self.prediction == "x0":
+            return (a / s) ** 2
+        if self.prediction == "v":
+            return (a / (a * a + s * s)) ** 2
+        if self.prediction == "score":
+            return s**2
+        da, ds = self.process.d_alpha_sigma(t)
+        return (a / (a * ds - s * da)) ** 2
+
+    def __repr__(self) -> str:
+        return f"DenoisingLoss(prediction={self.prediction!r}, weighting={self.weighting!r}, time_sampler={self.time_sampler!r})"

@@ -1,0 +1,115 @@
+"""Model wrapper: a backbone plus its declared parameterization, optional EDM
+preconditioning and the map from process time ``t`` to what the backbone expects.
+
+``Denoiser(backbone, process, prediction=...)`` is the callable
+``f(x_t [B, ...], t [B], *, mask=None, cond=None) -> prediction [B, ...]`` that samplers,
+losses and distillers use.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .processes import GaussianProcess, append_dims, canonical_prediction
+
+TIME_MAPS = ("identity", "scaled", "diffusers", "log_sigma")
+
+
+def time_input(process: GaussianProcess, t: Tensor, time_map: str) -> Tensor:
+    """Backbone time input for process time ``t`` ``[B]``.
+
+    * ``identity``: ``t``;  * ``scaled``: ``1000 t`` (DDPM-style embeddings);
+    * ``diffusers``: the diffusers timestep ``t N - 1`` of a :class:`VPDiscrete` process;
+    * ``log_sigma``: EDM's ``c_noise = log(sigma~) / 4`` with ``sigma~ = sigma / alpha``.
+    """
+    if time_map == "identity":
+        return t
+    if time_map == "scaled":
+        return 1000.0 * t
+    if time_map == "diffusers":
+        if not hasattr(process, "timestep"):
+            raise ValueError("time_map='diffusers' needs a VPDiscrete process (workbench.processes.from_diffusers)")
+        return process.timestep(t)
+    if time_map == "log_sigma":
+        return -0.25 * process.lambda_(t)
+    raise ValueError(f"unknown time_map {time_map!r}; valid: {', '.join(TIME_MAPS)}")
+
+
+class Denoiser(nn.Module):
+    """A backbone with a declared parameterization.
+
+    Args:
+        backbone: ``backbone(x [B, ...], t_in [B], **kw) -> [B, ...]`` (``kw``: ``mask``,
+            ``cond`` when given).
+        process: the Gaussian process the model is trained for.
+        prediction: what ``forward`` returns: ``x0 / epsilon / v / velocity / score``.
+        precond: ``None`` or ``"edm"``: EDM preconditioning (Karras et al. 2022, Table 1,
+            eq. 7) on ``y = x / alpha``, ``sigma~ = sigma / alpha``:
+            ``D = c_skip y + c_out F(c_in y, c_noise)`` with ``c_in = 1/sqrt(sigma~^2 +
+            sigma_data^2)``, ``c_skip = sigma_data^2 / (sigma~^2 + sigma_data^2)``,
+            ``c_out = sigma~ sigma_data / sqrt(sigma~^2 + sigma_data^2)``,
+            ``c_noise = log(sigma~) / 4``; the prediction is then ``x0``.
+        time_map: see :func:`time_input` (ignored with ``precond="edm"``).
+    """
+
+    def __init__(self, backbone: nn.Module, process: GaussianProcess, prediction: str = "epsilon", *,
+                 precond: Optional[str] = None, sigma_data: float = 0.5, time_map: str = "identity"):
+        super().__init__()
+        if precond not in (None, "edm"):
+            raise ValueError(f"unknown precond {precond!r}; valid: None, 'edm'")
+        if time_map not in TIME_MAPS:
+            raise ValueError(f"unknown time_map {time_map!r}; valid: {', '.join(TIME_MAPS)}")
+        self.backbone = backbone
+        self.process = process
+        self.prediction = "x0" if precond == "edm" else canonical_prediction(prediction)
+        self.precond = precond
+        self.sigma_data = float(sigma_data)
+        self.time_map = time_map
+
+    def forward(self, x: Tensor, t: Tensor, *, mask: Optional[Tensor] = None, cond: Any = None) -> Tensor:
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must have shape [B] = [{x.shape[0]}], got {tuple(t.shape)}")
+        kw = {}
+        if mask is not None:
+            kw["mask"] = mask
+        if cond is not None:
+            kw["cond"] = cond
+        if self.precond == "edm":
+            t64 = t.to(torch.float64)
+            la, ls = self.process.log_alpha_sigma(t64)
+            alpha = la.exp()
+            sig = (ls - la).exp()  # sigma~ = sigma / alpha
+            sd = self.sigma_data
+            c_in = 1.0 / torch.sqrt(sig**2 + sd**2)
+            c_skip = sd**2 / (sig**2 + sd**2)
+            c_out = sig * sd / torch.sqrt(sig**2 + sd**2)
+            c_noise = 0.25 * torch.log(sig)
+            y = x / append_dims(alpha.to(x.dtype), x.ndim)
+            f = self.backbone(y * append_dims(c_in.to(x.dtype), x.ndim), c_noise.to(x.dtype), **kw)
+            out = append_dims(c_skip.to(x.dtype), x.ndim) * y + append_dims(c_out.to(x.dtype), x.ndim) * f
+        else:
+            out = self.backbone(x, time_input(self.process, t, self.time_map).to(x.dtype), **kw)
+        if mask is not None or self.process.zero_com:
+            out = self.process.project(out, mask)
+        return out
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Transformer sinusoidal embedding of a ``[B]`` tensor -> ``[B, dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb

@@ -1,0 +1,168 @@
+"""The jobs behind the CLI, as plain functions a notebook calls directly:
+:func:`generate`, :func:`evaluate_dir`, :func:`train_domain_teacher`, :func:`demo`.
+Every file is written atomically; reports are markdown + PNG.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from . import api
+from .domain import Domain, GenerationBatch, get_domain
+from .losses import Batch
+from .utils import per_sample_generators, resolve_device, write_json, write_text
+
+PathLike = Union[str, Path]
+
+
+def _cat_batches(parts: list[Batch]) -> Batch:
+    x = torch.cat([p.x for p in parts])
+    mask = torch.cat([p.mask for p in parts]) if parts[0].mask is not None else None
+    cond = torch.cat([p.cond for p in parts]) if isinstance(parts[0].cond, torch.Tensor) else parts[0].cond
+    return Batch(x=x, mask=mask, cond=cond)
+
+
+def generation_batches(domain: Domain, n: int, seed: int, batch_size: int, cond: Any = None):
+    """Yield :class:`GenerationBatch` chunks; sample ``i`` uses seed ``seed + i`` whatever
+    the chunking (per-sample generators)."""
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        gens = [torch.Generator().manual_seed(seed + start + j) for j in range(m)]
+        c = cond[start:start + m] if isinstance(cond, torch.Tensor) else cond
+        yield domain.generation_batch(m, generator=gens, cond=c), gens
+
+
+def sample_domain(domain: Domain, model, *, sampler: str = "dpm_solver_pp_2m", steps: int = 5, n: int = 64, seed: int = 0,
+                  timesteps=None, batch_size: int = 256, device="cpu", cond: Any = None, progress: bool = True,
+                  options: Optional[dict] = None) -> tuple[Batch, dict]:
+    """Draw ``n`` samples from ``model`` in ``domain`` with a training-free sampler.
+    Returns ``(samples, info)`` with ``info = {"nfe", "seconds", "timesteps"}``."""
+    from tqdm.auto import tqdm
+
+    device = resolve_device(device)
+    proc = domain.process()
+    parts, nfe, secs, ts = [], 0, 0.0, None
+    prediction = getattr(model, "prediction", domain.prediction)
+    bar = tqdm(total=n, desc=f"{domain.name}:{sampler}", disable=not progress, leave=False)
+    for gb, gens in generation_batches(domain, n, seed, batch_size, cond):
+        x_T = gb.x_T.to(device)
+        mask = gb.mask.to(device) if gb.mask is not None else None
+        c = gb.cond.to(device) if isinstance(gb.cond, torch.Tensor) else gb.cond
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = api.run_sampler(model, proc, x_T, sampler=sampler, steps=steps, prediction=prediction, timesteps=timesteps,
+                                  mask=mask, cond=c, generator=gens, **(options or {}))
+        secs += time.perf_counter() - t0
+        nfe, ts = out.nfe, out.timesteps
+        parts.append(Batch(x=out.x.cpu(), mask=gb.mask, cond=gb.cond))
+        bar.update(len(x_T))
+    bar.close()
+    return _cat_batches(parts), {"nfe": nfe, "seconds": secs, "timesteps": [float(t) for t in ts]}
+
+
+def ode_reference_error(domain: Domain, model, samples: Batch, *, seed: int, n_ref: int, device="cpu") -> Optional[float]:
+    """Mean per-sample RMS error of the first ``n_ref`` samples to the float64 adaptive
+    reference solution of the same model from the same noise (``None`` if ``n_ref = 0``)."""
+    from .reference import reference_solve
+
+    if n_ref <= 0:
+        return None
+    n_ref = min(n_ref, samples.x.shape[0])
+    gb = next(iter(generation_batches(domain, n_ref, seed, n_ref, samples.cond[:n_ref] if isinstance(samples.cond, torch.Tensor) else samples.cond)))[0]
+    m64 = _Float64(model)
+    ref = reference_solve(m64, domain.process(), gb.x_T.double(), prediction=getattr(model, "prediction", domain.prediction),
+                          mask=gb.mask, cond=gb.cond)
+    ref = ref.x if hasattr(ref, "x") else ref
+    diff = (samples.x[:n_ref].double() - ref.cpu()).flatten(1)
+    return float(diff.pow(2).mean(1).sqrt().mean())
+
+
+class _Float64(torch.nn.Module):
+    """Run a float32 network on float64 inputs (reference solves) by casting at the edge."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.prediction = getattr(model, "prediction", None)
+
+    def forward(self, x, t, **kw):
+        p = next(iter(self.model.parameters()), None) if isinstance(self.model, torch.nn.Module) else None
+        dt = p.dtype if p is not None else x.dtype
+        return self.model(x.to(dt), t.to(dt), **kw).to(x.dtype)
+
+
+def write_report(out_dir: Path, title: str, metrics: dict, plots: list[Path], extra: str = "") -> Path:
+    lines = [f"# {title}", ""]
+    if extra:
+        lines += [extra, ""]
+    lines += ["| metric | value |", "|---|---|"]
+    for k, v in metrics.items():
+        lines.append(f"| {k} | {v:.5g} |" if isinstance(v, float) else f"| {k} | {v} |")
+    lines.append("")
+    for p in plots:
+        lines.append(f"![{p.stem}]({p.name})")
+    path = out_dir / "report.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def generate(domain: Union[str, Domain], *, sampler: str = "dpm_solver_pp_2m", steps: int = 5, n: int = 64, seed: int = 0,
+             out_dir: PathLike = "outputs/generate", teacher: Optional[str] = None, timesteps=None, batch_size: int = 256,
+             device="cpu", n_ref: int = 0, options: Optional[dict] = None, domain_config: Optional[dict] = None,
+             progress: bool = True) -> dict:
+    """Generate ``n`` samples with the domain's teacher (or ``teacher`` checkpoint), write them
+    in the domain's formats, ``metrics.json``, ``report.md`` and a PNG under ``out_dir``.
+    Returns the metrics dict (with ``nfe``, ``seconds_per_sample`` and, if ``n_ref > 0``,
+    ``ode_error``: RMS distance to the adaptive float64 reference solution)."""
+    dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
+    out = Path(out_dir)
+    model = dom.load_teacher(teacher, device=resolve_device(device))
+    samples, info = sample_domain(dom, model, sampler=sampler, steps=steps, n=n, seed=seed, timesteps=timesteps,
+                                  batch_size=batch_size, device=device, options=options, progress=progress)
+    metrics = {k: float(v) for k, v in dom.evaluate(samples).items()}
+    metrics["nfe"] = info["nfe"]
+    metrics["seconds_per_sample"] = info["seconds"] / max(1, n)
+    err = ode_reference_error(dom, model, samples, seed=seed, n_ref=n_ref, device=device)
+    if err is not None:
+        metrics["ode_error"] = err
+    dom.save_samples(samples, out / "samples")
+    png = dom.plot(samples, out / "samples.png")
+    record = {"domain": dom.name, "domain_config": dom.config, "sampler": sampler, "steps": steps, "n": n, "seed": seed,
+              "timesteps": info["timesteps"], "options": options or {}, "teacher": teacher or "shipped", "metrics": metrics}
+    write_json(out / "metrics.json", record)
+    write_report(out, f"{dom.name}: {sampler}, {steps} steps ({info['nfe']} NFE)", metrics, [Path(png)],
+                 extra=f"{n} samples, seed {seed}, teacher: {teacher or 'shipped checkpoint'}.")
+    return metrics
+
+
+def evaluate_dir(domain: Union[str, Domain], samples_dir: PathLike, *, out: Optional[PathLike] = None,
+                 domain_config: Optional[dict] = None) -> dict:
+    """Evaluate samples previously written by :func:`generate` (``samples/samples.npz``)."""
+    dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
+    d = Path(samples_dir)
+    npz = d / "samples.npz" if (d / "samples.npz").exists() else d / "samples" / "samples.npz"
+    if not npz.exists():
+        raise FileNotFoundError(f"no samples.npz under {d}; run 'workbench generate' first or pass its out directory")
+    with np.load(npz, allow_pickle=False) as f:
+        x = torch.from_numpy(f["x"]).float()
+        mask = torch.from_numpy(f["mask"]).float() if "mask" in f.files else None
+        cond = torch.from_numpy(f["cond"]).long() if "cond" in f.files else None
+    metrics = {k: float(v) for k, v in dom.evaluate(Batch(x=x, mask=mask, cond=cond)).items()}
+    write_json(Path(out) if out else npz.parent.parent / "metrics_eval.json", {"domain": dom.name, "metrics": metrics})
+    return metrics
+
+
+def train_domain_teacher(domain: Union[str, Domain], out_dir: PathLike, *, train: Optional[dict] = None,
+                         domain_config: Optional[dict] = None, resume: bool = True) -> dict:
+    """Train a domain's teacher with the shared loop (resumable) and export
+    ``out_dir/teacher.safetensors``."""
+    from .domain import train_teacher
+
+    dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
+    res = train_teacher(dom, {k: v for k, v in (train or {}).items() if v is not None}, out_dir, resume=resume)
+    return {"steps": res.step, "seconds": res.seconds, "final_loss": res.history[-1] if res.history else None,
+            "checkpoint": str(Path(out_dir) / "teacher.safetensors")}

@@ -1,0 +1,250 @@
+"""ONE training loop for teachers and (later) every distillation method.
+
+``train(objective, nets, data, cfg, out_dir=...)``:
+
+* ``objective(nets, batch, generator[, phase=...]) -> loss [B]`` (per-sample; reduced here);
+* ``nets``: a ``dict`` of named ``nn.Module`` (``"model"`` for a teacher; a distiller adds
+  e.g. ``"fake_score"``); only ``trainable`` ones get optimizers;
+* ``data(batch_size, generator) -> Batch``: a pure batch sampler, so a run is exactly
+  reproducible and resumable from the saved generator state;
+* phases: an objective may declare ``phases = [(name, [net names], every), ...]``; each
+  phase has its own optimizer and runs every ``every`` steps (two time-scale updates);
+  the default is one phase over all trainable nets.
+
+Features: EMA (with warm-up), gradient clipping, cosine/constant LR with warm-up,
+atomic checkpoints every ``ckpt_every`` steps (``state.pt``) with exact resume (nets, EMA,
+optimizers, step, data and global RNG states), safetensors export of the EMA weights,
+loss curves as PNG + JSON, a tqdm progress bar.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from .checkpoint import load_state, save_state, save_weights
+from .losses import Batch
+from .utils import write_json
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of the shared loop (every field is a hydra key)."""
+
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    warmup: int = 0
+    schedule: str = "constant"  # or "cosine"
+    grad_clip: Optional[float] = 1.0
+    ema_decay: float = 0.999
+    ckpt_every: int = 500
+    log_every: int = 25
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    nets: dict
+    ema: dict
+    step: int
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class EMA:
+    """Exponential moving average of a module's parameters and buffers with warm-up
+    ``decay_t = min(decay, (1 + t) / (10 + t))``."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for pe, p in zip(self.module.parameters(), module.parameters()):
+            pe.lerp_(p.detach(), 1.0 - d)
+        for be, b in zip(self.module.buffers(), module.buffers()):
+            be.copy_(b)
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    if cfg.warmup and step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    if cfg.schedule == "cosine":
+        p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+    if cfg.schedule != "constant":
+        raise ValueError(f"unknown lr schedule {cfg.schedule!r}; valid: constant, cosine")
+    return 1.0
+
+
+def _phases(objective, trainable: list[str]) -> list[tuple[str, list[str], int]]:
+    phases = getattr(objective, "phases", None)
+    if not phases:
+        return [("main", list(trainable), 1)]
+    out = []
+    for name, names, every in phases:
+        bad = [n for n in names if n not in trainable]
+        if bad:
+            raise ValueError(f"phase {name!r} trains unknown or frozen nets {bad}; trainable: {trainable}")
+        out.append((name, list(names), int(every)))
+    return out
+
+
+def train(objective: Callable, nets: Union[nn.Module, dict], data: Callable[[int, torch.Generator], Batch], cfg: TrainConfig, *,
+          out_dir: Optional[Union[str, Path]] = None, resume: bool = True, trainable: Optional[list[str]] = None,
+          ema: Optional[list[str]] = None, meta: Optional[dict] = None, on_step: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
+    """Train ``nets`` on ``objective``; see the module docstring.
+
+    Args:
+        out_dir: where ``state.pt`` (resumable), ``<net>.safetensors`` (EMA weights, or raw
+            weights for nets without EMA), ``history.json`` and ``loss.png`` go. ``None``
+            keeps everything in memory.
+        resume: continue from ``out_dir/state.pt`` if it exists.
+        trainable: names of nets to optimise (default: all).
+        ema: names of nets to keep an EMA of (default: ``["model"]`` if present).
+        meta: JSON metadata stored in exported safetensors headers (e.g. the backbone config).
+        on_step: ``on_step(step, logs)`` after each step (tests use it to simulate a crash).
+    Returns:
+        :class:`TrainResult` with the nets, their EMA modules, the last step and the loss log.
+    """
+    if isinstance(nets, nn.Module):
+        nets = {"model": nets}
+    device = torch.device(cfg.device)
+    nets = {k: v.to(device) for k, v in nets.items()}
+    trainable = list(nets) if trainable is None else list(trainable)
+    unknown = [n for n in trainable if n not in nets]
+    if unknown:
+        raise ValueError(f"trainable names {unknown} are not nets; valid: {list(nets)}")
+    ema_names = [n for n in (ema if ema is not None else ["model"]) if n in nets]
+    phases = _phases(objective, trainable)
+    optims = {}
+    for name, names, _ in phases:
+        params = [p for n in names for p in nets[n].parameters() if p.requires_grad]
+        optims[name] = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    emas = {n: EMA(nets[n], cfg.ema_decay) for n in ema_names}
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    step, history = 0, []
+    out = Path(out_dir) if out_dir is not None else None
+    state_path = out / "state.pt" if out is not None else None
+    if resume and state_path is not None and state_path.exists():
+        st = load_state(state_path)
+        for n, sd in st["nets"].items():
+            nets[n].load_state_dict(sd)
+        for n, sd in st["ema"].items():
+            emas[n].module.load_state_dict(sd)
+        for n, sd in st["optims"].items():
+            optims[n].load_state_dict(sd)
+        gen.set_state(st["data_rng"])
+        torch.set_rng_state(st["torch_rng"])
+        step, history = int(st["step"]), list(st["history"])
+
+    def checkpoint():
+        if out is None:
+            return
+        save_state(state_path, {
+            "step": step, "history": history, "config": asdict(cfg),
+            "nets": {n: m.state_dict() for n, m in nets.items()},
+            "ema": {n: e.module.state_dict() for n, e in emas.items()},
+            "optims": {n: o.state_dict() for n, o in optims.items()},
+            "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        })
+        for n, m in nets.items():
+            save_weights(out / f"{n}.safetensors", emas[n].module if n in emas else m, {**(meta or {}), "net": n, "step": step})
+        write_json(out / "history.json", history)
+        plot_history(history, out / "loss.png")
+
+    for m in nets.values():
+        m.train()
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", leave=False, dynamic_ncols=True)
+    t0 = time.time()
+    running: dict[str, float] = {}
+    while step < cfg.steps:
+        batch = data(cfg.batch_size, gen).to(device)
+        logs = {}
+        for name, names, every in phases:
+            if step % every:
+                continue
+            for g in optims[name].param_groups:
+                g["lr"] = cfg.lr * _lr_factor(step, cfg)
+            kwargs = {"phase": name} if getattr(objective, "phases", None) else {}
+            loss = objective(nets, batch, gen, **kwargs)
+            if loss.ndim != 1 or loss.shape[0] != len(batch):
+                raise ValueError(f"objective must return a per-sample loss of shape [B]=[{len(batch)}], got {tuple(loss.shape)}")
+            loss = loss.mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step} (phase {name}); lower the learning rate or check the data scale")
+            optims[name].zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                params = [p for g in optims[name].param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optims[name].step()
+            logs[name] = loss.item()
+        for n, e in emas.items():
+            e.update(nets[n], step)
+        step += 1
+        for k, v in logs.items():
+            running[k] = running.get(k, 0.0) + v
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            k = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+            history.append({"step": step, **{kk: vv / k for kk, vv in running.items()}})
+            running = {}
+            if bar is not None:
+                bar.set_postfix({kk: f"{vv:.4g}" for kk, vv in history[-1].items() if kk != "step"})
+        if bar is not None:
+            bar.update(1)
+        if on_step is not None:
+            on_step(step, logs)
+        if out is not None and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+            checkpoint()
+    if bar is not None:
+        bar.close()
+    for m in nets.values():
+        m.eval()
+    return TrainResult(nets=nets, ema={n: e.module for n, e in emas.items()}, step=step, history=history, seconds=time.time() - t0)
+
+
+def plot_history(history: list, path: Union[str, Path]) -> Optional[Path]:
+    """Loss curves (log scale) as a PNG, written atomically."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .utils import atomic_path
+
+    keys = [k for k in history[0] if k != "step"]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    steps = [h["step"] for h in history]
+    for k in keys:
+        ax.plot(steps, [h.get(k, float("nan")) for h in history], label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
