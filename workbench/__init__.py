@@ -5,6 +5,7 @@ Public API (stable): :func:`sample`, :func:`run_sampler`, :mod:`workbench.proces
 """
 from . import processes, samplers, timegrids
 from .api import SampleOutput, run_sampler, sample
+from .losses import Batch
 
 __version__ = "0.1.0"
-__all__ = ["sample", "run_sampler", "SampleOutput", "processes", "samplers", "timegrids", "__version__"]
+__all__ = ["Batch", "sample", "run_sampler", "SampleOutput", "processes", "samplers", "timegrids", "__version__"]

@@ -41,6 +41,8 @@ def run_sampler(model: Callable, process: GaussianProcess, x_T: Tensor, *, sampl
     """Like :func:`sample` but returns a :class:`SampleOutput` with the NFE count and grid.
     Gradients are not disabled here (distillation may differentiate through a sampler)."""
     spec = get(sampler)
+    if not isinstance(process, GaussianProcess):
+        raise TypeError(f"sampler {sampler!r} needs a continuous Gaussian process, got {type(process).__name__}")
     if not isinstance(x_T, Tensor) or x_T.ndim < 1:
         raise ValueError("x_T must be a tensor of shape [B, ...]")
     if mask is not None:
