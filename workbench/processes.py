@@ -336,13 +336,11 @@ class VPDiscrete(GaussianProcess):
         return la, 0.5 * torch.log(-torch.expm1(2.0 * la))
 
     def t_of_lambda(self, lam):
+        """Exact inverse: ``log alpha = log sigmoid(2 lambda) / 2``, then invert the
+        piecewise-linear ``log alpha(t)`` (``-log alpha`` increases with ``t``)."""
         lam = torch.as_tensor(lam, dtype=torch.float64)
-        la_knots = self._log_alpha
-        lam_knots = la_knots - 0.5 * torch.log(-torch.expm1(2.0 * la_knots))  # +inf at t=0
-        # lambda decreases with t: interpolate t over reversed (increasing) lambda knots
-        xp = torch.flip(lam_knots[1:], [0]).to(lam.device)
-        fp = torch.flip(self._ts[1:], [0]).to(lam.device)
-        out = _interp(lam.reshape(-1), xp, fp).reshape(lam.shape)
+        la = 0.5 * torch.nn.functional.logsigmoid(2.0 * lam)
+        out = _interp((-la).reshape(-1), -self._log_alpha.to(lam.device), self._ts.to(lam.device)).reshape(lam.shape)
         return torch.where(torch.isinf(lam) & (lam > 0), torch.zeros_like(out), out)
 
     def timestep(self, t: Tensor) -> Tensor:

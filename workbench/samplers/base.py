@@ -96,6 +96,10 @@ class ModelFn:
             x0 = x0.clamp(-self.x0_clip, self.x0_clip)
             a, s = self.coef(t)
             eps = (x - a * x0) / s if s > 0 else eps
+        if not (bool(torch.isfinite(x0).all()) and bool(torch.isfinite(eps).all())):
+            raise FloatingPointError(f"converting the {self.prediction!r} prediction to x0/eps at t={t:.6g} gives NaN/Inf "
+                                     f"(alpha={self.coef(t)[0]:.3g}, sigma={self.coef(t)[1]:.3g}); start the grid below t=1 "
+                                     "or use an x0 / v / velocity model for processes with alpha(1)=0")
         x0 = self.project(x0)
         eps = self.project(eps)
         if self.callback is not None:
