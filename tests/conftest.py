@@ -4,7 +4,8 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# tests use tiny tensors: one intra-op thread avoids large overheads under CPU contention
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -142,7 +142,7 @@ def test_dpm_solver_pp_multistep(order, prediction):
     for n in STEPS:
         sched = diffusers.DPMSolverMultistepScheduler(solver_order=order, algorithm_type="dpmsolver++", solver_type="midpoint",
                                                       prediction_type=prediction, final_sigmas_type="zero", **BETAS[prediction])
-        _check(sched, f"dpm_solver_pp_{order}m", n, end_t0=True)
+        _check(sched, f"dpm_solver_pp_{order}m", n, end_t0=True, **({"exact_third_order": False} if order == 3 else {}))
 
 
 @pytest.mark.parametrize("lower_order_final", [True, False])
@@ -153,7 +153,8 @@ def test_dpm_solver_pp_multistep_sigma_min(order, lower_order_final):
     for n in (5, 14, 15):
         sched = diffusers.DPMSolverMultistepScheduler(solver_order=order, algorithm_type="dpmsolver++", solver_type="midpoint",
                                                       final_sigmas_type="sigma_min", lower_order_final=lower_order_final)
-        _check(sched, f"dpm_solver_pp_{order}m", n, end_t0=False, lower_order_final=lower_order_final)
+        _check(sched, f"dpm_solver_pp_{order}m", n, end_t0=False, lower_order_final=lower_order_final,
+               **({"exact_third_order": False} if order == 3 else {}))
 
 
 @pytest.mark.parametrize("variant", ["bh2", "bh1"])

@@ -26,7 +26,8 @@ PEERS = ("ddim", "dpmsolver_2m", "dpmsolver_3m", "unipc", "deis")
 
 def diffusers_scheduler(name: str, process: VPDiscrete):
     """A diffusers scheduler with the process's exact betas, 'linspace' spacing (the grid
-    from timestep N-1 down, then the clean end) and the default options of each class."""
+    from timestep N-1 down, then the clean end; 'trailing' for DDIM, whose update assumes
+    equal strides) and the default options of each class."""
     import diffusers
 
     if not isinstance(process, VPDiscrete):
@@ -37,7 +38,8 @@ def diffusers_scheduler(name: str, process: VPDiscrete):
     pred = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}.get(process.prediction, "epsilon")
     common = dict(num_train_timesteps=process.num_train_timesteps, trained_betas=betas, prediction_type=pred, timestep_spacing="linspace")
     if name == "ddim":
-        return diffusers.DDIMScheduler(**common, set_alpha_to_one=True, clip_sample=False)
+        # DDIM steps to t - N/steps, so only 'trailing' (or 'leading') spacing keeps its grid consistent
+        return diffusers.DDIMScheduler(**{**common, "timestep_spacing": "trailing"}, set_alpha_to_one=True, clip_sample=False)
     if name == "dpmsolver_2m":
         return diffusers.DPMSolverMultistepScheduler(**common, solver_order=2, algorithm_type="dpmsolver++")
     if name == "dpmsolver_3m":

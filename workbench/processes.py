@@ -274,7 +274,14 @@ class VPLinear(GaussianProcess):
         lam = torch.as_tensor(lam)
         tmp = 2.0 * (self.beta_max - self.beta_min) * torch.logaddexp(-2.0 * lam, torch.zeros_like(lam))
         delta = self.beta_min**2 + tmp
-        return tmp / (torch.sqrt(delta) + self.beta_min) / (self.beta_max - self.beta_min)
+        t = tmp / (torch.sqrt(delta) + self.beta_min) / (self.beta_max - self.beta_min)
+        return torch.where(torch.isneginf(lam), torch.full_like(t, math.inf), t)
+
+    def d_alpha_sigma(self, t):
+        t = torch.as_tensor(t)
+        a, s = self.alpha(t), self.sigma(t)
+        da = a * (-0.5 * t * (self.beta_max - self.beta_min) - 0.5 * self.beta_min)
+        return da, -a * da / s
 
 
 class VPCosine(GaussianProcess):

@@ -4,8 +4,9 @@ k-diffusion's ``sample_ipndm``).
 
 The probability-flow ODE in the scaled variables ``y = x / alpha`` and
 ``rho = sigma / alpha = exp(-lambda)`` (EDM's ``sigma``) is ``dy / d rho = eps``. iPNDM is
-Adams-Bashforth in ``rho`` with the *fixed* (equal-step) coefficients of order
-``min(max_order, steps so far)``:
+Adams-Bashforth in ``rho`` of order ``min(max_order, steps so far)``. With
+``variable_step=False`` it uses the *fixed* equal-step coefficients of the paper and
+k-diffusion:
 
     order 1: E = eps_0
     order 2: E = (3 eps_0 - eps_1) / 2
@@ -14,7 +15,14 @@ Adams-Bashforth in ``rho`` with the *fixed* (equal-step) coefficients of order
 
     y_t = y_s + (rho_t - rho_s) E
 
-written back in ``x`` as the DDIM step plus a correction,
+Fixed coefficients are fourth order only on grids uniform in ``rho``; on the usual smooth
+non-uniform grids they are second order (measured). The default ``variable_step=True``
+uses the variable-step Adams-Bashforth weights instead (the exact integral over
+``[rho_s, rho_t]`` of the Lagrange polynomial through the previous ``eps`` at their own
+``rho``; as iPNDM-v of Zhou et al. 2024, "Fast ODE-based Sampling for Diffusion Models in
+Around 5 Steps"), which equal the fixed ones on uniform grids and keep order 4 on any grid.
+
+The update is written back in ``x`` as the DDIM step plus a correction,
 ``x_t = alpha_t x0_s + sigma_t eps_s + alpha_t (rho_t - rho_s) (E - eps_s)``, which stays
 finite when ``alpha_s = 0`` (the first step, always order 1). Deviation from k-diffusion:
 the step into the clean end ``t = 0`` returns the data prediction of the last model call
@@ -22,9 +30,11 @@ the step into the clean end ``t = 0`` returns the data prediction of the last mo
 """
 from __future__ import annotations
 
+import math
 
 from torch import Tensor
 
+from ._multistep import lagrange_monomials
 from .base import ModelFn, is_clean, register
 
 _AB = {
@@ -37,7 +47,7 @@ _AB = {
 
 @register("ipndm", nfe=lambda n: n, order=4,
           reference="Zhang & Chen 2023 (DEIS), appendix: iPNDM; k-diffusion sample_ipndm")
-def ipndm(model: ModelFn, x: Tensor, ts: Tensor, *, max_order: int = 4) -> Tensor:
+def ipndm(model: ModelFn, x: Tensor, ts: Tensor, *, max_order: int = 4, variable_step: bool = True) -> Tensor:
     """iPNDM sampler, one model call per step.
 
     Args:
@@ -45,25 +55,37 @@ def ipndm(model: ModelFn, x: Tensor, ts: Tensor, *, max_order: int = 4) -> Tenso
         x: ``[B, ...]`` state at ``ts[0]``.
         ts: ``[n + 1]`` decreasing float64 grid.
         max_order: highest Adams-Bashforth order (1-4); lower orders warm the history up.
+        variable_step: variable-step Adams-Bashforth weights (order kept on any grid);
+            ``False`` = the fixed equal-step coefficients of the paper / k-diffusion.
     Returns:
         ``[B, ...]`` sample at ``ts[-1]`` (the data prediction if ``ts[-1] = 0``).
     """
     if int(max_order) != max_order or not 1 <= max_order <= 4:
         raise ValueError(f"max_order must be 1, 2, 3 or 4, got {max_order!r}")
     epss: list[Tensor] = []
+    rhos: list[float] = []
     for i in range(len(ts) - 1):
         s, t = float(ts[i]), float(ts[i + 1])
         pred = model(x, s)
         if is_clean(t):
             return model.project(pred.x0)
-        epss = (epss + [pred.eps])[-int(max_order):]
-        order = len(epss)
         a_t, s_t = model.coef(t)
-        out = a_t * pred.x0 + s_t * pred.eps
         a_s, s_s = model.coef(s)
-        if order > 1 and a_s > 0:
-            d_rho = s_t / a_t - s_s / a_s
-            comb = sum(c * e for c, e in zip(_AB[order], reversed(epss)))
+        rho_s = s_s / a_s if a_s > 0 else math.inf
+        epss = (epss + [pred.eps])[-int(max_order):]
+        rhos = (rhos + [rho_s])[-int(max_order):]
+        while rhos and not math.isfinite(rhos[0]):  # a history point at alpha = 0 carries no rho
+            rhos, epss = rhos[1:], epss[1:]
+        order = len(epss)
+        out = a_t * pred.x0 + s_t * pred.eps
+        if order > 1:
+            d_rho = s_t / a_t - rho_s
+            if variable_step:
+                nodes = [(r - rho_s) / d_rho for r in reversed(rhos)]  # current point at 0, earlier points at -1, -2, ... on uniform grids
+                coefs = [sum(c / (k + 1) for k, c in enumerate(row)) for row in lagrange_monomials(nodes)]
+            else:
+                coefs = _AB[order]
+            comb = sum(c * e for c, e in zip(coefs, reversed(epss)))
             out = out + (a_t * d_rho) * (comb - pred.eps)
         x = model.project(out)
     return x
