@@ -58,6 +58,7 @@ def run_sampler(model: Callable, process: GaussianProcess, x_T: Tensor, *, sampl
         valid = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in spec.options]
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for sampler {sampler!r}; valid: {', '.join(valid) or '(none)'}")
     mf = ModelFn(model, process, canonical_prediction(prediction), mask=mask, cond=cond, generator=generator, callback=callback, x0_clip=x0_clip)
+    mf.prime(ts)
     x = mf.project(x_T)
     out = spec.fn(mf, x, ts, **opts)
     return SampleOutput(x=out, nfe=mf.nfe, timesteps=ts, sampler=sampler)

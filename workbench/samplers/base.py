@@ -66,6 +66,33 @@ class ModelFn:
         self.callback = callback
         self.x0_clip = x0_clip
         self.nfe = 0
+        self._cache: dict = {}
+        self._dcache: dict = {}
+
+    # -- schedule scalars, computed once per time (float64) ---------------------------------
+    def _sched(self, t: float) -> tuple:
+        """``(alpha, sigma, lambda)`` at ``t`` as Python floats (float64), cached per time."""
+        hit = self._cache.get(t)
+        if hit is None:
+            la, ls = self.process.log_alpha_sigma(torch.tensor(t, dtype=torch.float64))
+            la, ls = float(la), float(ls)
+            hit = self._cache[t] = (math.exp(la), math.exp(ls), math.inf if t <= 0.0 else la - ls)
+        return hit
+
+    def prime(self, ts: Tensor) -> None:
+        """Fill the schedule cache for a whole grid in one vectorised call."""
+        ts = torch.as_tensor(ts, dtype=torch.float64)
+        la, ls = self.process.log_alpha_sigma(ts)
+        for t, a_, s_ in zip(ts.tolist(), la.tolist(), ls.tolist()):
+            self._cache[t] = (math.exp(a_), math.exp(s_), math.inf if t <= 0.0 else a_ - s_)
+
+    def _deriv(self, t: float) -> tuple:
+        """``(alpha'(t), sigma'(t))`` as floats, cached (only velocity needs them)."""
+        hit = self._dcache.get(t)
+        if hit is None:
+            da, ds = self.process.d_alpha_sigma(torch.tensor(t, dtype=torch.float64))
+            hit = self._dcache[t] = (float(da), float(ds))
+        return hit
 
     # -- the one network evaluation --------------------------------------------------------
     def __call__(self, x: Tensor, t) -> Prediction:
@@ -86,25 +113,43 @@ class ModelFn:
         if not bool(torch.isfinite(out).all()):
             raise FloatingPointError(f"model returned NaN/Inf at t={t:.6g} (model call {self.nfe}); check the checkpoint, the input scale and the prediction type ({self.prediction!r})")
         out = out.to(x.dtype)
-        if self.prediction == "x0":
-            x0 = out
-            s = self.process.sigma(torch.tensor(t, dtype=torch.float64))
-            eps = (x - float(self.process.alpha(torch.tensor(t, dtype=torch.float64))) * x0) / float(s) if float(s) > 0 else torch.zeros_like(x)
-        else:
-            x0, eps = self.process.to_x0_eps(out, self.prediction, x, torch.tensor(t, dtype=torch.float64))
+        x0, eps = self._to_x0_eps(out, x, t)
         if self.x0_clip is not None:
             x0 = x0.clamp(-self.x0_clip, self.x0_clip)
             a, s = self.coef(t)
             eps = (x - a * x0) / s if s > 0 else eps
-        if not (bool(torch.isfinite(x0).all()) and bool(torch.isfinite(eps).all())):
-            raise FloatingPointError(f"converting the {self.prediction!r} prediction to x0/eps at t={t:.6g} gives NaN/Inf "
-                                     f"(alpha={self.coef(t)[0]:.3g}, sigma={self.coef(t)[1]:.3g}); start the grid below t=1 "
-                                     "or use an x0 / v / velocity model for processes with alpha(1)=0")
-        x0 = self.project(x0)
-        eps = self.project(eps)
+        if self.mask is not None or self.process.zero_com:
+            x0 = self.project(x0)
+            eps = self.project(eps)
         if self.callback is not None:
             self.callback({"nfe": self.nfe, "t": t, "x": x, "x0": x0})
         return Prediction(x0=x0, eps=eps, t=t)
+
+    def _to_x0_eps(self, out: Tensor, x: Tensor, t: float) -> tuple[Tensor, Tensor]:
+        """Scalar-coefficient version of :meth:`GaussianProcess.to_x0_eps` (same formulas)."""
+        a, s, _ = self._sched(t)
+        p = self.prediction
+
+        def bad(what):
+            return FloatingPointError(f"converting the {p!r} prediction to x0/eps at t={t:.6g} divides by zero ({what}; "
+                                      f"alpha={a:.3g}, sigma={s:.3g}); start the grid below t=1 or use an x0 / v / velocity model "
+                                      "for processes with alpha(1)=0")
+
+        if p == "x0":
+            return out, ((x - a * out) * (1.0 / s) if s > 0 else torch.zeros_like(x))
+        if p in ("epsilon", "score"):
+            eps = out if p == "epsilon" else out * (-s)
+            if a <= 0:
+                raise bad("alpha = 0")
+            return (x - s * eps) * (1.0 / a), eps
+        if p == "v":
+            n = a * a + s * s
+            return (a * x - s * out) * (1.0 / n), (s * x + a * out) * (1.0 / n)
+        da, ds = self._deriv(t)
+        det = a * ds - s * da  # velocity u = a' x0 + s' eps
+        if det == 0:
+            raise bad("alpha sigma' - sigma alpha' = 0")
+        return (ds * x - s * out) * (1.0 / det), (a * out - da * x) * (1.0 / det)
 
     # -- helpers every sampler uses ----------------------------------------------------------
     def project(self, x: Tensor) -> Tensor:
@@ -116,22 +161,21 @@ class ModelFn:
         return self.project(randn_like(x, self.generator))
 
     def coef(self, t) -> tuple[float, float]:
-        """``(alpha(t), sigma(t))`` as Python floats (computed in float64)."""
-        tt = torch.tensor(float(t), dtype=torch.float64)
-        la, ls = self.process.log_alpha_sigma(tt)
-        return math.exp(float(la)), math.exp(float(ls))
+        """``(alpha(t), sigma(t))`` as Python floats (computed in float64, cached)."""
+        a, s, *_ = self._sched(float(t))
+        return a, s
 
     def lam(self, t) -> float:
         """Log-SNR ``lambda(t)`` as a float (``+inf`` at the clean end, may be ``-inf`` at t=1)."""
-        if float(t) == 0.0:
-            return math.inf
-        return float(self.process.lambda_(torch.tensor(float(t), dtype=torch.float64)))
+        return self._sched(float(t))[2]
 
     def t_of_lambda(self, lam: float) -> float:
         return float(self.process.t_of_lambda(torch.tensor(lam, dtype=torch.float64)))
 
     def velocity(self, pred: Prediction) -> Tensor:
-        return pred.velocity(self.process)
+        """Probability-flow ODE drift ``alpha'(t) x0 + sigma'(t) eps`` of a prediction."""
+        da, ds = self._deriv(pred.t)
+        return da * pred.x0 + ds * pred.eps
 
 
 def is_clean(t) -> bool:
