@@ -75,7 +75,7 @@ def test_same_seed_same_samples_whatever_the_batch_size(capsys, tmp_path):
 
 
 def test_bench_samplers_tiny(capsys, tmp_path):
-    code, _, err = run(capsys, "bench", "samplers", "domain=toy", f"out={tmp_path}", "bench.nfes=[4,6]",
+    code, _, err = run(capsys, "bench", "samplers", "domain=toy", f"out={tmp_path}", "bench.nfes=[3,5]",
                        "bench.samplers=[euler,dpm_solver_pp_2m,heun]", "bench.peers=[ddim,dpmsolver_2m]", "bench.n=32", "bench.n_ref=16")
     assert code == 0, err
     csv = (tmp_path / "samplers.csv").read_text().splitlines()

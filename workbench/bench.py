@@ -57,19 +57,19 @@ def run_diffusers(name: str, model, process: VPDiscrete, x_T: torch.Tensor, nfe:
     import warnings
 
     sch = diffusers_scheduler(name, process)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        sch.set_timesteps(nfe)
     x = x_T
     calls = 0
     kw = {k: v for k, v in (("mask", mask), ("cond", cond)) if v is not None}
-    for ts in sch.timesteps:
-        t = process.t_of_timestep(ts).to(x.dtype).expand(x.shape[0])
-        out = model(x, t, **kw)
-        calls += 1
-        x = sch.step(out, ts, x).prev_sample
-        if mask is not None or process.zero_com:
-            x = process.project(x, mask)
+    with warnings.catch_warnings():  # numpy-2 deprecation warnings inside diffusers' schedulers
+        warnings.simplefilter("ignore", DeprecationWarning)
+        sch.set_timesteps(nfe)
+        for ts in sch.timesteps:
+            t = process.t_of_timestep(ts).to(x.dtype).expand(x.shape[0])
+            out = model(x, t, **kw)
+            calls += 1
+            x = sch.step(out, ts, x).prev_sample
+            if mask is not None or process.zero_com:
+                x = process.project(x, mask)
     return x, calls
 
 

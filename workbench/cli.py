@@ -59,6 +59,8 @@ def load_config(overrides: list[str]):
     for o in overrides:
         if "=" not in o:
             raise CLIError(f"expected key=value, got {o!r} (e.g. steps=5)")
+    # sampler options are free-form: options.eta=1.0 adds a key to the (empty) options dict
+    overrides = ["+" + o if o.startswith("options.") else o for o in overrides]
     with initialize_config_dir(config_dir=str(cdir), version_base=None):
         try:
             cfg = compose(config_name="config", overrides=list(overrides))
