@@ -17,7 +17,7 @@ from . import api
 from .domain import Domain, get_domain
 from .losses import Batch
 from .processes import VPDiscrete
-from .runner import _Float64, generation_batches
+from .runner import REF_TOL, _Float64, generation_batches
 from .samplers import SAMPLERS
 from .utils import atomic_path, write_json, write_text
 
@@ -99,7 +99,7 @@ def bench_samplers(domain: Union[str, Domain], *, out_dir, domain_config: Option
     t0 = time.perf_counter()
     with torch.no_grad():
         ref = reference_solve(_Float64(model), proc, gb.x_T[:n_ref].double(), prediction=pred, mask=None if gb.mask is None else gb.mask[:n_ref],
-                              cond=gb.cond[:n_ref] if isinstance(gb.cond, torch.Tensor) else gb.cond)
+                              cond=gb.cond[:n_ref] if isinstance(gb.cond, torch.Tensor) else gb.cond, rtol=REF_TOL, atol=REF_TOL)
     ref = ref.x if hasattr(ref, "x") else ref
     ref_seconds = time.perf_counter() - t0
     primary = getattr(dom, "primary_metric", None)
@@ -170,7 +170,7 @@ def markdown_tables(rows, nfes, dom, primary, n, n_ref, ref_seconds, overhead) -
             a, b = min(wb, key=lambda r: r["error"]), min(df, key=lambda r: r["error"])
             best.append(f"| {k} | {a['method']} | {a['error']:.3g} | {b['method']} | {b['error']:.3g} |")
     s = [f"Domain `{dom.name}` ({dom.config}), {n} samples from the same noise; error = mean per-sample RMS distance to the "
-         f"float64 adaptive (dopri5) reference solution of the same teacher ({n_ref} samples, {ref_seconds:.1f} s). "
+         f"float64 adaptive (dopri5, rtol = atol = {REF_TOL:g}) reference solution of the same teacher ({n_ref} samples, {ref_seconds:.1f} s). "
          "'-' = the sampler cannot use exactly that NFE.", "",
          "### Error to the reference ODE solution", "", _pivot(rows, nfes, "error"), "",
          "### Best deterministic workbench sampler vs best diffusers scheduler", "",

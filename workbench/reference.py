@@ -118,9 +118,10 @@ def reference_run(model: Callable, process: GaussianProcess, x_T: Tensor, *, pre
         return mf.project(pred.eps - pred.x0)
 
     grid = torch.tensor([u0, u1], dtype=_F64)
-    z1 = odeint(field, z0, grid, rtol=rtol, atol=atol, method=method, options=options)[-1]
-    x_end = mf.project(coef(t_end) * z1)
-    out = mf.project(mf(x_end, t_end).x0) if denoise_final else x_end
+    with torch.no_grad():  # a ground-truth solve, never differentiated
+        z1 = odeint(field, z0, grid, rtol=rtol, atol=atol, method=method, options=options)[-1]
+        x_end = mf.project(coef(t_end) * z1)
+        out = mf.project(mf(x_end, t_end).x0) if denoise_final else x_end
     return ReferenceResult(x=out, x_t_end=x_end, nfe=mf.nfe, t_end=t_end)
 
 

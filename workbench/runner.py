@@ -17,6 +17,8 @@ from .losses import Batch
 from .utils import per_sample_generators, resolve_device, write_json, write_text
 
 PathLike = Union[str, Path]
+#: tolerance of reference solves of network teachers (float32 networks; errors of interest >= 1e-5)
+REF_TOL = 1e-7
 
 
 def _cat_batches(parts: list[Batch]) -> Batch:
@@ -75,7 +77,7 @@ def ode_reference_error(domain: Domain, model, samples: Batch, *, seed: int, n_r
     gb = next(iter(generation_batches(domain, n_ref, seed, n_ref, samples.cond[:n_ref] if isinstance(samples.cond, torch.Tensor) else samples.cond)))[0]
     m64 = _Float64(model)
     ref = reference_solve(m64, domain.process(), gb.x_T.double(), prediction=getattr(model, "prediction", domain.prediction),
-                          mask=gb.mask, cond=gb.cond)
+                          mask=gb.mask, cond=gb.cond, rtol=REF_TOL, atol=REF_TOL)
     ref = ref.x if hasattr(ref, "x") else ref
     diff = (samples.x[:n_ref].double() - ref.cpu()).flatten(1)
     return float(diff.pow(2).mean(1).sqrt().mean())
