@@ -35,8 +35,7 @@ def diffusers_scheduler(name: str, process: VPDiscrete):
     la = process._log_alpha[1:]
     ac = torch.exp(2 * la)
     betas = (1 - ac / torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])).tolist()
-    pred = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}.get(process.prediction, "epsilon")
-    common = dict(num_train_timesteps=process.num_train_timesteps, trained_betas=betas, prediction_type=pred, timestep_spacing="linspace")
+    common = dict(num_train_timesteps=process.num_train_timesteps, trained_betas=betas, prediction_type="epsilon", timestep_spacing="linspace")
     if name == "ddim":
         # DDIM steps to t - N/steps, so only 'trailing' (or 'leading') spacing keeps its grid consistent
         return diffusers.DDIMScheduler(**{**common, "timestep_spacing": "trailing"}, set_alpha_to_one=True, clip_sample=False)
@@ -51,9 +50,11 @@ def diffusers_scheduler(name: str, process: VPDiscrete):
     raise ValueError(f"unknown peer {name!r}; valid: {', '.join(PEERS)}")
 
 
-def run_diffusers(name: str, model, process: VPDiscrete, x_T: torch.Tensor, nfe: int, *, mask=None, cond=None) -> tuple[torch.Tensor, int]:
+def run_diffusers(name: str, model, process: VPDiscrete, x_T: torch.Tensor, nfe: int, *, mask=None, cond=None,
+                  prediction: str = "epsilon") -> tuple[torch.Tensor, int]:
     """Sample with a diffusers scheduler; the model receives the process time of each
-    diffusers timestep. Returns ``(x, nfe)``."""
+    diffusers timestep and its ``prediction`` is converted exactly to epsilon (the
+    scheduler's ``prediction_type``). Returns ``(x, nfe)``."""
     import warnings
 
     sch = diffusers_scheduler(name, process)
@@ -66,6 +67,8 @@ def run_diffusers(name: str, model, process: VPDiscrete, x_T: torch.Tensor, nfe:
         for ts in sch.timesteps:
             t = process.t_of_timestep(ts).to(x.dtype).expand(x.shape[0])
             out = model(x, t, **kw)
+            if prediction != "epsilon":
+                out = process.convert(out.double(), prediction, "epsilon", x.double(), t.double()).to(x.dtype)
             calls += 1
             x = sch.step(out, ts, x).prev_sample
             if mask is not None or process.zero_com:
@@ -79,7 +82,7 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def bench_samplers(domain: Union[str, Domain], *, out_dir, domain_config: Optional[dict] = None, nfes=(3, 4, 5, 6, 8, 10, 20),
                    samplers: Union[str, list] = "all", peers=PEERS, n: int = 256, n_ref: int = 256, seed: int = 0,
-                   teacher: Optional[str] = None, device="cpu", repeats: int = 1, progress: bool = True) -> dict:
+                   teacher: Optional[str] = None, device="cpu", repeats: int = 1, progress: bool = True, grid: Optional[str] = None) -> dict:
     """Run the sampler benchmark and write ``samplers.csv``, ``samplers.md``, ``samplers.png``
     and ``overhead.json`` under ``out_dir``. Returns their paths and the rows."""
     from tqdm.auto import tqdm
@@ -112,14 +115,15 @@ def bench_samplers(domain: Union[str, Domain], *, out_dir, domain_config: Option
             t1 = time.perf_counter()
             with torch.no_grad():
                 if name.startswith("diffusers:"):
-                    x, calls = run_diffusers(name.split(":", 1)[1], model, proc, gb.x_T, nfe, mask=gb.mask, cond=gb.cond)
+                    x, calls = run_diffusers(name.split(":", 1)[1], model, proc, gb.x_T, nfe, mask=gb.mask, cond=gb.cond, prediction=pred)
                     steps = nfe
                 else:
                     spec = SAMPLERS[name]
                     steps = spec.steps_for_nfe(nfe)
                     if steps is None:
                         break
-                    out = api.run_sampler(model, proc, gb.x_T, sampler=name, steps=steps, prediction=pred, mask=gb.mask, cond=gb.cond, generator=gens)
+                    out = api.run_sampler(model, proc, gb.x_T, sampler=name, steps=steps, prediction=pred, mask=gb.mask, cond=gb.cond,
+                                          generator=gens, timesteps=grid)
                     x, calls = out.x, out.nfe
             secs = time.perf_counter() - t1
             best = (x, calls, steps, secs) if best is None or secs < best[3] else best
@@ -143,7 +147,7 @@ def bench_samplers(domain: Union[str, Domain], *, out_dir, domain_config: Option
     write_text(csv_path, buf.getvalue())
     overhead = bookkeeping_overhead(proc, gb.x_T, pred)
     write_json(out / "overhead.json", overhead)
-    md = markdown_tables(rows, nfes, dom, primary, n, n_ref, ref_seconds, overhead)
+    md = markdown_tables(rows, nfes, dom, primary, n, n_ref, ref_seconds, overhead, grid or f"{proc.default_grid} (process default)")
     write_text(out / "samplers.md", md)
     png = plot_rows(rows, out / "samplers.png", dom.name)
     return {"csv": csv_path, "markdown": out / "samplers.md", "plot": png, "rows": rows, "overhead": overhead}
@@ -151,17 +155,18 @@ def bench_samplers(domain: Union[str, Domain], *, out_dir, domain_config: Option
 
 def _pivot(rows, nfes, key, fmt="{:.3g}"):
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    label = {r["method"]: r["method"] + (" (stochastic)" if r["stochastic"] else "") for r in rows}
     lines = ["| method | " + " | ".join(f"NFE {k}" for k in nfes) + " |", "|---" * (len(nfes) + 1) + "|"]
     for m in methods:
         cells = []
         for k in nfes:
             r = next((r for r in rows if r["method"] == m and r["nfe"] == k), None)
             cells.append(fmt.format(r[key]) if r is not None and key in r else "-")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label[m]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def markdown_tables(rows, nfes, dom, primary, n, n_ref, ref_seconds, overhead) -> str:
+def markdown_tables(rows, nfes, dom, primary, n, n_ref, ref_seconds, overhead, grid) -> str:
     best = []
     for k in nfes:
         wb = [r for r in rows if r["nfe"] == k and r["source"] == "workbench" and not r["stochastic"]]
@@ -171,7 +176,8 @@ def markdown_tables(rows, nfes, dom, primary, n, n_ref, ref_seconds, overhead) -
             best.append(f"| {k} | {a['method']} | {a['error']:.3g} | {b['method']} | {b['error']:.3g} |")
     s = [f"Domain `{dom.name}` ({dom.config}), {n} samples from the same noise; error = mean per-sample RMS distance to the "
          f"float64 adaptive (dopri5, rtol = atol = {REF_TOL:g}) reference solution of the same teacher ({n_ref} samples, {ref_seconds:.1f} s). "
-         "'-' = the sampler cannot use exactly that NFE.", "",
+         f"Workbench samplers use the `{grid}` grid; diffusers peers their own 'linspace' timesteps ('trailing' for DDIM). "
+         "'-' = the sampler cannot use exactly that NFE; (stochastic) samplers are not expected to approach the ODE solution.", "",
          "### Error to the reference ODE solution", "", _pivot(rows, nfes, "error"), "",
          "### Best deterministic workbench sampler vs best diffusers scheduler", "",
          "| NFE | workbench | error | diffusers | error |", "|---|---|---|---|---|", *best, ""]

@@ -170,7 +170,7 @@ def cmd_bench(cfg, kind: str) -> int:
     name, kw = _domain_kwargs(cfg)
     res = bench_samplers(name, out_dir=cfg.out, domain_config=kw, nfes=list(cfg.bench.nfes), samplers=cfg.bench.samplers,
                          peers=list(cfg.bench.peers), n=cfg.bench.n, n_ref=cfg.bench.n_ref, seed=cfg.seed, teacher=cfg.teacher,
-                         device=cfg.device, repeats=cfg.bench.repeats)
+                         device=cfg.device, repeats=cfg.bench.repeats, grid=cfg.timesteps if isinstance(cfg.timesteps, str) else None)
     print(f"wrote {res['csv']}, {res['markdown']}, {res['plot']}")
     return 0
 
