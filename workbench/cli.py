@@ -199,6 +199,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             kind, rest = rest[0], rest[1:]
         cfg = load_config(rest)
         _validate(cfg)
+        if cfg.threads is not None:
+            import torch
+
+            torch.set_num_threads(int(cfg.threads))
         handler = {"domains": cmd_domains, "samplers": cmd_samplers, "train": cmd_train, "generate": cmd_generate,
                    "evaluate": cmd_evaluate, "check": cmd_check, "demo": cmd_demo}.get(cmd)
         return cmd_bench(cfg, kind) if cmd == "bench" else handler(cfg)
