@@ -27,7 +27,6 @@ and option variants (``dualfast`` with ``c = 0`` is DPM-Solver++ of its base ord
 ``c > 0`` it is first order, the registered order) are in ``VARIANTS``.
 """
 import functools
-import math
 
 import numpy as np
 import pytest
@@ -177,7 +176,7 @@ def test_dualfast_correction_changes_the_result_without_extra_nfe():
 def test_time_shift_picks_the_matching_noise_level():
     """A state whose variance is that of a noisier time gets evaluated at that time."""
     from workbench.samplers.base import ModelFn
-    from workbench.samplers.time_shift import _per_sample_call, shifted_times
+    from workbench.samplers.time_shift import shifted_times
 
     proc = P.VE()
     seen = []
@@ -195,9 +194,9 @@ def test_time_shift_picks_the_matching_noise_level():
     x = z * torch.tensor([sig(t0), sig(t0 + 0.01), sig(t0 - 0.01)], dtype=F64)[:, None]
     ts = shifted_times(mf, x, t0, window=0.04, window_points=41, data_var=0.0)
     torch.testing.assert_close(ts, torch.tensor([t0, t0 + 0.01, t0 - 0.01], dtype=F64), atol=1e-9, rtol=0)
-    x0, eps = _per_sample_call(mf, x, ts)
-    assert mf.nfe == 1 and seen[0].shape == (3,)
-    torch.testing.assert_close(x0, x, rtol=0, atol=0)  # eps = 0 -> x0 = x / alpha = x
+    pred = mf(x, ts)  # ModelFn evaluates at per-sample times in one NFE
+    assert mf.nfe == 1 and seen[0].shape == (3,) and torch.equal(seen[0], ts)
+    torch.testing.assert_close(pred.x0, x, rtol=0, atol=0)  # eps = 0 -> x0 = x / alpha = x
     # a sampler run: one NFE per step, the shift only above the cut-off
     out = workbench.run_sampler(GMM.denoiser(proc, "x0"), proc, proc.prior((8, 2), generator=g, dtype=F64), sampler="time_shift",
                                 steps=12, prediction="x0", timesteps="edm", window=0.05, cutoff=0.01)

@@ -1,6 +1,5 @@
 """Processes: schedules against independent formulas and diffusers, conversions, projection."""
 import math
-import warnings
 
 import pytest
 import torch

@@ -64,7 +64,7 @@ def load_config(overrides: list[str]):
     with initialize_config_dir(config_dir=str(cdir), version_base=None):
         try:
             cfg = compose(config_name="config", overrides=list(overrides))
-        except (MissingConfigException,) as e:
+        except MissingConfigException:
             names = sorted({p.stem for p in (cdir / "domain").glob("*.yaml")} | set(available_domains()))
             dom = next((o.split("=", 1)[1] for o in overrides if o.startswith("domain=")), "?")
             raise CLIError(f"unknown domain {dom!r}; valid: {', '.join(names)}") from None

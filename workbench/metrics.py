@@ -18,7 +18,6 @@ features (Inception, a domain-specific encoder, raw coordinates) is the caller's
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Union
 
 import numpy as np

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from . import api
-from .domain import Domain, GenerationBatch, get_domain
+from .domain import Domain, get_domain
 from .losses import Batch
-from .utils import per_sample_generators, resolve_device, write_json, write_text
+from .utils import resolve_device, write_json, write_text
 
 PathLike = Union[str, Path]
 #: tolerance of reference solves of network teachers (float32 networks; errors of interest >= 1e-5)

@@ -32,7 +32,7 @@ from workbench.checkpoint import CheckpointError, load_into
 from workbench.domain import Domain, GenerationBatch
 from workbench.losses import Batch
 from workbench.model import Denoiser
-from workbench.processes import VPDiscrete, from_diffusers, project
+from workbench.processes import VPDiscrete, from_diffusers
 
 from .nets import ResidualMLP, SetTransformer
 

@@ -26,11 +26,11 @@ __all__ = ["Prediction", "ModelFn", "SamplerSpec", "register", "get", "available
 
 @dataclass
 class Prediction:
-    """One model evaluation at scalar time ``t``: data and noise predictions ``[B, ...]``."""
+    """One model evaluation at time ``t`` (scalar, or ``[B]``): data and noise predictions ``[B, ...]``."""
 
     x0: Tensor
     eps: Tensor
-    t: float
+    t: Any  # float, or a float64 [B] tensor for per-sample evaluations
 
     def velocity(self, process: GaussianProcess) -> Tensor:
         """Probability-flow ODE drift ``dx/dt = alpha'(t) x0 + sigma'(t) eps``."""
@@ -96,9 +96,20 @@ class ModelFn:
 
     # -- the one network evaluation --------------------------------------------------------
     def __call__(self, x: Tensor, t) -> Prediction:
-        """Evaluate the model at state ``x`` ``[B, ...]`` and scalar time ``t`` (one NFE)."""
-        t = float(t)
-        tb = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+        """Evaluate the model at state ``x`` ``[B, ...]`` (one NFE) at a scalar time ``t`` or at
+        per-sample times ``t`` ``[B]`` (e.g. the Time-Shift Sampler); ``Prediction.t`` is then
+        the float64 ``[B]`` tensor."""
+        per_sample = isinstance(t, Tensor) and t.ndim == 1
+        if per_sample and bool((t == t[0]).all()):
+            t, per_sample = float(t[0]), False
+        if per_sample:
+            if t.shape != (x.shape[0],):
+                raise ValueError(f"per-sample times must have shape [B] = [{x.shape[0]}], got {tuple(t.shape)}")
+            t = t.to(device=x.device, dtype=torch.float64)
+            tb = t.to(x.dtype if x.is_floating_point() else torch.float32)
+        else:
+            t = float(t)
+            tb = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
         kw = {}
         if self.mask is not None:
             kw["mask"] = self.mask
@@ -111,13 +122,24 @@ class ModelFn:
         if out.shape != x.shape:
             raise ValueError(f"model returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}; a {self.prediction} prediction must match the input shape")
         if not bool(torch.isfinite(out).all()):
-            raise FloatingPointError(f"model returned NaN/Inf at t={t:.6g} (model call {self.nfe}); check the checkpoint, the input scale and the prediction type ({self.prediction!r})")
+            where = f"t={t:.6g}" if not per_sample else f"per-sample t in [{float(t.min()):.4g}, {float(t.max()):.4g}]"
+            raise FloatingPointError(f"model returned NaN/Inf at {where} (model call {self.nfe}); check the checkpoint, the input scale and the prediction type ({self.prediction!r})")
         out = out.to(x.dtype)
-        x0, eps = self._to_x0_eps(out, x, t)
+        if per_sample:
+            x0, eps = self.process.to_x0_eps(out, self.prediction, x, t)
+            if not (bool(torch.isfinite(x0).all()) and bool(torch.isfinite(eps).all())):
+                raise FloatingPointError(f"converting the {self.prediction!r} prediction to x0/eps at per-sample times gives NaN/Inf")
+        else:
+            x0, eps = self._to_x0_eps(out, x, t)
         if self.x0_clip is not None:
             x0 = x0.clamp(-self.x0_clip, self.x0_clip)
-            a, s = self.coef(t)
-            eps = (x - a * x0) / s if s > 0 else eps
+            if per_sample:
+                la, ls = self.process.log_alpha_sigma(t)
+                a, s = append_dims(la.exp().to(x.dtype), x.ndim), append_dims(ls.exp().to(x.dtype), x.ndim)
+                eps = (x - a * x0) / s
+            else:
+                a, s = self.coef(t)
+                eps = (x - a * x0) / s if s > 0 else eps
         if self.mask is not None or self.process.zero_com:
             x0 = self.project(x0)
             eps = self.project(eps)

@@ -50,24 +50,8 @@ import math
 
 from torch import Tensor
 
+from ._multistep import phi as _phi
 from .base import ModelFn, is_clean, register
-
-
-def _phi(k: int, x: float) -> float:
-    """``phi_k(x) = sum_j x^j / (j + k)!`` (``phi_1 = expm1(x) / x``), series for small ``|x|``."""
-    if abs(x) < 0.5:
-        term = 1.0 / math.factorial(k)
-        total = term
-        for j in range(1, 40):
-            term *= x / (j + k)
-            total += term
-            if abs(term) < 1e-18 * abs(total):
-                break
-        return total
-    val = math.expm1(x) / x
-    for j in range(1, k):
-        val = (val - 1.0 / math.factorial(j)) / x
-    return val
 
 
 @register("dualfast", nfe=lambda n: n, order=1, reference="Yu et al. 2025 (DualFast), arXiv:2506.13058; base Lu et al. 2022b (DPM-Solver++ multistep)")

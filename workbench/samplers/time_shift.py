@@ -34,45 +34,6 @@ from ..processes import append_dims
 from .base import ModelFn, is_clean, register
 
 
-def _per_sample_call(model: ModelFn, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """One batched network evaluation (one NFE) at per-sample times ``t`` ``[B]`` (float64).
-
-    ``ModelFn.__call__`` takes a scalar time; this mirrors it (shape and finiteness checks,
-    conversion to ``(x0, eps)``, ``x0_clip``, projection, callback) for a time vector.
-    Returns ``(x0, eps)`` ``[B, ...]``.
-    """
-    if bool((t == t[0]).all()):
-        pred = model(x, float(t[0]))
-        return pred.x0, pred.eps
-    kw = {}
-    if model.mask is not None:
-        kw["mask"] = model.mask
-    if model.cond is not None:
-        kw["cond"] = model.cond
-    tb = t.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
-    out = model.model(x, tb, **kw)
-    model.nfe += 1
-    if not isinstance(out, Tensor):
-        raise TypeError(f"model must return a tensor, got {type(out).__name__}")
-    if out.shape != x.shape:
-        raise ValueError(f"model returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(out).all()):
-        raise FloatingPointError(f"model returned NaN/Inf at shifted times (model call {model.nfe})")
-    out = out.to(x.dtype)
-    t64 = t.to(device=x.device, dtype=torch.float64)
-    x0, eps = model.process.to_x0_eps(out, model.prediction, x, t64)
-    if model.x0_clip is not None:
-        la, ls = model.process.log_alpha_sigma(t64)
-        a = append_dims(la.exp().to(x.dtype), x.ndim)
-        s = append_dims(ls.exp().to(x.dtype), x.ndim)
-        x0 = x0.clamp(-model.x0_clip, model.x0_clip)
-        eps = (x - a * x0) / s
-    x0, eps = model.project(x0), model.project(eps)
-    if model.callback is not None:
-        model.callback({"nfe": model.nfe, "t": t64, "x": x, "x0": x0})
-    return x0, eps
-
-
 def _sample_variance(model: ModelFn, x: Tensor) -> Tensor:
     """Unbiased variance over the real coordinates of each sample ``[B]`` (float64)."""
     B = x.shape[0]
@@ -121,7 +82,8 @@ def time_shift(model: ModelFn, x: Tensor, ts: Tensor, *, window: float = 0.03, c
         s, t = float(ts[i]), float(ts[i + 1])
         if window > 0 and s > cutoff:
             t_shift = shifted_times(model, x, s, window=window, window_points=window_points, data_var=data_var)
-            x0, eps = _per_sample_call(model, x, t_shift)
+            pred = model(x, t_shift)  # one NFE at per-sample shifted times
+            x0, eps = pred.x0, pred.eps
         else:
             pred = model(x, s)
             x0, eps = pred.x0, pred.eps
