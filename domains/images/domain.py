@@ -89,6 +89,8 @@ class ImagesDomain(Domain):
     formats = ("png", "npz")
     has_exact_model = False
     prediction = "epsilon"
+    #: metric the sampler benchmark tabulates
+    primary_metric = "fd_classifier"
 
     def __init__(self, **config):
         config.setdefault("dataset", "digits")
