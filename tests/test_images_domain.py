@@ -230,9 +230,10 @@ def test_fashion_mnist_real_package():
     assert b.x.shape == (4, 1, 28, 28) and -1.0 <= float(b.x.min()) and float(b.x.max()) <= 1.0
 
 
-@pytest.mark.skipif(not fashion_mnist_available() or not (CHECKPOINT_DIR / "fashion_mnist_unet.safetensors").exists(),
-                    reason="Debian package dataset-fashion-mnist not installed (or no shipped Fashion-MNIST teacher)")
+@pytest.mark.skipif(not fashion_mnist_available(), reason="Debian package dataset-fashion-mnist not installed")
 def test_check_domain_fashion_mnist():
     d = ImagesDomain(dataset="fashion_mnist")
-    rep = check_domain(d, n=4, steps=2)
+    # no Fashion-MNIST teacher is shipped (see checkpoints/README.md): check with a fresh backbone
+    shipped = (CHECKPOINT_DIR / "fashion_mnist_unet.safetensors").exists()
+    rep = check_domain(d, n=4, steps=2, teacher=shipped)
     assert "class_accuracy" in rep["metrics"]
