@@ -1,0 +1,10 @@
+"""Few-step distillation: students, consistency distillation (single / multi-segment,
+LCM skipping) and MeanFlow. Objectives follow the protocol of :mod:`workbench.losses`
+(``objective(nets, batch, generator) -> loss [B]``) and train with the one shared loop
+:func:`workbench.training.train`. Core package: it does not import any domain."""
+from .base import FewStepGenerator, consistency_output, student_from_teacher, student_x0
+from .consistency import ConsistencyDistillation
+from .meanflow import MeanFlow, TwoTimeMLP, meanflow_generate
+
+__all__ = ["FewStepGenerator", "ConsistencyDistillation", "MeanFlow", "TwoTimeMLP", "meanflow_generate",
+           "student_from_teacher", "student_x0", "consistency_output"]

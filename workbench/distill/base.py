@@ -1,0 +1,199 @@
+"""Few-step students and what every distiller shares.
+
+A *student* is a :class:`~workbench.model.Denoiser` (or any module
+``student(x_t [B, ...], t [B], *, mask=None, cond=None) -> prediction [B, ...]`` with a
+``prediction`` attribute) trained to map a noisy state straight to (an estimate of) the
+clean end of its trajectory. :class:`FewStepGenerator` turns it into a K-step generator by
+multistep consistency sampling (Song et al. 2023, Algorithm 1):
+
+    x0_k = f(x_{t_k}, t_k);   x_{t_{k+1}} = alpha(t_{k+1}) x0_k + sigma(t_{k+1}) z,  z ~ N(0, I)
+
+The consistency function ``f`` is built on top of the student's x0 output with a boundary
+condition (:func:`consistency_output`), so ``f(x, t_low) = x`` exactly at the lower end
+``t_low`` of its segment (``t_low = 0`` for plain consistency models; the segment starts for
+multi-segment / phased consistency models, Wang et al. 2024 "Phased Consistency Model";
+Ding et al. 2025 "Efficient-vDiT").
+
+Time convention as everywhere in the package: ``t`` in ``[0, 1]``, ``t = 0`` data,
+``x_t = alpha(t) x_0 + sigma(t) eps``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..processes import GaussianProcess, append_dims, canonical_prediction
+from ..utils import Generator, randn_like
+
+__all__ = ["PARAMETERIZATIONS", "consistency_output", "student_x0", "FewStepGenerator", "student_from_teacher"]
+
+#: how ``f(x, t)`` is built on the student's x0 output (see :func:`consistency_output`)
+PARAMETERIZATIONS = ("x0", "edm")
+
+
+def _per_sample(t, x: Tensor) -> Tensor:
+    """``t`` (float, 0-d or ``[B]``) -> float64 ``[B]`` on ``x``'s device."""
+    t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t must be a scalar or have shape [B] = [{x.shape[0]}], got {tuple(t.shape)}")
+    return t
+
+
+def student_x0(net, process: GaussianProcess, x: Tensor, t: Tensor, *, prediction: Optional[str] = None,
+               mask: Optional[Tensor] = None, cond: Any = None) -> Tensor:
+    """The data prediction of ``net`` at ``(x [B, ...], t [B])``, whatever its parameterization
+    (``prediction``, default ``net.prediction``), projected (padding zero, zero CoM)."""
+    t = _per_sample(t, x)
+    kw = {}
+    if mask is not None:
+        kw["mask"] = mask
+    if cond is not None:
+        kw["cond"] = cond
+    out = net(x, t.to(x.dtype), **kw)
+    pred = canonical_prediction(prediction or getattr(net, "prediction", "x0"))
+    if pred != "x0":
+        out = process.convert(out, pred, "x0", x, t).to(x.dtype)
+    return process.project(out, mask)
+
+
+def consistency_output(process: GaussianProcess, x: Tensor, x0_hat: Tensor, t: Tensor, t_low: Tensor, *,
+                       parameterization: str = "x0", sigma_data: float = 0.5) -> Tensor:
+    """Consistency function ``f(x_t, t) -> x_{t_low}`` built on an x0 estimate, with the boundary
+    condition ``f(x, t_low) = x`` exactly.
+
+    In ``y = x / alpha`` units with ``sigma~ = sigma / alpha`` (so ``y_t = x0 + sigma~_t eps``):
+
+    * ``parameterization="x0"``: the DDIM / first-order exponential jump from ``t`` to
+      ``t_low`` with the student's x0: ``c_skip = sigma~_low / sigma~_t``,
+      ``c_out = 1 - c_skip`` (for ``t_low = 0`` this is the plain x0 prediction);
+    * ``parameterization="edm"``: Song et al. 2023, eq. 7 / Appendix C, with
+      ``sigma_data`` and the offset at the segment start:
+      ``c_skip = sigma_data^2 / ((sigma~_t - sigma~_low)^2 + sigma_data^2)``,
+      ``c_out = sigma_data (sigma~_t - sigma~_low) / sqrt(sigma~_t^2 + sigma_data^2)``.
+
+    Then ``f = alpha_low (c_skip y_t + c_out x0_hat)``; where ``t <= t_low`` the output is ``x``.
+
+    Args:
+        x: ``[B, ...]`` state at ``t``; ``x0_hat``: ``[B, ...]`` the student's x0 output.
+        t, t_low: ``[B]`` (or scalars) with ``t >= t_low``.
+    Returns:
+        ``[B, ...]`` the estimate of ``x_{t_low}`` on the probability-flow trajectory.
+    """
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"unknown parameterization {parameterization!r}; valid: {', '.join(PARAMETERIZATIONS)}")
+    t, t_low = _per_sample(t, x), _per_sample(t_low, x)
+    la, ls = process.log_alpha_sigma(t)
+    la_lo, ls_lo = process.log_alpha_sigma(t_low)
+    sig = (ls - la).exp()  # sigma~_t (0 at t = 0)
+    sig_lo = torch.where(t_low > 0, (ls_lo - la_lo).exp(), torch.zeros_like(t_low))
+    at_boundary = t <= t_low
+    safe_sig = torch.where(at_boundary | (sig <= 0), torch.ones_like(sig), sig)
+    if parameterization == "x0":
+        c_skip = sig_lo / safe_sig
+        c_out = 1.0 - c_skip
+    else:
+        sd = float(sigma_data)
+        d = (sig - sig_lo).clamp_min(0.0)
+        c_skip = sd**2 / (d**2 + sd**2)
+        c_out = sd * d / torch.sqrt(safe_sig**2 + sd**2)
+    y = x / append_dims(la.exp().to(x.dtype), x.ndim)
+    f = append_dims(la_lo.exp().to(x.dtype), x.ndim) * (append_dims(c_skip.to(x.dtype), x.ndim) * y
+                                                          + append_dims(c_out.to(x.dtype), x.ndim) * x0_hat)
+    return torch.where(append_dims(at_boundary, x.ndim), x, f)
+
+
+def student_from_teacher(teacher: nn.Module) -> nn.Module:
+    """A trainable student initialised from the teacher: a deep copy with gradients enabled
+    (the usual initialisation of consistency distillation, Song et al. 2023, Sec. 5)."""
+    student = copy.deepcopy(teacher)
+    student.requires_grad_(True)
+    return student.train()
+
+
+class FewStepGenerator(nn.Module):
+    """A student predicting x0 from ``(x_t, t)`` as a few-step generator.
+
+    Args:
+        student: ``student(x_t [B, ...], t [B], *, mask=None, cond=None) -> [B, ...]`` in the
+            parameterization ``prediction`` (default ``student.prediction``, else ``x0``).
+        process: the Gaussian process of the student.
+        parameterization: how the consistency function is built on the x0 output (``"x0"``
+            or ``"edm"``; must match the :class:`~workbench.distill.ConsistencyDistillation`
+            objective it was trained with), see :func:`consistency_output`.
+        sigma_data: for ``parameterization="edm"``.
+    """
+
+    def __init__(self, student: nn.Module, process: GaussianProcess, *, prediction: Optional[str] = None,
+                 parameterization: str = "x0", sigma_data: float = 0.5):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; valid: {', '.join(PARAMETERIZATIONS)}")
+        self.student = student
+        self.process = process
+        self.prediction = canonical_prediction(prediction or getattr(student, "prediction", "x0"))
+        self.parameterization = parameterization
+        self.sigma_data = float(sigma_data)
+
+    def consistency(self, x: Tensor, t, t_low=0.0, *, mask: Optional[Tensor] = None, cond: Any = None) -> Tensor:
+        """``f(x [B, ...], t) -> x_{t_low}`` (``[B, ...]``, projected); ``f(x, t_low) = x``."""
+        x0 = student_x0(self.student, self.process, x, _per_sample(t, x), prediction=self.prediction, mask=mask, cond=cond)
+        out = consistency_output(self.process, x, x0, t, t_low, parameterization=self.parameterization, sigma_data=self.sigma_data)
+        return self.process.project(out, mask)
+
+    def forward(self, x: Tensor, t, *, mask: Optional[Tensor] = None, cond: Any = None) -> Tensor:
+        """The generator's data estimate ``f(x_t, t) -> x0`` ``[B, ...]`` (an x0-prediction model)."""
+        return self.consistency(x, t, 0.0, mask=mask, cond=cond)
+
+    def generate(self, x_T: Tensor, timesteps, *, mask: Optional[Tensor] = None, cond: Any = None,
+                 generator: Generator = None, noise_scale: float = 1.0) -> Tensor:
+        """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
+
+        Args:
+            x_T: ``[B, ...]`` initial state at ``timesteps[0]`` (e.g. ``process.prior(shape)``).
+            timesteps: ``[K + 1]`` float64, strictly decreasing, ending at ``0``: ``K`` network
+                evaluations.
+            mask: ``[B, N]`` validity mask for set states ``[B, N, ...]``.
+            generator: ``None``, a ``torch.Generator`` or ``B`` per-sample generators (fresh noise).
+            noise_scale: scale of the fresh noise re-injected between steps (inference-time
+                noise modulation as used for protein backbones with SiD; ``1`` is the
+                consistency-model sampler, ``0`` a deterministic DDIM-like jump with
+                ``eps = 0``).
+        Returns:
+            ``[B, ...]`` the sample (the x0 of the last step), projected.
+        """
+        ts = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
+        if len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
+            raise ValueError("timesteps must be a strictly decreasing grid of at least 2 points")
+        if float(ts[-1]) != 0.0:
+            raise ValueError(f"timesteps must end at the clean end t=0, got {float(ts[-1])}")
+        p = self.process
+        x = p.project(x_T, mask)
+        x0 = x
+        K = len(ts) - 1
+        for k in range(K):
+            x0 = self(x, float(ts[k]), mask=mask, cond=cond)
+            if k == K - 1:
+                break
+            t_next = torch.full((x.shape[0],), float(ts[k + 1]), dtype=torch.float64, device=x.device)
+            a = append_dims(p.alpha(t_next).to(x.dtype), x.ndim)
+            s = append_dims(p.sigma(t_next).to(x.dtype), x.ndim)
+            z = p.project(randn_like(x, generator), mask)
+            x = p.project(a * x0 + s * float(noise_scale) * z, mask)
+        return p.project(x0, mask)
+
+    def generate_segments(self, x_T: Tensor, boundaries, *, mask: Optional[Tensor] = None, cond: Any = None) -> Tensor:
+        """Deterministic multi-segment sampling: ``x <- f(x, b_j, b_{j+1})`` along
+        ``boundaries`` ``[S + 1]`` (decreasing to 0, the segment edges the student was
+        distilled with): one network evaluation per segment."""
+        bs = torch.as_tensor(boundaries, dtype=torch.float64).flatten()
+        if len(bs) < 2 or not bool((bs[1:] < bs[:-1]).all()):
+            raise ValueError("boundaries must be strictly decreasing")
+        x = self.process.project(x_T, mask)
+        for j in range(len(bs) - 1):
+            x = self.consistency(x, float(bs[j]), float(bs[j + 1]), mask=mask, cond=cond)
+        return x
