@@ -4,6 +4,8 @@ problem and the valid choices; exit code 2.
 
     workbench domains | samplers
     workbench train domain=toy out=runs/toy train.steps=2000
+    workbench distill domain=toy method=consistency student_steps=4 out=runs/cd train.steps=3000
+    workbench generate domain=toy generator=runs/cd/generator.safetensors steps=4 out=runs/cd_samples
     workbench generate domain=images sampler=unipc_2 steps=6 n=32 seed=1 out=runs/x
     workbench evaluate domain=images samples=runs/x
     workbench bench samplers domain=toy
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 USAGE = __doc__.split("\n\n", 1)[1]
-COMMANDS = ("domains", "samplers", "train", "generate", "evaluate", "bench", "check", "demo")
+COMMANDS = ("domains", "samplers", "train", "distill", "generate", "evaluate", "bench", "check", "demo")
 BENCH_KINDS = ("samplers",)
 
 
@@ -60,7 +62,7 @@ def load_config(overrides: list[str]):
         if "=" not in o:
             raise CLIError(f"expected key=value, got {o!r} (e.g. steps=5)")
     # sampler options are free-form: options.eta=1.0 adds a key to the (empty) options dict
-    overrides = ["+" + o if o.startswith("options.") else o for o in overrides]
+    overrides = ["+" + o if o.startswith(("options.", "distill.")) else o for o in overrides]
     with initialize_config_dir(config_dir=str(cdir), version_base=None):
         try:
             cfg = compose(config_name="config", overrides=list(overrides))
@@ -133,13 +135,26 @@ def cmd_train(cfg) -> int:
     return 0
 
 
+def cmd_distill(cfg) -> int:
+    from omegaconf import OmegaConf
+
+    from .runner import distill
+
+    name, kw = _domain_kwargs(cfg)
+    tr = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if v is not None}
+    res = distill(name, method=cfg.method, student_steps=cfg.student_steps, out_dir=cfg.out, train=tr, teacher=cfg.teacher,
+                  method_options=OmegaConf.to_container(cfg.distill, resolve=True) or {}, domain_config=kw)
+    print(f"distilled {name} with {cfg.method} for {res['steps']} steps in {res['seconds']:.1f} s -> {res['generator']}")
+    return 0
+
+
 def cmd_generate(cfg) -> int:
     from .runner import generate
 
     name, kw = _domain_kwargs(cfg)
     m = generate(name, sampler=cfg.sampler, steps=cfg.steps, n=cfg.n, seed=cfg.seed, out_dir=cfg.out, teacher=cfg.teacher,
                  timesteps=_timesteps(cfg), batch_size=cfg.batch_size, device=cfg.device, n_ref=cfg.n_ref,
-                 options=_options(cfg), domain_config=kw)
+                 options=_options(cfg), domain_config=kw, generator=cfg.generator)
     print(f"wrote {cfg.n} samples to {cfg.out}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()))
     return 0
 
@@ -203,7 +218,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             import torch
 
             torch.set_num_threads(int(cfg.threads))
-        handler = {"domains": cmd_domains, "samplers": cmd_samplers, "train": cmd_train, "generate": cmd_generate,
+        handler = {"domains": cmd_domains, "samplers": cmd_samplers, "train": cmd_train, "distill": cmd_distill, "generate": cmd_generate,
                    "evaluate": cmd_evaluate, "check": cmd_check, "demo": cmd_demo}.get(cmd)
         return cmd_bench(cfg, kind) if cmd == "bench" else handler(cfg)
     except CLIError as e:
@@ -232,6 +247,10 @@ def _validate(cfg) -> None:
     from .samplers import available
     from .timegrids import available as grids
 
+    from .runner import DISTILL_METHODS
+
+    if cfg.method not in DISTILL_METHODS:
+        raise CLIError(f"unknown distillation method {cfg.method!r}; valid: {', '.join(DISTILL_METHODS)}")
     if cfg.sampler not in available():
         raise CLIError(f"unknown sampler {cfg.sampler!r}; valid: {', '.join(available())}")
     if int(cfg.steps) < 1 or int(cfg.n) < 1:

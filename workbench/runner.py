@@ -118,16 +118,23 @@ def write_report(out_dir: Path, title: str, metrics: dict, plots: list[Path], ex
 def generate(domain: Union[str, Domain], *, sampler: str = "dpm_solver_pp_2m", steps: int = 5, n: int = 64, seed: int = 0,
              out_dir: PathLike = "outputs/generate", teacher: Optional[str] = None, timesteps=None, batch_size: int = 256,
              device="cpu", n_ref: int = 0, options: Optional[dict] = None, domain_config: Optional[dict] = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, generator: Optional[str] = None) -> dict:
     """Generate ``n`` samples with the domain's teacher (or ``teacher`` checkpoint), write them
     in the domain's formats, ``metrics.json``, ``report.md`` and a PNG under ``out_dir``.
     Returns the metrics dict (with ``nfe``, ``seconds_per_sample`` and, if ``n_ref > 0``,
     ``ode_error``: RMS distance to the adaptive float64 reference solution)."""
     dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
     out = Path(out_dir)
-    model = dom.load_teacher(teacher, device=resolve_device(device))
-    samples, info = sample_domain(dom, model, sampler=sampler, steps=steps, n=n, seed=seed, timesteps=timesteps,
-                                  batch_size=batch_size, device=device, options=options, progress=progress)
+    if generator is not None:  # a distilled few-step generator instead of a sampler on the teacher
+        model, gmeta = load_generator(dom, generator, device=resolve_device(device))
+        samples, info = sample_generator(dom, model, steps=steps, n=n, seed=seed, batch_size=batch_size, device=device,
+                                         noise_scale=float((options or {}).get("noise_scale", 1.0)))
+        sampler = f"generator:{gmeta['method']}"
+        n_ref = 0  # a generator has no ODE to compare with
+    else:
+        model = dom.load_teacher(teacher, device=resolve_device(device))
+        samples, info = sample_domain(dom, model, sampler=sampler, steps=steps, n=n, seed=seed, timesteps=timesteps,
+                                      batch_size=batch_size, device=device, options=options, progress=progress)
     metrics = {k: float(v) for k, v in dom.evaluate(samples).items()}
     metrics["nfe"] = info["nfe"]
     metrics["seconds_per_sample"] = info["seconds"] / max(1, n)
@@ -137,7 +144,8 @@ def generate(domain: Union[str, Domain], *, sampler: str = "dpm_solver_pp_2m", s
     dom.save_samples(samples, out / "samples")
     png = dom.plot(samples, out / "samples.png")
     record = {"domain": dom.name, "domain_config": dom.config, "sampler": sampler, "steps": steps, "n": n, "seed": seed,
-              "timesteps": info["timesteps"], "options": options or {}, "teacher": teacher or "shipped", "metrics": metrics}
+              "timesteps": info["timesteps"], "options": options or {}, "teacher": teacher or "shipped", "generator": generator,
+              "metrics": metrics}
     write_json(out / "metrics.json", record)
     write_report(out, f"{dom.name}: {sampler}, {steps} steps ({info['nfe']} NFE)", metrics, [Path(png)],
                  extra=f"{n} samples, seed {seed}, teacher: {teacher or 'shipped checkpoint'}.")
@@ -171,3 +179,78 @@ def train_domain_teacher(domain: Union[str, Domain], out_dir: PathLike, *, train
     res = train_teacher(dom, {k: v for k, v in (train or {}).items() if v is not None}, out_dir, resume=resume)
     return {"steps": res.step, "seconds": res.seconds, "final_loss": res.history[-1] if res.history else None,
             "checkpoint": str(Path(out_dir) / "teacher.safetensors")}
+
+
+#: distillation methods the CLI can run today (issue 3 adds the rest on the same path)
+DISTILL_METHODS = ("consistency",)
+
+
+def distill(domain: Union[str, Domain], *, method: str = "consistency", student_steps: int = 4, out_dir: PathLike = "outputs/distill",
+            train: Optional[dict] = None, method_options: Optional[dict] = None, teacher: Optional[str] = None,
+            domain_config: Optional[dict] = None, resume: bool = True, target_decay: float = 0.95) -> dict:
+    """Distil the domain's teacher into a few-step generator with the shared training loop
+    (resumable from ``out_dir/state.pt``) and export ``out_dir/generator.safetensors``
+    (the student's EMA weights; metadata: method, parameterization, ``student_steps``),
+    which :func:`generate` uses with ``generator=PATH``."""
+    import copy
+    from dataclasses import replace
+
+    from .checkpoint import save_weights
+    from .distill import ConsistencyDistillation, student_from_teacher
+    from .training import TrainConfig
+    from .training import train as train_loop
+
+    if method not in DISTILL_METHODS:
+        raise ValueError(f"unknown distillation method {method!r}; valid: {', '.join(DISTILL_METHODS)}")
+    if int(student_steps) < 1:
+        raise ValueError(f"student_steps must be a positive integer, got {student_steps}")
+    dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
+    t_net = dom.load_teacher(teacher).eval().requires_grad_(False)
+    student = student_from_teacher(t_net)
+    obj = ConsistencyDistillation(dom.process(), t_net.prediction, **(method_options or {}))
+    nets = {"student": student, "teacher": t_net, "target": copy.deepcopy(student).requires_grad_(False)}
+    cfg = replace(TrainConfig(**dom.train_defaults), **{k: v for k, v in (train or {}).items() if v is not None})
+    meta = {"kind": "generator", "method": method, "domain": dom.name, "config": dom.config, "student_steps": int(student_steps),
+            "parameterization": obj.parameterization, "prediction": t_net.prediction, "options": method_options or {}}
+    res = train_loop(obj, nets, dom.train_data("train"), cfg, out_dir=out_dir, resume=resume, trainable=["student"], ema=["student"],
+                     meta=meta, on_step=lambda step, logs: obj.update_target(nets, target_decay))
+    path = Path(out_dir) / "generator.safetensors"
+    save_weights(path, res.ema["student"], {**meta, "steps": res.step})
+    return {"steps": res.step, "seconds": res.seconds, "final_loss": res.history[-1] if res.history else None, "generator": str(path)}
+
+
+def load_generator(domain: Domain, path: PathLike, *, device="cpu"):
+    """A :class:`~workbench.distill.FewStepGenerator` from a ``generator.safetensors`` written
+    by :func:`distill` (the student's architecture is the domain's backbone)."""
+    from .checkpoint import CheckpointError, load_into, load_weights
+    from .distill import FewStepGenerator
+
+    _, meta = load_weights(path)
+    if meta.get("kind") != "generator":
+        raise CheckpointError(f"{path} is not a distilled generator (written by 'workbench distill'); for a teacher use teacher=PATH")
+    if meta.get("domain") != domain.name:
+        raise CheckpointError(f"{path} was distilled for domain {meta.get('domain')!r}, not {domain.name!r}")
+    student = domain.build_backbone()
+    load_into(student, path, device=device)
+    gen = FewStepGenerator(student.to(device).eval(), domain.process(), prediction=meta["prediction"],
+                           parameterization=meta.get("parameterization", "x0"))
+    return gen, meta
+
+
+def sample_generator(domain: Domain, gen, *, steps: int, n: int, seed: int, batch_size: int = 256, device="cpu",
+                     noise_scale: float = 1.0) -> tuple[Batch, dict]:
+    """``n`` samples from a distilled few-step generator on a uniform grid of ``steps`` steps."""
+    from .timegrids import uniform_t
+
+    device = resolve_device(device)
+    ts = uniform_t(domain.process(), steps)
+    parts, secs = [], 0.0
+    for gb, gens in generation_batches(domain, n, seed, batch_size):
+        c = gb.cond.to(device) if isinstance(gb.cond, torch.Tensor) else gb.cond
+        mask = gb.mask.to(device) if gb.mask is not None else None
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            x = gen.generate(gb.x_T.to(device), ts, mask=mask, cond=c, generator=gens, noise_scale=noise_scale)
+        secs += time.perf_counter() - t0
+        parts.append(Batch(x=x.cpu(), mask=gb.mask, cond=gb.cond))
+    return _cat_batches(parts), {"nfe": int(steps), "seconds": secs, "timesteps": [float(t) for t in ts]}
