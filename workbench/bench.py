@@ -183,7 +183,7 @@ def markdown_tables(rows, nfes, dom, primary, n, n_ref, ref_seconds, overhead, g
          "| NFE | workbench | error | diffusers | error |", "|---|---|---|---|---|", *best, ""]
     if primary:
         s += [f"### Domain metric `{primary}`", "", _pivot(rows, nfes, f"m_{primary}"), ""]
-    s += ["### Wall time (ms per sample)", "", _pivot(rows, nfes, "ms_per_sample", "{:.2f}"), ""]
+    s += ["### Wall time (ms per sample)", "", _pivot(rows, nfes, "ms_per_sample", "{:.3g}"), ""]
     s += ["### Bookkeeping cost per step (zero-cost model)", "", "| workbench | us/step | diffusers | us/step | ratio |", "|---|---|---|---|---|"]
     for r in overhead["pairs"]:
         s.append(f"| {r['workbench']} | {r['workbench_us']:.1f} | {r['diffusers']} | {r['diffusers_us']:.1f} | {r['ratio']:.2f} |")
