@@ -97,3 +97,25 @@ def test_phases_and_frozen_nets():
     assert res.ema == {}
     with pytest.raises(ValueError, match="frozen"):
         train(TwoPhase(), {"a": a, "b": b}, data, cfg(steps=1), trainable=["a"])
+
+
+def test_ema_targets_follow_their_source():
+    """An objective's ``ema_targets`` make the loop move a target net towards its source."""
+    class WithTarget:
+        ema_targets = {"target": ("model", 0.5)}
+
+        def __call__(self, nets, batch, g):
+            return (nets["model"](batch.x) ** 2).mean(1)
+
+    model, target = nn.Linear(2, 2), nn.Linear(2, 2)
+    t0 = target.weight.detach().clone()
+    seen = []
+
+    def record(step, logs):
+        seen.append((model.weight.detach().clone(), target.weight.detach().clone()))
+
+    train(WithTarget(), {"model": model, "target": target}, data, cfg(steps=2), trainable=["model"], ema=[], on_step=record)
+    (m1, tg1), (m2, tg2) = seen
+    assert torch.allclose(tg1, 0.5 * t0 + 0.5 * m1) and torch.allclose(tg2, 0.5 * tg1 + 0.5 * m2)
+    with pytest.raises(ValueError, match="must not also be trainable"):
+        train(WithTarget(), {"model": model, "target": target}, data, cfg(steps=1), trainable=["model", "target"])

@@ -187,7 +187,7 @@ DISTILL_METHODS = ("consistency",)
 
 def distill(domain: Union[str, Domain], *, method: str = "consistency", student_steps: int = 4, out_dir: PathLike = "outputs/distill",
             train: Optional[dict] = None, method_options: Optional[dict] = None, teacher: Optional[str] = None,
-            domain_config: Optional[dict] = None, resume: bool = True, target_decay: float = 0.95) -> dict:
+            domain_config: Optional[dict] = None, resume: bool = True) -> dict:
     """Distil the domain's teacher into a few-step generator with the shared training loop
     (resumable from ``out_dir/state.pt``) and export ``out_dir/generator.safetensors``
     (the student's EMA weights; metadata: method, parameterization, ``student_steps``),
@@ -213,7 +213,7 @@ def distill(domain: Union[str, Domain], *, method: str = "consistency", student_
     meta = {"kind": "generator", "method": method, "domain": dom.name, "config": dom.config, "student_steps": int(student_steps),
             "parameterization": obj.parameterization, "prediction": t_net.prediction, "options": method_options or {}}
     res = train_loop(obj, nets, dom.train_data("train"), cfg, out_dir=out_dir, resume=resume, trainable=["student"], ema=["student"],
-                     meta=meta, on_step=lambda step, logs: obj.update_target(nets, target_decay))
+                     meta=meta)  # the loop keeps nets["target"] an EMA of the student (obj.ema_targets)
     path = Path(out_dir) / "generator.safetensors"
     save_weights(path, res.ema["student"], {**meta, "steps": res.step})
     return {"steps": res.step, "seconds": res.seconds, "final_loss": res.history[-1] if res.history else None, "generator": str(path)}

@@ -9,7 +9,10 @@
   reproducible and resumable from the saved generator state;
 * phases: an objective may declare ``phases = [(name, [net names], every), ...]``; each
   phase has its own optimizer and runs every ``every`` steps (two time-scale updates);
-  the default is one phase over all trainable nets.
+  the default is one phase over all trainable nets;
+* EMA targets: an objective may declare ``ema_targets = {target: (source, decay)}``; after
+  every step the loop moves ``nets[target]`` towards ``nets[source]`` (consistency models'
+  target network, Song et al. 2023); targets are checkpointed with the other nets.
 
 Features: EMA (with warm-up), gradient clipping, cosine/constant LR with warm-up,
 atomic checkpoints every ``ckpt_every`` steps (``state.pt``) with exact resume (nets, EMA,
@@ -79,6 +82,15 @@ class EMA:
             be.copy_(b)
 
 
+@torch.no_grad()
+def _lerp_module(target: nn.Module, source: nn.Module, weight: float) -> None:
+    """``target <- target + weight (source - target)`` for parameters; buffers copied."""
+    for pt, ps in zip(target.parameters(), source.parameters()):
+        pt.lerp_(ps.detach(), weight)
+    for bt, bs in zip(target.buffers(), source.buffers()):
+        bt.copy_(bs)
+
+
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
     if cfg.warmup and step < cfg.warmup:
         return (step + 1) / cfg.warmup
@@ -130,6 +142,13 @@ def train(objective: Callable, nets: Union[nn.Module, dict], data: Callable[[int
         raise ValueError(f"trainable names {unknown} are not nets; valid: {list(nets)}")
     ema_names = [n for n in (ema if ema is not None else ["model"]) if n in nets]
     phases = _phases(objective, trainable)
+    # EMA targets apply when the target net is present (objectives may run without one)
+    ema_targets = {k: v for k, v in dict(getattr(objective, "ema_targets", None) or {}).items() if k in nets}
+    for tgt, (src, _) in ema_targets.items():
+        if src not in nets:
+            raise ValueError(f"objective.ema_targets maps {src!r} -> {tgt!r}, but nets are {list(nets)}")
+        if tgt in trainable:
+            raise ValueError(f"{tgt!r} is an EMA target of {src!r}; it must not also be trainable")
     optims = {}
     for name, names, _ in phases:
         params = [p for n in names for p in nets[n].parameters() if p.requires_grad]
@@ -200,6 +219,8 @@ def train(objective: Callable, nets: Union[nn.Module, dict], data: Callable[[int
             logs[name] = loss.item()
         for n, e in emas.items():
             e.update(nets[n], step)
+        for tgt, (src, decay) in ema_targets.items():  # e.g. consistency models' target network
+            _lerp_module(nets[tgt], nets[src], 1.0 - float(decay))
         step += 1
         for k, v in logs.items():
             running[k] = running.get(k, 0.0) + v

@@ -60,7 +60,8 @@ class ConsistencyDistillation:
 
     def __init__(self, process: GaussianProcess, teacher_prediction: Optional[str] = None, *, segments: int = 1, skip: int = 1,
                  num_scales: int = 50, solver: str = "ddim", loss: str = "l2", parameterization: str = "x0",
-                 sigma_data: float = 0.5, t_max: Optional[float] = None, huber_c: Optional[float] = None):
+                 sigma_data: float = 0.5, t_max: Optional[float] = None, huber_c: Optional[float] = None,
+                 target_decay: float = 0.95):
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
         if loss not in LOSSES:
@@ -79,6 +80,7 @@ class ConsistencyDistillation:
         self.sigma_data = float(sigma_data)
         self.t_max = float(t_max if t_max is not None else getattr(process, "t_max_finite", 1.0))
         self.huber_c = huber_c
+        self.target_decay = float(target_decay)
         #: the float64 grid ``[num_scales + 1]``, increasing from 0 to ``t_max``
         self.grid = torch.linspace(0.0, self.t_max, num_scales + 1, dtype=torch.float64)
 
@@ -156,6 +158,12 @@ class ConsistencyDistillation:
             f_tgt = self.consistency_fn(tnet, x_n, t_n, t_lo, mask=mask, cond=cond)
         f_st = self.consistency_fn(student, x_m, t_m, t_lo, mask=mask, cond=cond)
         return self._distance(f_st, f_tgt.detach(), mask)
+
+    @property
+    def ema_targets(self) -> dict:
+        """For the shared training loop: keep ``nets["target"]`` an EMA of ``nets["student"]``
+        with ``target_decay`` (used when a ``"target"`` net is given)."""
+        return {"target": ("student", self.target_decay)}
 
     @torch.no_grad()
     def update_target(self, nets, decay: float = 0.95) -> None:
