@@ -12,14 +12,6 @@ from workbench.analytic import GaussianMixture, PointSetMixture
 from workbench.processes import project
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny float64 tensors: intra-op threads only add overhead (large under CPU contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 F64 = torch.float64
 PROCESSES = {
     "vp_linear": lambda **kw: P.VPLinear(**kw),

@@ -40,15 +40,6 @@ from workbench.reference import reference_solve
 from workbench.samplers import SAMPLERS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny float64 tensors: intra-op threads only add overhead (large under CPU contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 F64 = torch.float64
 GMM = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.2, -0.4], [0.2, 1.5]], dtype=F64), torch.tensor([0.6, 0.5, 0.7], dtype=F64),
                       torch.tensor([0.3, 0.4, 0.3], dtype=F64))

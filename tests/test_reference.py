@@ -11,14 +11,6 @@ from workbench.analytic import GaussianMixture, PointSetMixture
 from workbench.reference import reference_run, reference_solve, t_of_u, u_of_t
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny float64 tensors: intra-op threads only add overhead (large under CPU contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 F64 = torch.float64
 PROCESSES = {
     "vp_linear": lambda **kw: P.VPLinear(**kw),

@@ -19,7 +19,7 @@ from .losses import Batch
 from .processes import VPDiscrete
 from .runner import REF_TOL, _Float64, generation_batches
 from .samplers import SAMPLERS
-from .utils import atomic_path, write_json, write_text
+from .utils import model_kwargs, save_figure, write_json, write_text
 
 PEERS = ("ddim", "dpmsolver_2m", "dpmsolver_3m", "unipc", "deis")
 
@@ -60,7 +60,7 @@ def run_diffusers(name: str, model, process: VPDiscrete, x_T: torch.Tensor, nfe:
     sch = diffusers_scheduler(name, process)
     x = x_T
     calls = 0
-    kw = {k: v for k, v in (("mask", mask), ("cond", cond)) if v is not None}
+    kw = model_kwargs(mask, cond)
     with warnings.catch_warnings():  # numpy-2 deprecation warnings inside diffusers' schedulers
         warnings.simplefilter("ignore", DeprecationWarning)
         sch.set_timesteps(nfe)
@@ -231,10 +231,7 @@ def plot_rows(rows, path: Path, title: str) -> Path:
     ax.set_title(f"{title}: samplers vs diffusers peers")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 __all__ = ["bench_samplers", "diffusers_scheduler", "run_diffusers", "bookkeeping_overhead", "PEERS"]

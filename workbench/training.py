@@ -252,7 +252,7 @@ def plot_history(history: list, path: Union[str, Path]) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .utils import atomic_path
+    from .utils import save_figure
 
     keys = [k for k in history[0] if k != "step"]
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -264,8 +264,4 @@ def plot_history(history: list, path: Union[str, Path]) -> Optional[Path]:
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -95,3 +95,24 @@ def resolve_device(device: Optional[str] = None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def save_figure(fig, path, *, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def model_kwargs(mask=None, cond=None) -> dict:
+    """The optional keywords of a model call: ``mask=`` / ``cond=`` only when given."""
+    kw = {}
+    if mask is not None:
+        kw["mask"] = mask
+    if cond is not None:
+        kw["cond"] = cond
+    return kw

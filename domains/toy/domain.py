@@ -418,7 +418,7 @@ class ToyDomain(Domain):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from workbench.utils import atomic_path
+        from workbench.utils import save_figure
 
         x = samples.x.detach().cpu().float()
         if self.dataset == "pointset":
@@ -453,11 +453,7 @@ class ToyDomain(Domain):
             ax.set_aspect("equal")
             ax.set_title(f"toy gmm: {len(x)} samples over the true density", fontsize=9)
         fig.tight_layout()
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
 
 def _real_points(x: Tensor, mask: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..losses import Batch, masked_mean
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator, randn
+from ..utils import Generator, model_kwargs, randn
 from .base import PARAMETERIZATIONS, consistency_output, student_x0
 
 __all__ = ["ConsistencyDistillation"]
@@ -143,11 +143,7 @@ class ConsistencyDistillation:
         eps = p.project(randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype), mask)
         x_m = p.add_noise(x0, t_m, eps, mask)
         with torch.no_grad():
-            kw = {}
-            if mask is not None:
-                kw["mask"] = mask
-            if cond is not None:
-                kw["cond"] = cond
+            kw = model_kwargs(mask, cond)
             out = teacher(x_m, t_m.to(x0.dtype), **kw)
             tp = self.teacher_prediction or canonical_prediction(getattr(teacher, "prediction", "epsilon"))
             x0_T, eps_T = p.to_x0_eps(out, tp, x_m, t_m)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..losses import Batch, masked_mean
 from ..model import sinusoidal_embedding
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator, randn
+from ..utils import Generator, model_kwargs, randn
 
 __all__ = ["MeanFlow", "TwoTimeMLP", "meanflow_generate"]
 
@@ -39,11 +39,7 @@ def _check_linear(process: GaussianProcess) -> None:
 
 
 def _call(net, z: Tensor, r: Tensor, t: Tensor, mask, cond) -> Tensor:
-    kw = {}
-    if mask is not None:
-        kw["mask"] = mask
-    if cond is not None:
-        kw["cond"] = cond
+    kw = model_kwargs(mask, cond)
     return net(z, r, t, **kw)
 
 
@@ -128,11 +124,7 @@ class MeanFlow:
             v = p.project(eps - x0, mask)
         else:
             with torch.no_grad():
-                kw = {}
-                if mask is not None:
-                    kw["mask"] = mask
-                if cond is not None:
-                    kw["cond"] = cond
+                kw = model_kwargs(mask, cond)
                 out = teacher(z, t.to(x0.dtype), **kw)
                 tp = self.teacher_prediction or canonical_prediction(getattr(teacher, "prediction", "velocity"))
                 v = p.project(p.convert(out, tp, "velocity", z, t).to(x0.dtype), mask)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator, randn_like
+from ..utils import Generator, model_kwargs, randn_like
 
 __all__ = ["Prediction", "ModelFn", "SamplerSpec", "register", "get", "available", "SAMPLERS"]
 
@@ -110,11 +110,7 @@ class ModelFn:
         else:
             t = float(t)
             tb = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
-        kw = {}
-        if self.mask is not None:
-            kw["mask"] = self.mask
-        if self.cond is not None:
-            kw["cond"] = self.cond
+        kw = model_kwargs(self.mask, self.cond)
         out = self.model(x, tb, **kw)
         self.nfe += 1
         if not isinstance(out, Tensor):
