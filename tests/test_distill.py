@@ -136,7 +136,7 @@ def test_fewstep_generator_pointset_constraints(noise_scale):
     gb = d.generation_batch(16, generator=torch.Generator().manual_seed(0))
     ts = torch.tensor([1.0, 0.6, 0.3, 0.0], dtype=torch.float64)
     with torch.no_grad():
-        x = gen.generate(gb.x_T, ts, mask=gb.mask, generator=torch.Generator().manual_seed(1), noise_scale=noise_scale)
+        x = gen.generate(gb.x_T, timesteps=ts, mask=gb.mask, generator=torch.Generator().manual_seed(1), noise_scale=noise_scale)
         xs = gen.generate_segments(gb.x_T, torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64), mask=gb.mask)
     for y in (x, xs):
         assert y.shape == gb.x_T.shape and bool(torch.isfinite(y).all())
@@ -151,17 +151,17 @@ def test_fewstep_generator_gmm_and_validation():
     p = d.process()
     gen = FewStepGenerator(d.load_teacher(), p)  # a perfect x0 model as the "student"
     x_T = p.prior((256, 2), generator=torch.Generator().manual_seed(0))
-    x = gen.generate(x_T, torch.linspace(1.0, 0.0, 9, dtype=torch.float64), generator=torch.Generator().manual_seed(1))
+    x = gen.generate(x_T, timesteps=torch.linspace(1.0, 0.0, 9, dtype=torch.float64), generator=torch.Generator().manual_seed(1))
     assert x.shape == (256, 2) and bool(torch.isfinite(x).all())
     # with fresh noise between steps the samples land near the ring of radius 2 (measured 1.82)
     assert 1.5 < float(x.norm(dim=1).mean()) < 2.5
     # noise_scale=0 (no re-injected noise) collapses the posterior-mean jumps to the centre
-    x0 = gen.generate(x_T, torch.linspace(1.0, 0.0, 9, dtype=torch.float64), noise_scale=0.0)
+    x0 = gen.generate(x_T, timesteps=torch.linspace(1.0, 0.0, 9, dtype=torch.float64), noise_scale=0.0)
     assert float(x0.norm(dim=1).mean()) < 0.5
     with pytest.raises(ValueError):
-        gen.generate(x_T, torch.tensor([1.0, 0.5], dtype=torch.float64))
+        gen.generate(x_T, timesteps=torch.tensor([1.0, 0.5], dtype=torch.float64))
     with pytest.raises(ValueError):
-        gen.generate(x_T, torch.tensor([0.5, 1.0, 0.0], dtype=torch.float64))
+        gen.generate(x_T, timesteps=torch.tensor([0.5, 1.0, 0.0], dtype=torch.float64))
 
 
 # -- MeanFlow ------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def cmd_distill(cfg) -> int:
     name, kw = _domain_kwargs(cfg)
     tr = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if v is not None}
     res = distill(name, method=cfg.method, student_steps=cfg.student_steps, out_dir=cfg.out, train=tr, teacher=cfg.teacher,
-                  method_options=OmegaConf.to_container(cfg.distill, resolve=True) or {}, domain_config=kw)
+                  method_options=OmegaConf.to_container(cfg.distill, resolve=True) or {}, domain_config=kw, device=cfg.device)
     print(f"distilled {name} with {cfg.method} for {res['steps']} steps in {res['seconds']:.1f} s -> {res['generator']}")
     return 0
 
@@ -247,10 +247,10 @@ def _validate(cfg) -> None:
     from .samplers import available
     from .timegrids import available as grids
 
-    from .runner import DISTILL_METHODS
+    from .distill.recipes import available_methods
 
-    if cfg.method not in DISTILL_METHODS:
-        raise CLIError(f"unknown distillation method {cfg.method!r}; valid: {', '.join(DISTILL_METHODS)}")
+    if cfg.method not in available_methods():
+        raise CLIError(f"unknown distillation method {cfg.method!r}; valid: {', '.join(available_methods())}")
     if cfg.sampler not in available():
         raise CLIError(f"unknown sampler {cfg.sampler!r}; valid: {', '.join(available())}")
     if int(cfg.steps) < 1 or int(cfg.n) < 1:

@@ -5,7 +5,7 @@ optimises it; distillation methods follow the same protocol.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -21,15 +21,22 @@ TIME_SAMPLERS = ("uniform", "logit_normal", "edm")
 @dataclass
 class Batch:
     """A batch of states: ``x`` ``[B, ...]``, optional ``mask`` ``[B, N]`` and ``cond``
-    (e.g. class labels ``[B]``)."""
+    (e.g. class labels ``[B]``); ``extra`` holds per-sample tensors ``[B, ...]`` some
+    objectives need beside the data (e.g. the noise of a teacher pair, ``extra["noise"]``)."""
 
     x: Tensor
     mask: Optional[Tensor] = None
     cond: Any = None
+    extra: dict = field(default_factory=dict)
 
     def to(self, device) -> "Batch":
         mv = lambda v: v.to(device) if isinstance(v, Tensor) else v  # noqa: E731
-        return Batch(mv(self.x), mv(self.mask), mv(self.cond))
+        return Batch(mv(self.x), mv(self.mask), mv(self.cond), {k: mv(v) for k, v in self.extra.items()})
+
+    def index(self, idx) -> "Batch":
+        """The sub-batch ``idx`` (an index tensor or slice) of every per-sample field."""
+        sel = lambda v: v[idx] if isinstance(v, Tensor) else v  # noqa: E731
+        return Batch(sel(self.x), sel(self.mask), sel(self.cond), {k: sel(v) for k, v in self.extra.items()})
 
     def __len__(self) -> int:
         return self.x.shape[0]

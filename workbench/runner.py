@@ -144,7 +144,7 @@ def generate(domain: Union[str, Domain], *, sampler: str = "dpm_solver_pp_2m", s
     dom.save_samples(samples, out / "samples")
     png = dom.plot(samples, out / "samples.png")
     record = {"domain": dom.name, "domain_config": dom.config, "sampler": sampler, "steps": steps, "n": n, "seed": seed,
-              "timesteps": info["timesteps"], "options": options or {}, "teacher": teacher or "shipped", "generator": generator,
+              "timesteps": info.get("timesteps"), "options": options or {}, "teacher": teacher or "shipped", "generator": generator,
               "metrics": metrics}
     write_json(out / "metrics.json", record)
     write_report(out, f"{dom.name}: {sampler}, {steps} steps ({info['nfe']} NFE)", metrics, [Path(png)],
@@ -181,76 +181,76 @@ def train_domain_teacher(domain: Union[str, Domain], out_dir: PathLike, *, train
             "checkpoint": str(Path(out_dir) / "teacher.safetensors")}
 
 
-#: distillation methods the CLI can run today (issue 3 adds the rest on the same path)
-DISTILL_METHODS = ("consistency",)
-
-
 def distill(domain: Union[str, Domain], *, method: str = "consistency", student_steps: int = 4, out_dir: PathLike = "outputs/distill",
             train: Optional[dict] = None, method_options: Optional[dict] = None, teacher: Optional[str] = None,
-            domain_config: Optional[dict] = None, resume: bool = True) -> dict:
-    """Distil the domain's teacher into a few-step generator with the shared training loop
-    (resumable from ``out_dir/state.pt``) and export ``out_dir/generator.safetensors``
-    (the student's EMA weights; metadata: method, parameterization, ``student_steps``),
-    which :func:`generate` uses with ``generator=PATH``."""
-    import copy
+            domain_config: Optional[dict] = None, resume: bool = True, device="cpu") -> dict:
+    """Distil the domain's teacher with ``method`` (any of
+    :func:`workbench.distill.available_methods`) into a few-step generator with the shared
+    training loop (resumable from ``out_dir/state.pt``: nets, auxiliary nets, optimizers,
+    EMA and RNG states) and export ``out_dir/generator.safetensors`` (the generator's
+    weights, EMA where kept; the header holds the generator spec), which :func:`generate`,
+    :func:`load_generator` and ``workbench bench distill`` use."""
     from dataclasses import replace
 
     from .checkpoint import save_weights
-    from .distill import ConsistencyDistillation, student_from_teacher
+    from .distill.recipes import RecipeContext, setup_method
     from .training import TrainConfig
     from .training import train as train_loop
 
-    if method not in DISTILL_METHODS:
-        raise ValueError(f"unknown distillation method {method!r}; valid: {', '.join(DISTILL_METHODS)}")
     if int(student_steps) < 1:
         raise ValueError(f"student_steps must be a positive integer, got {student_steps}")
     dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
-    t_net = dom.load_teacher(teacher).eval().requires_grad_(False)
-    student = student_from_teacher(t_net)
-    obj = ConsistencyDistillation(dom.process(), t_net.prediction, **(method_options or {}))
-    nets = {"student": student, "teacher": t_net, "target": copy.deepcopy(student).requires_grad_(False)}
-    cfg = replace(TrainConfig(**dom.train_defaults), **{k: v for k, v in (train or {}).items() if v is not None})
+    device = str(resolve_device(device))
+    user = {k: v for k, v in (train or {}).items() if v is not None}
+    user.setdefault("device", device)
+    t_net = dom.load_teacher(teacher, device=device).eval().requires_grad_(False)
+    out = Path(out_dir)
+    ctx = RecipeContext(domain=dom, teacher=t_net, student_steps=int(student_steps), out_dir=out, device=device,
+                        seed=int(user.get("seed", 0)))
+    setup = setup_method(method, ctx, method_options)
+    cfg = replace(replace(TrainConfig(**dom.train_defaults), **setup.train_defaults), **user)
     meta = {"kind": "generator", "method": method, "domain": dom.name, "config": dom.config, "student_steps": int(student_steps),
-            "parameterization": obj.parameterization, "prediction": t_net.prediction, "options": method_options or {}}
-    res = train_loop(obj, nets, dom.train_data("train"), cfg, out_dir=out_dir, resume=resume, trainable=["student"], ema=["student"],
-                     meta=meta)  # the loop keeps nets["target"] an EMA of the student (obj.ema_targets)
-    path = Path(out_dir) / "generator.safetensors"
-    save_weights(path, res.ema["student"], {**meta, "steps": res.step})
-    return {"steps": res.step, "seconds": res.seconds, "final_loss": res.history[-1] if res.history else None, "generator": str(path)}
+            "spec": setup.spec, "options": method_options or {}, "info": setup.info}
+    res = train_loop(setup.objective, setup.nets, setup.data or dom.train_data("train"), cfg, out_dir=out, resume=resume,
+                     trainable=setup.trainable, ema=setup.ema, meta=meta)
+    final = {n: res.ema.get(n, m) for n, m in res.nets.items()}
+    gen = setup.make_generator(final)
+    path = out / "generator.safetensors"
+    save_weights(path, gen, {**meta, "steps": res.step, "train_seconds": res.seconds})
+    return {"steps": res.step, "seconds": res.seconds, "final_loss": res.history[-1] if res.history else None, "generator": str(path),
+            "method": method}
 
 
 def load_generator(domain: Domain, path: PathLike, *, device="cpu"):
-    """A :class:`~workbench.distill.FewStepGenerator` from a ``generator.safetensors`` written
-    by :func:`distill` (the student's architecture is the domain's backbone)."""
+    """``(generator, meta)`` from a ``generator.safetensors`` written by :func:`distill`: the
+    module is rebuilt from the spec in the header and the domain's backbone."""
     from .checkpoint import CheckpointError, load_into, load_weights
-    from .distill import FewStepGenerator
+    from .distill.recipes import build_generator
 
     _, meta = load_weights(path)
     if meta.get("kind") != "generator":
         raise CheckpointError(f"{path} is not a distilled generator (written by 'workbench distill'); for a teacher use teacher=PATH")
     if meta.get("domain") != domain.name:
         raise CheckpointError(f"{path} was distilled for domain {meta.get('domain')!r}, not {domain.name!r}")
-    student = domain.build_backbone()
-    load_into(student, path, device=device)
-    gen = FewStepGenerator(student.to(device).eval(), domain.process(), prediction=meta["prediction"],
-                           parameterization=meta.get("parameterization", "x0"))
-    return gen, meta
+    if "spec" not in meta:
+        raise CheckpointError(f"{path} has no generator spec in its header; re-export it with this version's 'workbench distill'")
+    gen = build_generator(domain, meta["spec"])
+    load_into(gen, path, device=device)
+    return gen.to(device).eval(), meta
 
 
 def sample_generator(domain: Domain, gen, *, steps: int, n: int, seed: int, batch_size: int = 256, device="cpu",
                      noise_scale: float = 1.0) -> tuple[Batch, dict]:
-    """``n`` samples from a distilled few-step generator on a uniform grid of ``steps`` steps."""
-    from .timegrids import uniform_t
-
+    """``n`` samples from a distilled few-step generator with ``steps`` steps (its own grid when
+    it has one of that length, else uniform in ``t``)."""
     device = resolve_device(device)
-    ts = uniform_t(domain.process(), steps)
     parts, secs = [], 0.0
     for gb, gens in generation_batches(domain, n, seed, batch_size):
         c = gb.cond.to(device) if isinstance(gb.cond, torch.Tensor) else gb.cond
         mask = gb.mask.to(device) if gb.mask is not None else None
         t0 = time.perf_counter()
         with torch.no_grad():
-            x = gen.generate(gb.x_T.to(device), ts, mask=mask, cond=c, generator=gens, noise_scale=noise_scale)
+            x = gen.generate(gb.x_T.to(device), int(steps), mask=mask, cond=c, generator=gens, noise_scale=noise_scale)
         secs += time.perf_counter() - t0
         parts.append(Batch(x=x.cpu(), mask=gb.mask, cond=gb.cond))
-    return _cat_batches(parts), {"nfe": int(steps), "seconds": secs, "timesteps": [float(t) for t in ts]}
+    return _cat_batches(parts), {"nfe": int(gen.nfe(int(steps))), "seconds": secs}

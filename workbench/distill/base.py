@@ -128,8 +128,10 @@ class FewStepGenerator(nn.Module):
         sigma_data: for ``parameterization="edm"``.
     """
 
+    kind = "consistency"
+
     def __init__(self, student: nn.Module, process: GaussianProcess, *, prediction: Optional[str] = None,
-                 parameterization: str = "x0", sigma_data: float = 0.5):
+                 parameterization: str = "x0", sigma_data: float = 0.5, timesteps=None):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; valid: {', '.join(PARAMETERIZATIONS)}")
@@ -138,6 +140,12 @@ class FewStepGenerator(nn.Module):
         self.prediction = canonical_prediction(prediction or getattr(student, "prediction", "x0"))
         self.parameterization = parameterization
         self.sigma_data = float(sigma_data)
+        #: default sampling grid ``[K + 1]`` (``None``: uniform in ``t`` with the requested steps)
+        self.timesteps = None if timesteps is None else torch.as_tensor(timesteps, dtype=torch.float64).flatten()
+
+    def nfe(self, steps: Optional[int] = None) -> int:
+        """Network evaluations of :meth:`generate` with ``steps`` steps (one per step)."""
+        return len(self.timesteps) - 1 if steps is None and self.timesteps is not None else int(steps)
 
     def consistency(self, x: Tensor, t, t_low=0.0, *, mask: Optional[Tensor] = None, cond: Any = None) -> Tensor:
         """``f(x [B, ...], t) -> x_{t_low}`` (``[B, ...]``, projected); ``f(x, t_low) = x``."""
@@ -149,14 +157,16 @@ class FewStepGenerator(nn.Module):
         """The generator's data estimate ``f(x_t, t) -> x0`` ``[B, ...]`` (an x0-prediction model)."""
         return self.consistency(x, t, 0.0, mask=mask, cond=cond)
 
-    def generate(self, x_T: Tensor, timesteps, *, mask: Optional[Tensor] = None, cond: Any = None,
+    def generate(self, x_T: Tensor, steps: Optional[int] = None, *, timesteps=None, mask: Optional[Tensor] = None, cond: Any = None,
                  generator: Generator = None, noise_scale: float = 1.0) -> Tensor:
         """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
 
         Args:
             x_T: ``[B, ...]`` initial state at ``timesteps[0]`` (e.g. ``process.prior(shape)``).
+            steps: ``K`` steps on a uniform grid in ``t`` (or on the generator's own
+                ``timesteps`` when it has ``K`` steps).
             timesteps: ``[K + 1]`` float64, strictly decreasing, ending at ``0``: ``K`` network
-                evaluations.
+                evaluations (overrides ``steps``).
             mask: ``[B, N]`` validity mask for set states ``[B, N, ...]``.
             generator: ``None``, a ``torch.Generator`` or ``B`` per-sample generators (fresh noise).
             noise_scale: scale of the fresh noise re-injected between steps (inference-time
@@ -166,6 +176,12 @@ class FewStepGenerator(nn.Module):
         Returns:
             ``[B, ...]`` the sample (the x0 of the last step), projected.
         """
+        if timesteps is None and self.timesteps is not None and (steps is None or int(steps) == len(self.timesteps) - 1):
+            timesteps = self.timesteps
+        if timesteps is None:
+            from .generators import default_grid
+
+            timesteps = default_grid(self.process, steps)
         ts = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
         if len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
             raise ValueError("timesteps must be a strictly decreasing grid of at least 2 points")

@@ -177,3 +177,32 @@ class ConsistencyDistillation:
     def __repr__(self) -> str:
         return (f"ConsistencyDistillation(segments={self.segments}, skip={self.skip}, num_scales={self.num_scales}, "
                 f"solver={self.solver!r}, loss={self.loss!r}, parameterization={self.parameterization!r})")
+
+
+# -- recipe ----------------------------------------------------------------------------------------
+from .recipes import DistillSetup, RecipeContext, make_student, register_method, student_spec  # noqa: E402
+
+
+@register_method("consistency", kind="consistency", paper="Song et al. 2023; Luo et al. 2023 (LCM); Wang et al. 2024 (PCM)",
+                 description="consistency distillation, single or multi-segment, LCM-style skipping")
+def consistency_recipe(ctx: RecipeContext, *, segments: int = 1, skip: int = 1, num_scales: int = 50, loss: str = "l2",
+                       parameterization: str = "x0", sigma_data: float = 0.5, target_decay: float = 0.95,
+                       huber_c: Optional[float] = None) -> DistillSetup:
+    """Consistency distillation of the domain teacher; the student starts from the teacher,
+    the target network is an EMA of the student (``target_decay``)."""
+    import copy
+
+    from .base import FewStepGenerator
+
+    obj = ConsistencyDistillation(ctx.process, ctx.prediction, segments=segments, skip=skip, num_scales=num_scales, loss=loss,
+                                  parameterization=parameterization, sigma_data=sigma_data, target_decay=target_decay, huber_c=huber_c)
+    sspec = student_spec(ctx.teacher, ctx.domain)
+    student = make_student(ctx, sspec)
+    nets = {"student": student, "teacher": ctx.teacher, "target": copy.deepcopy(student).requires_grad_(False)}
+    spec = {"kind": "consistency", "student": sspec, "parameterization": parameterization, "sigma_data": float(sigma_data),
+            "timesteps": None}
+
+    def make_generator(n):
+        return FewStepGenerator(n["student"], ctx.process, parameterization=parameterization, sigma_data=sigma_data)
+
+    return DistillSetup(obj, nets, ["student"], ["student"], spec, make_generator)

@@ -1,0 +1,2 @@
+"""Imports every module that registers a distillation recipe (see :mod:`.recipes`)."""
+from . import consistency  # noqa: F401

@@ -1,0 +1,260 @@
+"""Few-step generators: what every distillation method produces, with ONE sampling
+interface and ONE checkpoint format.
+
+``gen.generate(x_T [B, ...], steps=None, *, timesteps=None, mask=None, cond=None,
+generator=None, noise_scale=1.0) -> x0 [B, ...]`` and ``gen.nfe(steps) -> int``.
+
+Kinds (the ``spec["kind"]`` stored in a ``generator.safetensors`` header):
+
+* ``consistency`` (:class:`~workbench.distill.base.FewStepGenerator`): an x0 student with
+  multistep consistency sampling (re-noise between steps). Consistency distillation, DMD2,
+  SiD, Flash-DMD, TDM produce it.
+* ``flow`` (:class:`FlowGenerator`): a student *denoiser* in the domain's process sampled by
+  a training-free core sampler (default ``euler``, i.e. DDIM) on a fixed or searched grid.
+  Reflow, SlimFlow, BOSS and MDT-dist produce it. Any Gaussian path is a time
+  reparameterisation of the linear interpolant (``z = x / (alpha + sigma)``,
+  ``u = sigma / (alpha + sigma)``), and the DDIM step is the Euler step of that straight
+  path, so "straight trajectories" in rectified-flow papers are constant-x0 trajectories here.
+* ``meanflow`` (:class:`TwoTimeGenerator`): an average-velocity student ``u(z, r, t)``
+  (MeanFlow, SplitMeanFlow), one jump per step in the linear view of the process.
+* ``experts`` (:class:`ExpertsGenerator`): one x0 expert per step / SNR phase (Phased DMD).
+* ``multi_student`` (:class:`MultiStudentGenerator`): students owning parts of the condition
+  (or noise) space, each a generator of the kinds above (multi-student distillation).
+
+Time convention as everywhere: ``t = 0`` data, ``t = 1`` noise.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..processes import GaussianProcess, append_dims, canonical_prediction
+from ..utils import Generator
+
+__all__ = ["GENERATOR_KINDS", "FlowGenerator", "TwoTimeGenerator", "ExpertsGenerator", "MultiStudentGenerator",
+           "linear_view", "from_linear_view", "default_grid", "route_by_noise"]
+
+GENERATOR_KINDS = ("consistency", "flow", "meanflow", "experts", "multi_student")
+
+
+def default_grid(process: GaussianProcess, steps: int, timesteps=None) -> Tensor:
+    """The float64 grid ``[steps + 1]`` a generator samples on: ``timesteps`` if given
+    (validated), else uniform in ``t`` from 1 to 0."""
+    from ..timegrids import custom, uniform_t
+
+    if timesteps is not None:
+        return custom(timesteps)
+    if steps is None or int(steps) < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    return uniform_t(process, int(steps))
+
+
+# -- the linear view of any Gaussian path ------------------------------------------------------
+def linear_view(process: GaussianProcess, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """``(z, u)`` with ``z = x / (alpha + sigma)`` ``[B, ...]`` and ``u = sigma / (alpha + sigma)``
+    ``[B]`` (float64): ``x_t = alpha x0 + sigma eps`` becomes ``z_u = (1 - u) x0 + u eps``,
+    the rectified-flow interpolant (Lee et al. 2024 "Improving the training of rectified
+    flows", Sec. 2; Karras et al. 2022 eq. 4 for the scaling)."""
+    t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+    a, s = process.alpha(t), process.sigma(t)
+    z = x / append_dims((a + s).to(x.dtype), x.ndim)
+    return z, s / (a + s)
+
+
+def from_linear_view(process: GaussianProcess, z: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`linear_view`: ``(x, t)`` from ``(z [B, ...], u [B])``; ``t`` is found
+    through ``lambda = log((1 - u) / u)`` and ``process.t_of_lambda``."""
+    u = torch.as_tensor(u, dtype=torch.float64, device=z.device)
+    uc = u.clamp(1e-12, 1 - 1e-12)
+    t = process.t_of_lambda(torch.log((1 - uc) / uc))
+    t = torch.where(u <= 0, torch.zeros_like(t), t)
+    a, s = process.alpha(t), process.sigma(t)
+    return z * append_dims((a + s).to(z.dtype), z.ndim), t
+
+
+class FlowGenerator(nn.Module):
+    """A student denoiser sampled by a training-free sampler of the core.
+
+    Args:
+        student: ``student(x_t [B, ...], t [B], *, mask=None, cond=None) -> [B, ...]`` with a
+            ``prediction`` attribute (a :class:`~workbench.model.Denoiser`).
+        process: the student's process.
+        sampler: a name from ``workbench.samplers.available()`` (default ``euler`` = DDIM).
+        timesteps: a fixed grid ``[K + 1]`` (e.g. from BOSS); ``None`` uses uniform ``t``.
+        options: sampler options.
+    """
+
+    kind = "flow"
+
+    def __init__(self, student: nn.Module, process: GaussianProcess, *, sampler: str = "euler", timesteps=None,
+                 prediction: Optional[str] = None, options: Optional[dict] = None):
+        super().__init__()
+        from ..samplers import get
+
+        get(sampler)  # validate the name
+        self.student, self.process, self.sampler = student, process, sampler
+        self.prediction = canonical_prediction(prediction or getattr(student, "prediction", "epsilon"))
+        self.timesteps = None if timesteps is None else torch.as_tensor(timesteps, dtype=torch.float64).flatten()
+        self.options = dict(options or {})
+
+    def nfe(self, steps: Optional[int] = None) -> int:
+        from ..samplers import get
+
+        k = len(self.timesteps) - 1 if self.timesteps is not None and steps is None else int(steps)
+        return int(get(self.sampler).nfe(k))
+
+    def generate(self, x_T: Tensor, steps: Optional[int] = None, *, timesteps=None, mask: Optional[Tensor] = None, cond: Any = None,
+                 generator: Generator = None, noise_scale: float = 1.0) -> Tensor:
+        """``x_T`` ``[B, ...]`` -> sample ``[B, ...]`` (``noise_scale`` unused: deterministic)."""
+        from ..api import run_sampler
+
+        if timesteps is None and steps is None and self.timesteps is not None:
+            timesteps = self.timesteps
+        if timesteps is None and self.timesteps is not None and steps == len(self.timesteps) - 1:
+            timesteps = self.timesteps
+        ts = default_grid(self.process, steps, timesteps)
+        return run_sampler(self.student, self.process, x_T, sampler=self.sampler, steps=len(ts) - 1, prediction=self.prediction,
+                           timesteps=ts, mask=mask, cond=cond, generator=generator, **self.options).x
+
+
+class TwoTimeGenerator(nn.Module):
+    """An average-velocity student ``u(z [B, ...], r [B], t [B], *, mask, cond) -> [B, ...]``
+    in the linear view of ``process`` (:func:`linear_view`; the student's times are the
+    linear-view times ``u``). One step ``z_r = z_t - (t - r) u(z_t, r, t)`` (Geng et al. 2025,
+    "Mean Flows", eq. 12)."""
+
+    kind = "meanflow"
+
+    def __init__(self, student: nn.Module, process: GaussianProcess):
+        super().__init__()
+        self.student, self.process = student, process
+
+    def nfe(self, steps: Optional[int] = None) -> int:
+        return int(steps)
+
+    def generate(self, x_T: Tensor, steps: Optional[int] = None, *, timesteps=None, mask: Optional[Tensor] = None, cond: Any = None,
+                 generator: Generator = None, noise_scale: float = 1.0) -> Tensor:
+        p = self.process
+        ts = default_grid(p, steps, timesteps).to(x_T.device)
+        B = x_T.shape[0]
+        z, us = linear_view(p, p.project(x_T, mask), ts[0].expand(B))
+        a, s = p.alpha(ts), p.sigma(ts)
+        u_grid = s / (a + s)
+        kw = {k: v for k, v in (("mask", mask), ("cond", cond)) if v is not None}
+        for k in range(len(ts) - 1):
+            t = torch.full((B,), float(u_grid[k]), device=z.device, dtype=z.dtype)
+            r = torch.full((B,), float(u_grid[k + 1]), device=z.device, dtype=z.dtype)
+            z = p.project(z - (t - r).view(-1, *([1] * (z.ndim - 1))) * self.student(z, r, t, **kw), mask)
+        return z  # at u = 0 the linear view is the data itself
+
+
+class ExpertsGenerator(nn.Module):
+    """One x0 expert per step (Phased DMD: one expert per SNR phase). Step ``k`` of ``K``
+    uses ``experts[k]`` (``K`` must equal the number of experts unless ``timesteps`` maps
+    several steps to one phase through ``phase_of_step``); between steps the sample is
+    re-noised as in multistep consistency sampling with ``noise_scale``.
+
+    Args:
+        experts: ``nn.ModuleList`` of x0 students (each a ``FewStepGenerator``-compatible
+            student wrapped as :class:`~workbench.distill.base.FewStepGenerator`).
+        boundaries: ``[K + 1]`` float64 phase edges, decreasing from the top to 0; the
+            default sampling grid.
+    """
+
+    kind = "experts"
+
+    def __init__(self, experts: nn.ModuleList, process: GaussianProcess, boundaries):
+        super().__init__()
+        self.experts = experts
+        self.process = process
+        self.boundaries = torch.as_tensor(boundaries, dtype=torch.float64).flatten()
+        if len(self.boundaries) != len(experts) + 1:
+            raise ValueError(f"{len(experts)} experts need {len(experts) + 1} boundaries, got {len(self.boundaries)}")
+
+    def nfe(self, steps: Optional[int] = None) -> int:
+        return len(self.experts) if steps is None else int(steps)
+
+    def expert_for(self, t: float) -> int:
+        """Index of the phase containing time ``t`` (a boundary belongs to the phase above it)."""
+        b = self.boundaries
+        for k in range(len(self.experts)):
+            if float(b[k + 1]) < t <= float(b[k]) + 1e-12:
+                return k
+        return len(self.experts) - 1
+
+    def generate(self, x_T: Tensor, steps: Optional[int] = None, *, timesteps=None, mask: Optional[Tensor] = None, cond: Any = None,
+                 generator: Generator = None, noise_scale: float = 1.0) -> Tensor:
+        from ..utils import randn_like
+
+        p = self.process
+        if timesteps is None and steps in (None, len(self.experts)):
+            timesteps = self.boundaries
+        ts = default_grid(p, steps, timesteps)
+        x = p.project(x_T, mask)
+        x0 = x
+        for k in range(len(ts) - 1):
+            e = self.experts[self.expert_for(float(ts[k]))]
+            x0 = e(x, float(ts[k]), mask=mask, cond=cond)
+            if k == len(ts) - 2:
+                break
+            tn = torch.full((x.shape[0],), float(ts[k + 1]), dtype=torch.float64, device=x.device)
+            z = p.project(randn_like(x, generator), mask)
+            x = p.project(append_dims(p.alpha(tn).to(x.dtype), x.ndim) * x0
+                          + append_dims(p.sigma(tn).to(x.dtype), x.ndim) * float(noise_scale) * z, mask)
+        return p.project(x0, mask)
+
+
+def route_by_noise(x_T: Tensor, n: int) -> Tensor:
+    """A fixed partition of noise space into ``n`` cells ``[B]`` (int64): the bins of the
+    standard-normal CDF of the projection of ``x_T`` on a fixed unit direction (the all-ones
+    direction over real elements), equal mass per cell under the prior."""
+    flat = x_T.flatten(1).to(torch.float64)
+    nz = (flat != 0).sum(1).clamp_min(1).to(torch.float64)
+    proj = flat.sum(1) / nz.sqrt()
+    u = 0.5 * (1 + torch.erf(proj / 2.0**0.5))
+    return (u * n).long().clamp(0, n - 1)
+
+
+class MultiStudentGenerator(nn.Module):
+    """Several students, each owning a part of the condition space (Song et al. 2024,
+    "Multi-student diffusion distillation"): ``router(x_T, cond) -> student index [B]``.
+    ``router="cond"`` uses ``cond % n`` (class labels), ``router="noise"`` a fixed partition of
+    the prior (:func:`route_by_noise`) for unconditional domains."""
+
+    kind = "multi_student"
+    ROUTERS = ("cond", "noise")
+
+    def __init__(self, students: nn.ModuleList, router: str = "cond"):
+        super().__init__()
+        if router not in self.ROUTERS:
+            raise ValueError(f"unknown router {router!r}; valid: {', '.join(self.ROUTERS)}")
+        self.students, self.router = students, router
+
+    def route(self, x_T: Tensor, cond: Any = None) -> Tensor:
+        n = len(self.students)
+        if self.router == "cond":
+            if not isinstance(cond, Tensor):
+                raise ValueError("router='cond' needs integer conditions (class labels); use router='noise' for unconditional domains")
+            return cond.long() % n
+        return route_by_noise(x_T, n)
+
+    def nfe(self, steps: Optional[int] = None) -> int:
+        return self.students[0].nfe(steps)
+
+    def generate(self, x_T: Tensor, steps: Optional[int] = None, *, timesteps=None, mask: Optional[Tensor] = None, cond: Any = None,
+                 generator: Generator = None, noise_scale: float = 1.0) -> Tensor:
+        idx = self.route(x_T, cond)
+        out = torch.zeros_like(x_T)
+        gens = generator if isinstance(generator, (list, tuple)) else None
+        for k, s in enumerate(self.students):
+            sel = (idx == k).nonzero().flatten()
+            if len(sel) == 0:
+                continue
+            sub = lambda v: v[sel] if isinstance(v, Tensor) else v  # noqa: E731
+            g = [gens[i] for i in sel.tolist()] if gens is not None else generator
+            out[sel] = s.generate(x_T[sel], steps, timesteps=timesteps, mask=sub(mask), cond=sub(cond), generator=g,
+                                  noise_scale=noise_scale)
+        return out
+
