@@ -110,6 +110,12 @@ class Domain(ABC):
     def plot(self, samples: Batch, path: Path) -> Path:
         """A PNG overview of ``samples``."""
 
+    def reward(self, samples: Batch) -> Tensor:
+        """A differentiable per-sample reward ``[B]`` of clean samples (higher is better), used
+        by reward fine-tuning (Flash-DMD) and reward-guided sampling. Domains without one raise
+        ``NotImplementedError``; report the domain's true metrics beside any reward optimised."""
+        raise NotImplementedError(f"domain {self.name!r} defines no reward; reward fine-tuning needs Domain.reward")
+
     def reference_batch(self, n: int, *, generator=None, split: str = "test") -> Batch:
         """``n`` real samples for metrics (default: from :meth:`train_data`)."""
         g = generator if isinstance(generator, torch.Generator) else torch.Generator().manual_seed(0)

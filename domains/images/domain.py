@@ -200,6 +200,24 @@ class ImagesDomain(Domain):
             self._classifier = load_classifier(self.classifier_path(), self.dataset)
         return self._classifier
 
+    def reward(self, samples: Batch) -> Tensor:
+        """Differentiable reward ``[B]``: the metric classifier's log-probability of each
+        sample's label (``cond``), or of its most likely class for unconditional samples
+        (label 10 or no ``cond``), on samples clamped to ``[-1, 1]``. The classifier is also
+        the metric network, so report ``fd_classifier`` knowing it shares the features."""
+        clf = self.classifier().to(samples.x.device)
+        for p in clf.parameters():
+            p.requires_grad_(False)
+        logp = torch.log_softmax(clf(samples.x.clamp(-1, 1)), dim=-1)  # [B, 10]
+        best = logp.max(dim=-1).values
+        y = samples.cond if isinstance(samples.cond, Tensor) else None
+        if y is None:
+            return best
+        y = y.long().to(logp.device)
+        has = y != NULL_LABEL
+        picked = logp.gather(1, torch.where(has, y, torch.zeros_like(y))[:, None])[:, 0]
+        return torch.where(has, picked, best)
+
     def features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(features [N, 64], logits [N, 10])`` of the metric classifier."""
         from .classifier import embed

@@ -273,6 +273,11 @@ class ToyDomain(Domain):
             return self.mixture.log_prob(samples.x.double(), samples.mask)
         return self.mixture.log_prob(samples.x.double())
 
+    def reward(self, samples: Batch) -> Tensor:
+        """The exact log-density of the true mixture (:meth:`log_prob`), differentiable in
+        ``samples.x``, as a ``[B]`` reward in ``samples.x``'s dtype."""
+        return self.log_prob(samples).to(samples.x.dtype)
+
     def true_loglik(self, sizes: Optional[Tensor] = None) -> float:
         """``E_p[log p]`` (minus the differential entropy of the data; cached).
 

@@ -147,8 +147,11 @@ def setup_method(name: str, ctx: RecipeContext, options: Optional[dict] = None) 
 def student_spec(teacher: nn.Module, domain, *, backbone: Optional[dict] = None, prediction: Optional[str] = None,
                  two_time: bool = False) -> dict:
     """The JSON description of a student: ``domain.build_backbone(**backbone)`` (``{}`` = the
-    teacher's architecture, so it can start from the teacher's weights)."""
-    return {"backbone": dict(backbone or {}), "prediction": prediction or getattr(teacher, "prediction", domain.prediction),
+    teacher's architecture, so it can start from the teacher's weights). The prediction is
+    the teacher's, or the domain backbone's for an analytic (weightless) teacher."""
+    weightless = not any(True for _ in teacher.parameters())
+    default = domain.prediction if weightless else getattr(teacher, "prediction", domain.prediction)
+    return {"backbone": dict(backbone or {}), "prediction": prediction or default,
             "two_time": bool(two_time)}
 
 
@@ -171,18 +174,33 @@ def make_student(ctx: RecipeContext, spec: dict, *, init: str = "teacher") -> nn
     if init not in ("teacher", "scratch"):
         raise ValueError(f"unknown student init {init!r}; valid: teacher, scratch")
     torch.manual_seed(ctx.seed)
-    if init == "teacher" and not spec.get("backbone") and not spec.get("two_time"):
+    weightless = not any(True for _ in ctx.teacher.parameters())
+    if weightless:  # an analytic teacher (e.g. the toy's exact denoiser): start from the shipped network, if any
+        st = build_student(ctx.domain, spec)
+        path = ctx.domain.default_teacher_path() if init == "teacher" else None
+        if path is not None and Path(path).exists() and not spec.get("backbone") and not spec.get("two_time"):
+            from ..checkpoint import load_into
+
+            load_into(st, path)
+        elif path is not None and Path(path).exists():
+            _load_matching(st, ctx.domain.load_teacher(str(path)))
+    elif init == "teacher" and not spec.get("backbone") and not spec.get("two_time"):
         st = copy.deepcopy(ctx.teacher)
         if spec.get("prediction"):
             st.prediction = spec["prediction"]
     else:
         st = build_student(ctx.domain, spec)
         if init == "teacher":
-            tsd = ctx.teacher.state_dict()
-            own = st.state_dict()
-            own.update({k: v for k, v in tsd.items() if k in own and own[k].shape == v.shape})
-            st.load_state_dict(own)
+            _load_matching(st, ctx.teacher)
     return st.to(ctx.device).train().requires_grad_(True)
+
+
+def _load_matching(student: nn.Module, source: nn.Module) -> None:
+    """Copy every tensor of ``source`` whose name and shape match one of ``student``."""
+    tsd = source.state_dict()
+    own = student.state_dict()
+    own.update({k: v for k, v in tsd.items() if k in own and own[k].shape == v.shape})
+    student.load_state_dict(own)
 
 
 # -- generators ----------------------------------------------------------------------------------
