@@ -21,7 +21,7 @@ def run(capsys, *args):
     (["generate", "sampler=fast"], "unknown sampler 'fast'; valid: "),
     (["generate", "timesteps=wobbly"], "unknown time grid 'wobbly'; valid: "),
     (["frobnicate"], "unknown command 'frobnicate'; valid: "),
-    (["bench", "everything"], "bench needs a kind; valid: samplers"),
+    (["bench", "everything"], "bench needs a kind; valid: samplers, distill"),
     (["generate", "steps"], "expected key=value"),
 ])
 def test_bad_input_is_one_line_error(capsys, args, needle):

@@ -179,8 +179,13 @@ def test_meanflow_loss_shape_gradients_and_teacher():
         loss.mean().backward()
         assert all(q.grad is not None for q in student.parameters())
         assert all(q.grad is None for q in teacher.parameters())
-    with pytest.raises(ValueError):
-        MeanFlow(d.process())  # a VP process is not the linear interpolant
+    MeanFlow(d.process())  # any Gaussian process works through its linear view (tests/test_distill_meanflow.py)
+    with pytest.raises(ValueError, match="unknown time sampler 'nope'; valid: uniform, logit_normal"):
+        MeanFlow(p, time_sampler="nope")
+    with pytest.raises(ValueError, match="unknown velocity source 'nope'; valid: auto, teacher, data"):
+        MeanFlow(p, source="nope")
+    with pytest.raises(ValueError, match="ratio_r_neq_t must lie in"):
+        MeanFlow(p, ratio_r_neq_t=1.5)
 
 
 def test_meanflow_target_matches_finite_difference():

@@ -9,6 +9,7 @@ problem and the valid choices; exit code 2.
     workbench generate domain=images sampler=unipc_2 steps=6 n=32 seed=1 out=runs/x
     workbench evaluate domain=images samples=runs/x
     workbench bench samplers domain=toy
+    workbench bench distill domain=toy domain.teacher=exact bench_distill.methods=[consistency,dmd2] train.steps=2000
     workbench check domain=toy
     workbench demo out=demo
 """
@@ -21,7 +22,7 @@ from typing import Optional
 
 USAGE = __doc__.split("\n\n", 1)[1]
 COMMANDS = ("domains", "samplers", "train", "distill", "generate", "evaluate", "bench", "check", "demo")
-BENCH_KINDS = ("samplers",)
+BENCH_KINDS = ("samplers", "distill")
 
 
 class CLIError(Exception):
@@ -62,7 +63,7 @@ def load_config(overrides: list[str]):
         if "=" not in o:
             raise CLIError(f"expected key=value, got {o!r} (e.g. steps=5)")
     # sampler options are free-form: options.eta=1.0 adds a key to the (empty) options dict
-    overrides = ["+" + o if o.startswith(("options.", "distill.")) else o for o in overrides]
+    overrides = ["+" + o if o.startswith(("options.", "distill.", "bench_distill.options.")) else o for o in overrides]
     with initialize_config_dir(config_dir=str(cdir), version_base=None):
         try:
             cfg = compose(config_name="config", overrides=list(overrides))
@@ -180,9 +181,22 @@ def cmd_check(cfg) -> int:
 
 
 def cmd_bench(cfg, kind: str) -> int:
+    from omegaconf import OmegaConf
+
     from .bench import bench_samplers
 
     name, kw = _domain_kwargs(cfg)
+    if kind == "distill":
+        from .bench_distill import bench_distill
+
+        b = cfg.bench_distill
+        methods = None if b.methods in (None, "all") else list(b.methods)
+        tr = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if v is not None}
+        res = bench_distill(name, methods=methods, student_steps=list(b.student_steps), teacher_nfes=list(b.teacher_nfes), out_dir=cfg.out,
+                            train=tr, method_options=OmegaConf.to_container(b.options, resolve=True) or {}, n=b.n, seed=cfg.seed,
+                            domain_config=kw, teacher=cfg.teacher, device=cfg.device)
+        print(f"wrote {res['csv']}, {res['markdown']}, {res['plot']}")
+        return 0
     res = bench_samplers(name, out_dir=cfg.out, domain_config=kw, nfes=list(cfg.bench.nfes), samplers=cfg.bench.samplers,
                          peers=list(cfg.bench.peers), n=cfg.bench.n, n_ref=cfg.bench.n_ref, seed=cfg.seed, teacher=cfg.teacher,
                          device=cfg.device, repeats=cfg.bench.repeats, grid=cfg.timesteps if isinstance(cfg.timesteps, str) else None)

@@ -114,3 +114,90 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Te
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
+
+
+def linear_view_time(process: GaussianProcess, u: Tensor) -> Tensor:
+    """Process time ``t`` ``[B]`` (float64) whose linear-view time ``sigma / (alpha + sigma)``
+    is ``u`` ``[B]`` (see :func:`workbench.distill.generators.linear_view`), differentiable in
+    ``u`` to first order in forward mode (``torch.func.jvp``) and reverse mode whatever
+    ``process.t_of_lambda`` is (closed form or bisection): the value is ``t_of_lambda(log((1 -
+    u) / u))`` of the detached ``u`` and the derivative ``dt/du = 1 / (du/dt)`` is attached by
+    implicit differentiation, ``du/dt`` a forward-mode derivative of the schedule."""
+    u64 = torch.as_tensor(u).to(torch.float64)
+    u0 = u64.detach()
+    uc = u0.clamp(1e-12, 1 - 1e-12)
+    t0 = process.t_of_lambda(torch.log1p(-uc) - torch.log(uc))
+    t0 = torch.where(u0 <= 0, torch.zeros_like(t0), t0).detach()
+
+    def lin(s: Tensor) -> Tensor:
+        la, ls = process.log_alpha_sigma(s)
+        return torch.sigmoid(ls - la)
+
+    ts = t0.clamp_min(float(getattr(process, "t_min", 1e-3)) * 1e-3)
+    dudt = torch.func.jvp(lin, (ts,), (torch.ones_like(ts),))[1].detach()
+    dudt = torch.where(torch.isfinite(dudt) & (dudt > 0), dudt, torch.ones_like(dudt))
+    return t0 + (u64 - u0) / dudt
+
+
+class TwoTimeDenoiser(nn.Module):
+    """An average-velocity network ``u(z [B, ...], r [B], t [B], *, mask=None, cond=None) ->
+    [B, ...]`` in the *linear view* of ``process`` (``z = x / (alpha + sigma)``, linear-view
+    time ``u = sigma / (alpha + sigma)``, ``z_u = (1 - u) x0 + u eps``; one step is
+    ``z_r = z_t - (t - r) u(z_t, r, t)``, Geng et al. 2025, "Mean Flows", eq. 12), built on
+    a denoiser backbone with a second time input.
+
+    With ``t_p`` the process time of ``t`` (:func:`linear_view_time`) and
+    ``x = (alpha + sigma)(t_p) z``, the backbone gives ``F = backbone(x, time_input(t_p),
+    dt_in=gap_scale (t - r), **kw)``, read as a ``prediction`` at ``(x, t_p)``; converted to
+    ``(x0^, eps^)`` the output is ``u = eps^ - x0^``. The network is conditioned on
+    ``(t, t - r)`` as Geng et al. (Sec. 4.3). A backbone whose second-time branch starts at
+    zero (the toy nets, the images UNet) with a teacher's weights is, at ``r = t`` and at
+    initialisation, exactly the teacher's velocity in the linear view (its DDIM step), so a
+    student copies every teacher tensor by name (``backbone.*`` as in :class:`Denoiser`).
+    Outputs are projected with ``process.project`` (masks, zero centre of mass).
+
+    Args:
+        backbone: ``backbone(x, t_in, *, dt_in, mask=, cond=) -> [B, ...]``.
+        process: the Gaussian process of the teacher.
+        prediction: what the backbone output means (``x0 / epsilon / v / velocity / score``).
+        time_map: see :func:`time_input` (the teacher's).
+        gap_scale: ``dt_in = gap_scale * (t - r)`` (1000 for DDPM-style embeddings).
+    """
+
+    def __init__(self, backbone: nn.Module, process: GaussianProcess, prediction: str = "epsilon", *, time_map: str = "identity",
+                 gap_scale: float = 1000.0):
+        super().__init__()
+        if time_map not in TIME_MAPS:
+            raise ValueError(f"unknown time_map {time_map!r}; valid: {', '.join(TIME_MAPS)}")
+        self.backbone = backbone
+        self.process = process
+        self.prediction = canonical_prediction(prediction)
+        self.time_map = time_map
+        self.gap_scale = float(gap_scale)
+
+    def forward(self, z: Tensor, r: Tensor, t: Tensor, *, mask: Optional[Tensor] = None, cond: Any = None) -> Tensor:
+        B = z.shape[0]
+        r, t = torch.as_tensor(r, device=z.device), torch.as_tensor(t, device=z.device)
+        r = r.expand(B) if r.ndim == 0 else r
+        t = t.expand(B) if t.ndim == 0 else t
+        if t.shape != (B,) or r.shape != (B,):
+            raise ValueError(f"r and t must have shape [B] = [{B}], got {tuple(r.shape)} and {tuple(t.shape)}")
+        kw = {}
+        if mask is not None:
+            kw["mask"] = mask
+        if cond is not None:
+            kw["cond"] = cond
+        tp = linear_view_time(self.process, t)
+        la, ls = self.process.log_alpha_sigma(tp)
+        scale = append_dims((la.exp() + ls.exp()).to(z.dtype), z.ndim)
+        x = z * scale
+        t_in = time_input(self.process, tp, self.time_map).to(z.dtype)
+        out = self.backbone(x, t_in, dt_in=(self.gap_scale * (t - r)).to(z.dtype), **kw)
+        x0, eps = self.process.to_x0_eps(out, self.prediction, x, tp)
+        u = eps - x0
+        if mask is not None or self.process.zero_com:
+            u = self.process.project(u, mask)
+        return u
+
+    def extra_repr(self) -> str:
+        return f"prediction={self.prediction!r}, time_map={self.time_map!r}, gap_scale={self.gap_scale}"

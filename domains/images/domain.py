@@ -137,12 +137,21 @@ class ImagesDomain(Domain):
     def unet_config(self, overrides: Optional[dict] = None) -> dict:
         return unet_config(self.dataset, {**(self.config.get("unet") or {}), **(overrides or {})})
 
-    def build_backbone(self, **kwargs) -> Denoiser:
+    def build_backbone(self, two_time: bool = False, **kwargs):
         """A fresh :class:`~workbench.model.Denoiser` around a ``UNet2DModel``; ``kwargs``
         override the UNet config (e.g. ``block_out_channels=(8, 16), norm_num_groups=8`` for a
-        tiny test net); ``guidance=`` sets the CFG weight."""
+        tiny test net); ``guidance=`` sets the CFG weight.
+
+        ``two_time=True``: an average-velocity student ``u(z, r, t, cond=)`` in the linear view
+        of the process (:class:`~workbench.model.TwoTimeDenoiser`; MeanFlow, SplitMeanFlow)
+        around a UNet with a second timestep embedding of ``t - r``
+        (:func:`~domains.images.backbone.make_two_time`), teacher parameter names kept."""
         guidance = float(kwargs.pop("guidance", self.guidance))
-        bb = UNetBackbone(self.unet_config(kwargs), guidance=guidance)
+        bb = UNetBackbone(self.unet_config(kwargs), guidance=guidance, two_time=two_time)
+        if two_time:
+            from workbench.model import TwoTimeDenoiser
+
+            return TwoTimeDenoiser(bb, self.process(), prediction=self.prediction, time_map="diffusers")
         return Denoiser(bb, self.process(), prediction=self.prediction, time_map="diffusers")
 
     def default_teacher_path(self) -> Path:

@@ -179,14 +179,23 @@ class ToyDomain(Domain):
     def process(self) -> VPDiscrete:
         return self._process
 
-    def build_backbone(self, **kwargs) -> Denoiser:
+    def build_backbone(self, two_time: bool = False, **kwargs):
         """gmm: :class:`~domains.toy.nets.ResidualMLP`; pointset:
         :class:`~domains.toy.nets.SetTransformer`; both wrapped in a
-        :class:`~workbench.model.Denoiser` (epsilon prediction, diffusers timestep input)."""
+        :class:`~workbench.model.Denoiser` (epsilon prediction, diffusers timestep input).
+
+        ``two_time=True``: the same net with a second (zero-initialised) time embedding of
+        ``t - r`` wrapped in a :class:`~workbench.model.TwoTimeDenoiser`, an average-velocity
+        student ``u(z, r, t, mask=, cond=)`` in the linear view of the process (MeanFlow,
+        SplitMeanFlow) whose parameter names match the teacher's."""
         if self.dataset == "pointset":
-            net = SetTransformer(dim=POINTSET_SPEC["dim"], n_max=N_MAX, **kwargs)
+            net = SetTransformer(dim=POINTSET_SPEC["dim"], n_max=N_MAX, two_time=two_time, **kwargs)
         else:
-            net = ResidualMLP(dim=2, **kwargs)
+            net = ResidualMLP(dim=2, two_time=two_time, **kwargs)
+        if two_time:
+            from workbench.model import TwoTimeDenoiser
+
+            return TwoTimeDenoiser(net, self._process, self.prediction, time_map="diffusers")
         return Denoiser(net, self._process, self.prediction, time_map="diffusers")
 
     def default_teacher_path(self) -> Path:

@@ -1,2 +1,3 @@
 """Imports every module that registers a distillation recipe (see :mod:`.recipes`)."""
 from . import consistency  # noqa: F401
+from . import dmd  # noqa: F401

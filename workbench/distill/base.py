@@ -162,7 +162,9 @@ class FewStepGenerator(nn.Module):
         """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
 
         Args:
-            x_T: ``[B, ...]`` initial state at ``timesteps[0]`` (e.g. ``process.prior(shape)``).
+            x_T: ``[B, ...]`` prior noise (``process.prior(shape)``); a grid starting below
+                ``t = 1`` starts from ``sigma(t_0) / sigma(1) x_T``
+                (:func:`~workbench.distill.generators.start_state`).
             steps: ``K`` steps on a uniform grid in ``t`` (or on the generator's own
                 ``timesteps`` when it has ``K`` steps).
             timesteps: ``[K + 1]`` float64, strictly decreasing, ending at ``0``: ``K`` network
@@ -187,8 +189,10 @@ class FewStepGenerator(nn.Module):
             raise ValueError("timesteps must be a strictly decreasing grid of at least 2 points")
         if float(ts[-1]) != 0.0:
             raise ValueError(f"timesteps must end at the clean end t=0, got {float(ts[-1])}")
+        from .generators import start_state
+
         p = self.process
-        x = p.project(x_T, mask)
+        x = p.project(start_state(p, x_T, float(ts[0])), mask)
         x0 = x
         K = len(ts) - 1
         for k in range(K):

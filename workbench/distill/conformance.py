@@ -4,16 +4,15 @@ method call it; users call it on their own methods):
 * the objective returns a finite per-sample loss of shape ``[B]`` (for every phase);
 * gradients reach only the trainable nets of the phase being optimised, never the teacher
   (nor EMA targets);
-* a few optimisation steps with the shared loop lower the loss on a fixed batch
-  (``check_decrease``; methods whose loss is not a fixed-target regression, e.g. the
-  generator phase of adversarial / score-distillation methods, name the phase to check);
+* a few optimisation steps with the shared loop lower the loss on a fixed batch, measured
+  with the same times and noises before and after; for multi-phase objectives only the nets
+  of the phase checked (``decrease_phase``, e.g. DMD's ``fake``) train, the others stay fixed;
 * the generator built by ``make_generator`` round-trips through its spec
   (:func:`~workbench.distill.recipes.build_generator` + ``state_dict``), produces samples of
   the right shape, and respects masks (zero padding) and zero centre of mass.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -27,6 +26,18 @@ __all__ = ["check_recipe", "fixed_data"]
 def fixed_data(batch: Batch):
     """A data sampler returning ``batch`` every time."""
     return lambda batch_size, generator=None: batch
+
+
+class _OnePhase:
+    """``objective`` restricted to one of its phases (run every step)."""
+
+    def __init__(self, objective, phase: str, names: list):
+        self.objective, self.phase = objective, phase
+        self.phases = [(phase, names, 1)]
+        self.ema_targets = getattr(objective, "ema_targets", None)
+
+    def __call__(self, nets, batch, generator=None, phase=None):
+        return self.objective(nets, batch, generator, phase=self.phase)
 
 
 def _phases(setup: DistillSetup):
@@ -55,22 +66,38 @@ def check_recipe(setup: DistillSetup, domain, *, batch_size: int = 8, steps: int
         assert bool(torch.isfinite(loss).all()), f"phase {name}: loss is not finite: {loss}"
         loss.mean().backward()
         for n, m in nets.items():
-            has = any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in m.parameters())
+            # reach: the graph connects the loss to the net (a gradient may be exactly 0 at
+            # initialisation, e.g. DMD with the fake score equal to the teacher)
+            reach = any(p.grad is not None for p in m.parameters())
+            leak = any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in m.parameters())
             if n in names:
-                assert has, f"phase {name}: no gradient reaches trainable net {n!r}"
+                assert reach, f"phase {name}: no gradient reaches trainable net {n!r}"
             else:
-                assert not has, f"phase {name}: gradient leaks into {n!r}, which this phase must not train"
+                assert not leak, f"phase {name}: gradient leaks into {n!r}, which this phase must not train"
     for m in nets.values():
         m.zero_grad(set_to_none=True)
     out = {}
     if decrease_phase is not None:
-        cfg = replace(TrainConfig(steps=decrease_steps, batch_size=batch_size, lr=lr, grad_clip=1.0, ema_decay=0.9, ckpt_every=10**9,
-                                  log_every=max(1, decrease_steps // 6), progress=False), **{})
-        res = train(setup.objective, nets, fixed_data(batch), cfg, trainable=setup.trainable, ema=[])
         key = decrease_phase if getattr(setup.objective, "phases", None) else "main"
-        vals = [h[key] for h in res.history if key in h]
-        out["loss_start"], out["loss_end"] = vals[0], vals[-1]
-        assert vals[-1] < vals[0], f"loss of phase {key!r} did not decrease on a fixed batch: {vals[0]:.4g} -> {vals[-1]:.4g}"
+        kw = {"phase": key} if getattr(setup.objective, "phases", None) else {}
+
+        def fixed_loss() -> float:  # the same batch, times and noises before and after training
+            vals = [float(setup.objective(nets, batch, torch.Generator().manual_seed(1000 + i), **kw).detach().mean()) for i in range(8)]
+            for m in nets.values():
+                m.zero_grad(set_to_none=True)
+            return sum(vals) / len(vals)
+
+        before = fixed_loss()
+        cfg = TrainConfig(steps=decrease_steps, batch_size=batch_size, lr=lr, grad_clip=1.0, ema_decay=0.9, ckpt_every=10**9,
+                          log_every=max(1, decrease_steps // 6), progress=False)
+        obj, trainable = setup.objective, setup.trainable
+        if getattr(setup.objective, "phases", None):  # train only the phase checked: the other nets stay fixed
+            names = dict(_phases(setup))[key]
+            obj, trainable = _OnePhase(setup.objective, key, names), names
+        train(obj, nets, fixed_data(batch), cfg, trainable=trainable, ema=[])
+        after = fixed_loss()
+        out["loss_start"], out["loss_end"] = before, after
+        assert after < before, f"loss of phase {key!r} did not decrease on a fixed batch: {before:.4g} -> {after:.4g}"
     for n, ps in frozen.items():
         if n in getattr(setup.objective, "ema_targets", {}) or {}:
             continue

@@ -187,22 +187,28 @@ from .recipes import DistillSetup, RecipeContext, make_student, register_method,
                  description="consistency distillation, single or multi-segment, LCM-style skipping")
 def consistency_recipe(ctx: RecipeContext, *, segments: int = 1, skip: int = 1, num_scales: int = 50, loss: str = "l2",
                        parameterization: str = "x0", sigma_data: float = 0.5, target_decay: float = 0.95,
-                       huber_c: Optional[float] = None) -> DistillSetup:
+                       huber_c: Optional[float] = None, init_sigma: Optional[float] = None) -> DistillSetup:
     """Consistency distillation of the domain teacher; the student starts from the teacher,
-    the target network is an EMA of the student (``target_decay``)."""
+    the target network is an EMA of the student (``target_decay``). ``init_sigma`` sets the
+    top of the grid ``t_max`` where ``sigma / alpha = init_sigma`` (``None``: the process's
+    top); the generator then samples on ``student_steps`` uniform steps from ``t_max``."""
     import copy
 
     from .base import FewStepGenerator
+    from .generators import default_grid, t_of_init_sigma
 
+    t_max = t_of_init_sigma(ctx.process, init_sigma) if init_sigma is not None else None
     obj = ConsistencyDistillation(ctx.process, ctx.prediction, segments=segments, skip=skip, num_scales=num_scales, loss=loss,
-                                  parameterization=parameterization, sigma_data=sigma_data, target_decay=target_decay, huber_c=huber_c)
+                                  parameterization=parameterization, sigma_data=sigma_data, target_decay=target_decay, huber_c=huber_c,
+                                  t_max=t_max)
+    grid = default_grid(ctx.process, ctx.student_steps, t_start=obj.t_max) if init_sigma is not None else None
     sspec = student_spec(ctx.teacher, ctx.domain)
     student = make_student(ctx, sspec)
     nets = {"student": student, "teacher": ctx.teacher, "target": copy.deepcopy(student).requires_grad_(False)}
     spec = {"kind": "consistency", "student": sspec, "parameterization": parameterization, "sigma_data": float(sigma_data),
-            "timesteps": None}
+            "timesteps": None if grid is None else [float(t) for t in grid]}
 
     def make_generator(n):
-        return FewStepGenerator(n["student"], ctx.process, parameterization=parameterization, sigma_data=sigma_data)
+        return FewStepGenerator(n["student"], ctx.process, parameterization=parameterization, sigma_data=sigma_data, timesteps=grid)
 
     return DistillSetup(obj, nets, ["student"], ["student"], spec, make_generator)

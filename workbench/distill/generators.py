@@ -39,16 +39,39 @@ __all__ = ["GENERATOR_KINDS", "FlowGenerator", "TwoTimeGenerator", "ExpertsGener
 GENERATOR_KINDS = ("consistency", "flow", "meanflow", "experts", "multi_student")
 
 
-def default_grid(process: GaussianProcess, steps: int, timesteps=None) -> Tensor:
+def default_grid(process: GaussianProcess, steps: int, timesteps=None, *, t_start: float = 1.0) -> Tensor:
     """The float64 grid ``[steps + 1]`` a generator samples on: ``timesteps`` if given
-    (validated), else uniform in ``t`` from 1 to 0."""
+    (validated), else uniform in ``t`` from ``t_start`` to 0."""
     from ..timegrids import custom, uniform_t
 
     if timesteps is not None:
         return custom(timesteps)
     if steps is None or int(steps) < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
-    return uniform_t(process, int(steps))
+    return uniform_t(process, int(steps), t_start=float(t_start))
+
+
+def t_of_init_sigma(process: GaussianProcess, init_sigma: Optional[float]) -> float:
+    """The process time where ``sigma / alpha = init_sigma`` (``None``: 1.0). Few-step
+    generators may start below ``t = 1``: Zhou et al. 2024 (SiD) feed the generator
+    ``sigma_init z`` with ``sigma_init = 2.5`` in EDM units; starting where the x0 conversion is
+    well conditioned matters for epsilon-parameterised students (``x0 = (x - sigma eps) /
+    alpha`` amplifies errors by ``1 / alpha``)."""
+    if init_sigma is None:
+        return 1.0
+    if float(init_sigma) <= 0:
+        raise ValueError(f"init_sigma must be positive, got {init_sigma}")
+    lam = -torch.log(torch.tensor(float(init_sigma), dtype=torch.float64))
+    return float(min(1.0, float(process.t_of_lambda(lam))))
+
+
+def start_state(process: GaussianProcess, x_T: Tensor, t0: float) -> Tensor:
+    """The generator input at ``t0`` from prior noise ``x_T`` (``N(0, prior_std^2)``): the noise
+    part of the marginal, ``sigma(t0) z`` (equal to ``x_T`` at ``t0 = 1``)."""
+    if float(t0) >= 1.0:
+        return x_T
+    s = float(process.sigma(torch.tensor(float(t0), dtype=torch.float64))) / process.prior_std()
+    return x_T * s
 
 
 # -- the linear view of any Gaussian path ------------------------------------------------------
@@ -192,7 +215,7 @@ class ExpertsGenerator(nn.Module):
         if timesteps is None and steps in (None, len(self.experts)):
             timesteps = self.boundaries
         ts = default_grid(p, steps, timesteps)
-        x = p.project(x_T, mask)
+        x = p.project(start_state(p, x_T, float(ts[0])), mask)
         x0 = x
         for k in range(len(ts) - 1):
             e = self.experts[self.expert_for(float(ts[k]))]

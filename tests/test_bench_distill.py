@@ -1,0 +1,32 @@
+"""`workbench bench distill` end to end at tiny sizes: teacher rows, one method, outputs, resume."""
+import csv
+import json
+
+from workbench.cli import main
+
+
+def test_bench_distill_cli_tiny(tmp_path, capsys):
+    out = tmp_path / "bd"
+    args = ["bench", "distill", "domain=toy", f"out={out}", "bench_distill.methods=[consistency]", "bench_distill.student_steps=[1,2]",
+            "bench_distill.teacher_nfes=[4]", "bench_distill.n=64", "train.steps=4", "bench_distill.options.consistency.num_scales=10"]
+    assert main(args) == 0, capsys.readouterr().err
+    rows = list(csv.DictReader(open(out / "distill.csv")))
+    teacher = [r for r in rows if r["method"] == "teacher"]
+    assert teacher and all(int(r["nfe"]) == 4 for r in teacher)
+    assert sum(int(r["best_teacher"]) for r in teacher) == 1
+    students = [r for r in rows if r["method"] == "consistency"]
+    assert [int(r["nfe"]) for r in students] == [1, 2]
+    assert (out / "distill.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| teacher," in (out / "distill.md").read_text()
+    gen = out / "runs" / "consistency_k1" / "generator.safetensors"
+    meta = json.loads((out / "rows.json").read_text())
+    assert len(meta) == len(rows)
+    mtime = gen.stat().st_mtime_ns
+    assert main(args) == 0  # a second run reuses the trained generators
+    assert gen.stat().st_mtime_ns == mtime
+
+
+def test_bench_distill_unknown_method(capsys, tmp_path):
+    assert main(["bench", "distill", f"out={tmp_path}", "bench_distill.methods=[nope]"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown distillation method(s) ['nope']; valid:" in err and len(err.strip().splitlines()) == 1
