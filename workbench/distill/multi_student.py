@@ -17,8 +17,9 @@ the teacher's probability-flow ODE solution from that input as the target:
   (:func:`~workbench.distill.pairs.build_teacher_pairs`, cached as ``out_dir/pairs.pt``);
 * later steps of multistep consistency sampling (Song et al. 2023, Algorithm 1) see
   ``x_t = alpha_t y + sigma_t eps`` with ``y`` the student's previous output, i.e. a sample
-  of part ``k`` re-noised to ``t``: pair ``i`` gets one such state at a time ``t_j`` of the
-  uniform solve grid (``0 < j < T``) and its target is the teacher's ODE solution from it
+  of part ``k`` re-noised to ``t``: pair ``i`` gets ``renoise_per_pair`` such states at times
+  ``t_j`` of the uniform solve grid (``0 < j < T``), each with the teacher's ODE solution from it
+  as its target
   (:func:`build_renoised_couplings`, cached as ``out_dir/pairs_renoised.pt``).
 
 For pair ``i`` with route ``k_i``: ``loss_i = d(f_{k_i}(x^{(i)}, t^{(i)}), target^{(i)})``
@@ -93,12 +94,12 @@ def route_samples(router: str, n: int, x_T: Tensor, cond: Any = None, mask: Opti
 
 # -- re-noised couplings ---------------------------------------------------------------------------
 class RenoisedCouplings:
-    """One re-noised teacher coupling per pool pair.
+    """``R`` re-noised teacher couplings per pool pair.
 
     Attributes:
-        x: ``[n, ...]`` ``alpha(t) y + sigma(t) eps`` for the pool's teacher solutions ``y``.
-        t: ``[n]`` float64 times (interior points of the solve grid).
-        target: ``[n, ...]`` the teacher's ODE solution from ``(x, t)`` to ``t = 0``.
+        x: ``[n, R, ...]`` ``alpha(t) y + sigma(t) eps`` for the pool's teacher solutions ``y``.
+        t: ``[n, R]`` float64 times (interior points of the solve grid).
+        target: ``[n, R, ...]`` the teacher's ODE solution from ``(x, t)`` to ``t = 0``.
     """
 
     def __init__(self, x: Tensor, t: Tensor, target: Tensor, info: Optional[dict] = None):
@@ -121,31 +122,36 @@ class RenoisedCouplings:
 
 
 @torch.no_grad()
-def build_renoised_couplings(teacher, process: GaussianProcess, pairs, grid, *, sampler: str = "dpm_solver_pp_3m", seed: int = 0,
-                             batch_size: int = 512, device="cpu", cache: Optional[Path] = None) -> RenoisedCouplings:
-    """For every pair ``i`` of ``pairs`` (teacher solutions ``y_i``, masks, labels) draw an
-    interior index ``j_i ~ U{1..T-1}`` of ``grid`` ``[T + 1]`` (uniform in ``t``, decreasing
-    to 0) and noise ``eps_i``, form ``x_i = alpha(t_j) y_i + sigma(t_j) eps_i`` and solve the
-    teacher's probability-flow ODE from it with ``sampler`` on ``grid[j_i:]``. Reproducible
-    from ``seed``; a ``cache`` file with the same settings is loaded instead."""
+def build_renoised_couplings(teacher, process: GaussianProcess, pairs, grid, *, per_pair: int = 1, sampler: str = "dpm_solver_pp_3m",
+                             seed: int = 0, batch_size: int = 512, device="cpu", cache: Optional[Path] = None) -> RenoisedCouplings:
+    """For every pair ``i`` of ``pairs`` (teacher solutions ``y_i``, masks, labels) and
+    ``r < per_pair`` draw an interior index ``j ~ U{1..T-1}`` of ``grid`` ``[T + 1]`` (uniform
+    in ``t``, decreasing to 0) and noise ``eps``, form ``x = alpha(t_j) y_i + sigma(t_j) eps``
+    and solve the teacher's probability-flow ODE from it with ``sampler`` on ``grid[j:]``.
+    Reproducible from ``seed``; a ``cache`` file with the same settings is loaded instead."""
     from ..api import run_sampler
 
     grid = torch.as_tensor(grid, dtype=torch.float64).flatten()
     T = len(grid) - 1
     if T < 2:
         raise ValueError(f"re-noised couplings need a solve grid of at least 2 steps, got {T}")
-    settings = {"n": len(pairs), "sampler": sampler, "seed": int(seed), "grid": [float(v) for v in grid],
+    if int(per_pair) < 1:
+        raise ValueError(f"per_pair must be a positive integer, got {per_pair}")
+    R = int(per_pair)
+    settings = {"n": len(pairs), "per_pair": R, "sampler": sampler, "seed": int(seed), "grid": [float(v) for v in grid],
                 "pairs": pairs.info.get("settings")}
     if cache is not None and Path(cache).exists():
         rc = RenoisedCouplings.load(cache)
         if rc.info.get("settings") == settings:
             return rc
     g = torch.Generator().manual_seed(int(seed))
-    y = pairs.x0
-    j = torch.randint(1, T, (len(pairs),), generator=g)
-    eps = process.project(torch.randn(y.shape, generator=g, dtype=y.dtype), pairs.mask)
+    n = len(pairs)
+    rep = lambda v: v.repeat_interleave(R, dim=0) if isinstance(v, Tensor) else v  # noqa: E731  (pair i -> rows i R .. i R + R - 1)
+    y, mask, cond = rep(pairs.x0), rep(pairs.mask), rep(pairs.cond)
+    j = torch.randint(1, T, (n * R,), generator=g)
+    eps = process.project(torch.randn(y.shape, generator=g, dtype=y.dtype), mask)
     t = grid[j]
-    x = process.add_noise(y, t, eps, pairs.mask)
+    x = process.add_noise(y, t, eps, mask)
     target = torch.empty_like(y)
     pred = getattr(teacher, "prediction", "epsilon")
     for jj in torch.unique(j).tolist():
@@ -153,9 +159,10 @@ def build_renoised_couplings(teacher, process: GaussianProcess, pairs, grid, *, 
         for c in idx.split(int(batch_size)):
             sel = lambda v: v[c].to(device) if isinstance(v, Tensor) else v  # noqa: E731
             out = run_sampler(teacher, process, x[c].to(device), sampler=sampler, steps=T - jj, prediction=pred, timesteps=grid[jj:],
-                              mask=sel(pairs.mask), cond=sel(pairs.cond))
+                              mask=sel(mask), cond=sel(cond))
             target[c] = out.x.cpu()
-    rc = RenoisedCouplings(x, t, target, {"settings": settings})
+    shape = lambda v: v.reshape(n, R, *v.shape[1:])  # noqa: E731
+    rc = RenoisedCouplings(shape(x), shape(t), shape(target), {"settings": settings})
     if cache is not None:
         rc.save(cache)
     return rc
@@ -171,8 +178,9 @@ class StratifiedPairs:
         pool: the teacher pairs.
         routes: ``[len(pool)]`` student index of every pair.
         n: number of students; every partition must hold at least one pair.
-        renoised: optional :class:`RenoisedCouplings` of the pool, attached to every batch as
-            ``extra["renoised"]``, ``extra["renoised_t"]``, ``extra["renoised_target"]``.
+        renoised: optional :class:`RenoisedCouplings` of the pool; one of the ``R`` couplings
+            of every drawn pair (uniformly) is attached to the batch as ``extra["renoised"]``,
+            ``extra["renoised_t"]``, ``extra["renoised_target"]``.
     """
 
     def __init__(self, pool, routes: Tensor, n: int, renoised: Optional[RenoisedCouplings] = None):
@@ -201,7 +209,8 @@ class StratifiedPairs:
         batch = self.pool.batch(idx)
         if self.renoised is not None:
             rc = self.renoised
-            batch.extra.update({"renoised": rc.x[idx], "renoised_t": rc.t[idx], "renoised_target": rc.target[idx]})
+            r = torch.randint(0, rc.x.shape[1], (len(idx),), generator=generator)
+            batch.extra.update({"renoised": rc.x[idx, r], "renoised_t": rc.t[idx, r], "renoised_target": rc.target[idx, r]})
         return batch
 
 
@@ -330,6 +339,7 @@ POOL_SEED_OFFSET = 1_000_003
 def multi_student_recipe(ctx: RecipeContext, *, n_students: int = 2, router: str = "noise", backbone: Optional[dict] = None,
                          init: str = "teacher", prediction: Optional[str] = "v", pool: int = 8192,
                          teacher_sampler: str = "dpm_solver_pp_3m", teacher_steps: int = 32, states: str = "renoise",
+                         renoise_per_pair: int = 4,
                          top_fraction: float = 0.25, loss: str = "l2", huber_c: Optional[float] = None,
                          parameterization: str = "x0", sigma_data: float = 0.5) -> DistillSetup:
     """Multi-student distillation of the domain teacher.
@@ -342,7 +352,8 @@ def multi_student_recipe(ctx: RecipeContext, *, n_students: int = 2, router: str
     ``1 / alpha(1)``, about 160 for the DDPM schedule; ``None`` = the teacher's), ``pool``
     (number of teacher couplings), ``teacher_sampler`` / ``teacher_steps`` (the solves, on a
     uniform-``t`` grid, so uniform student grids whose step count divides ``teacher_steps``
-    lie on it), ``states``, ``top_fraction``, ``loss``, ``huber_c``, ``parameterization``,
+    lie on it), ``renoise_per_pair`` (re-noised couplings per pair, :func:`build_renoised_couplings`),
+    ``states``, ``top_fraction``, ``loss``, ``huber_c``, ``parameterization``,
     ``sigma_data`` (:class:`MultiStudentRegression`). Couplings are cached in ``out_dir``.
     """
     from ..samplers import get
@@ -360,6 +371,8 @@ def multi_student_recipe(ctx: RecipeContext, *, n_students: int = 2, router: str
         raise ValueError(f"teacher_steps must be an integer >= 2, got {teacher_steps!r}")
     if backbone is not None and not isinstance(backbone, dict):
         raise ValueError(f"backbone must be a dict of domain.build_backbone kwargs or None, got {backbone!r}")
+    if isinstance(renoise_per_pair, bool) or not isinstance(renoise_per_pair, int) or renoise_per_pair < 1:
+        raise ValueError(f"renoise_per_pair must be a positive integer, got {renoise_per_pair!r}")
     get(teacher_sampler)  # validates the name
     obj_kw = dict(states=states, top_fraction=top_fraction, loss=loss, huber_c=huber_c, parameterization=parameterization,
                   sigma_data=sigma_data)
@@ -375,8 +388,8 @@ def multi_student_recipe(ctx: RecipeContext, *, n_students: int = 2, router: str
         raise ValueError(f"router='cond' needs class labels, but domain {ctx.domain.name!r} generates without cond; use router='noise'")
     renoised = None
     if states == "renoise" and top_fraction < 1:
-        renoised = build_renoised_couplings(ctx.teacher, ctx.process, pairs, grid, sampler=teacher_sampler, seed=seed + 1,
-                                            device=ctx.device, cache=out / "pairs_renoised.pt" if out is not None else None)
+        renoised = build_renoised_couplings(ctx.teacher, ctx.process, pairs, grid, per_pair=renoise_per_pair, sampler=teacher_sampler,
+                                            seed=seed + 1, device=ctx.device, cache=out / "pairs_renoised.pt" if out is not None else None)
     obj = MultiStudentRegression(ctx.process, n_students, router, pairs.timesteps, **obj_kw)
     routes = route_samples(router, n_students, pairs.noise, pairs.cond, pairs.mask, ctx.process)
     data = StratifiedPairs(pairs, routes, n_students, renoised)
