@@ -1,3 +1,4 @@
 """Imports every module that registers a distillation recipe (see :mod:`.recipes`)."""
 from . import consistency  # noqa: F401
 from . import dmd  # noqa: F401
+from . import boss  # noqa: F401

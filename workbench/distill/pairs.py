@@ -18,7 +18,11 @@ from torch import Tensor
 
 from ..losses import Batch
 
-__all__ = ["TeacherPairs", "build_teacher_pairs"]
+__all__ = ["TeacherPairs", "build_teacher_pairs", "POOL_SEED_OFFSET"]
+
+#: pools draw sample ``i`` from seed ``POOL_SEED_OFFSET + seed + i``, so training couplings never
+#: share noise with evaluation runs (which use seeds ``0..n-1``)
+POOL_SEED_OFFSET = 10_000_000
 
 
 class TeacherPairs:
@@ -78,7 +82,7 @@ def build_teacher_pairs(domain, teacher, n: int, *, sampler: str = "dpm_solver_p
                         keep_trajectory: bool = False, seed: int = 0, batch_size: int = 512, device="cpu",
                         cache: Optional[Path] = None, progress: bool = True) -> TeacherPairs:
     """Solve the teacher's probability-flow ODE from ``n`` prior samples (sample ``i`` from seed
-    ``seed + i`` with the domain's :meth:`generation_batch`, so sizes / masks / labels follow the
+    ``POOL_SEED_OFFSET + seed + i`` with the domain's :meth:`generation_batch`, so sizes / masks / labels follow the
     domain) with ``sampler`` on ``steps`` steps (or the grid ``timesteps``).
 
     With ``keep_trajectory`` the state at every grid point is kept (the sampler must make one
@@ -100,7 +104,7 @@ def build_teacher_pairs(domain, teacher, n: int, *, sampler: str = "dpm_solver_p
     pred = getattr(teacher, "prediction", domain.prediction)
     xs, noises, trajs, parts, ts = [], [], [], [], None
     bar = tqdm(total=int(n), desc="teacher pairs", disable=not progress, leave=False)
-    for gb, gens in generation_batches(domain, int(n), int(seed), int(batch_size)):
+    for gb, gens in generation_batches(domain, int(n), POOL_SEED_OFFSET + int(seed), int(batch_size)):
         x_T = gb.x_T.to(device)
         mask = gb.mask.to(device) if gb.mask is not None else None
         cond = gb.cond.to(device) if isinstance(gb.cond, Tensor) else gb.cond
