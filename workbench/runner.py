@@ -206,7 +206,7 @@ def distill(domain: Union[str, Domain], *, method: str = "consistency", student_
     t_net = dom.load_teacher(teacher, device=device).eval().requires_grad_(False)
     out = Path(out_dir)
     ctx = RecipeContext(domain=dom, teacher=t_net, student_steps=int(student_steps), out_dir=out, device=device,
-                        seed=int(user.get("seed", 0)))
+                        seed=int(user.get("seed", 0)), train=dict(user))
     setup = setup_method(method, ctx, method_options)
     cfg = replace(replace(TrainConfig(**dom.train_defaults), **setup.train_defaults), **user)
     meta = {"kind": "generator", "method": method, "domain": dom.name, "config": dom.config, "student_steps": int(student_steps),

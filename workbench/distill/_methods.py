@@ -2,3 +2,4 @@
 from . import consistency  # noqa: F401
 from . import dmd  # noqa: F401
 from . import boss  # noqa: F401
+from . import reflow  # noqa: F401

@@ -187,11 +187,12 @@ from .recipes import DistillSetup, RecipeContext, make_student, register_method,
                  description="consistency distillation, single or multi-segment, LCM-style skipping")
 def consistency_recipe(ctx: RecipeContext, *, segments: int = 1, skip: int = 1, num_scales: int = 50, loss: str = "l2",
                        parameterization: str = "x0", sigma_data: float = 0.5, target_decay: float = 0.95,
-                       huber_c: Optional[float] = None, init_sigma: Optional[float] = None) -> DistillSetup:
+                       huber_c: Optional[float] = None, init_sigma: Optional[float] = 2.5) -> DistillSetup:
     """Consistency distillation of the domain teacher; the student starts from the teacher,
     the target network is an EMA of the student (``target_decay``). ``init_sigma`` sets the
-    top of the grid ``t_max`` where ``sigma / alpha = init_sigma`` (``None``: the process's
-    top); the generator then samples on ``student_steps`` uniform steps from ``t_max``."""
+    top of the grid ``t_max`` where ``sigma / alpha = init_sigma`` (default 2.5 as SiD's
+    ``sigma_init``; ``None``: the process's top, ill-conditioned for epsilon students, see
+    docs/design.md); the generator then samples on ``student_steps`` uniform steps from ``t_max``."""
     import copy
 
     from .base import FewStepGenerator

@@ -78,7 +78,7 @@ class TeacherPairs:
 
 
 @torch.no_grad()
-def build_teacher_pairs(domain, teacher, n: int, *, sampler: str = "dpm_solver_pp_3m", steps: int = 20, timesteps=None,
+def build_teacher_pairs(domain, teacher, n: int, *, sampler: str = "dpm_solver_pp_3m", steps: int = 20, timesteps="uniform_lambda",
                         keep_trajectory: bool = False, seed: int = 0, batch_size: int = 512, device="cpu",
                         cache: Optional[Path] = None, progress: bool = True) -> TeacherPairs:
     """Solve the teacher's probability-flow ODE from ``n`` prior samples (sample ``i`` from seed
@@ -94,6 +94,10 @@ def build_teacher_pairs(domain, teacher, n: int, *, sampler: str = "dpm_solver_p
     from ..api import run_sampler
     from ..runner import _cat_batches, generation_batches
 
+    if isinstance(timesteps, str):  # a grid name of workbench.timegrids (uniform_lambda: the uniform-t grid over-smooths)
+        from ..timegrids import get_grid
+
+        timesteps = get_grid(timesteps, domain.process(), int(steps))
     settings = {"n": int(n), "sampler": sampler, "steps": int(steps), "seed": int(seed), "keep_trajectory": bool(keep_trajectory),
                 "timesteps": None if timesteps is None else [float(t) for t in torch.as_tensor(timesteps).flatten()]}
     if cache is not None and Path(cache).exists():

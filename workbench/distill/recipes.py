@@ -52,6 +52,8 @@ class RecipeContext:
     out_dir: Optional[Path] = None
     device: str = "cpu"
     seed: int = 0
+    #: the user's ``train.*`` overrides (recipes with inner trainings, e.g. reflow rounds, start from them)
+    train: dict = field(default_factory=dict)
 
     @property
     def process(self):
