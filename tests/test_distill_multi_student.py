@@ -113,20 +113,26 @@ def test_renoised_couplings_are_teacher_ode_solutions():
 
     d, ctx = ctx_for("gmm", teacher="exact")
     p = d.process()
-    grid = uniform_t(p, 8)
-    pairs = build_teacher_pairs(d, ctx.teacher, 48, sampler="dpm_solver_pp_3m", steps=8, timesteps=grid, seed=7, progress=False)
+    grid = uniform_t(p, 32)
+    pairs = build_teacher_pairs(d, ctx.teacher, 48, sampler="dpm_solver_pp_3m", steps=32, timesteps=grid, seed=7, progress=False)
     rc = build_renoised_couplings(ctx.teacher, p, pairs, grid, per_pair=2, seed=3)
     assert rc.x.shape == (48, 2, 2) and rc.t.shape == (48, 2)
-    assert bool(((rc.t > 0) & (rc.t < 1)).all())
+    assert bool(((rc.t > 0) & (rc.t < 1)).all()) and all(bool((grid == v).any()) for v in rc.t.flatten())
     a = p.alpha(rc.t)[..., None].float()
     s = p.sigma(rc.t)[..., None].float()
     eps = (rc.x - a * pairs.x0[:, None]) / s
     assert abs(float(eps.std()) - 1.0) < 0.2
-    for i in range(3):  # a fine solve from a few states
+    errs = []
+    for i in range(8):
         t0 = float(rc.t[i, 0])
-        fine = torch.linspace(t0, 0.0, 201, dtype=torch.float64)
-        ref = run_sampler(ctx.teacher, p, rc.x[i, :1], sampler="dpm_solver_pp_3m", steps=200, prediction="x0", timesteps=fine).x
-        assert float((ref - rc.target[i, :1]).abs().max()) < 2e-2
+        j = int((grid == t0).nonzero())
+        same = run_sampler(ctx.teacher, p, rc.x[i, :1], sampler="dpm_solver_pp_3m", steps=32 - j, prediction="x0",
+                           timesteps=grid[j:]).x
+        assert torch.allclose(same, rc.target[i, :1], atol=1e-5)  # the solve on the grid's tail from the state's time
+        fine = torch.linspace(t0, 0.0, 401, dtype=torch.float64)
+        ref = run_sampler(ctx.teacher, p, rc.x[i, :1], sampler="dpm_solver_pp_3m", steps=400, prediction="x0", timesteps=fine).x
+        errs.append(float((ref - rc.target[i, :1]).abs().max()))
+    assert sum(errs) / len(errs) < 5e-2 and max(errs) < 0.15, errs  # and close to a fine solve (32-step discretisation error)
 
 
 def test_objective_regresses_on_noise_and_renoised_states():

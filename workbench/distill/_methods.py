@@ -3,3 +3,5 @@ from . import consistency  # noqa: F401
 from . import dmd  # noqa: F401
 from . import boss  # noqa: F401
 from . import reflow  # noqa: F401
+from . import mdt_dist  # noqa: F401
+from . import multi_student  # noqa: F401

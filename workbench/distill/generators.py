@@ -229,13 +229,20 @@ class ExpertsGenerator(nn.Module):
         return p.project(x0, mask)
 
 
-def route_by_noise(x_T: Tensor, n: int) -> Tensor:
+def route_by_noise(x_T: Tensor, n: int, *, mask: Optional[Tensor] = None, process: Optional[GaussianProcess] = None) -> Tensor:
     """A fixed partition of noise space into ``n`` cells ``[B]`` (int64): the bins of the
-    standard-normal CDF of the projection of ``x_T`` on a fixed unit direction (the all-ones
-    direction over real elements), equal mass per cell under the prior."""
-    flat = x_T.flatten(1).to(torch.float64)
-    nz = (flat != 0).sum(1).clamp_min(1).to(torch.float64)
-    proj = flat.sum(1) / nz.sqrt()
+    standard-normal CDF of ``<x_T, P d> / (prior_std ||P d||)`` for a fixed direction ``d`` and
+    ``P`` the process projection (padding, zero centre of mass; ``mask`` ``[B, N]``), which is
+    exactly ``N(0, 1)`` under the prior for every mask: equal mass per cell."""
+    d = torch.cos(torch.arange(x_T[0].numel(), dtype=torch.float64, device=x_T.device) * 2.399963229728653 + 0.5)
+    d = d.reshape(1, *x_T.shape[1:]).expand(x_T.shape[0], *x_T.shape[1:]).clone()
+    if process is not None:
+        d = process.project(d, mask)
+    elif mask is not None:
+        d = d * mask.to(d.dtype).reshape(*mask.shape, *([1] * (d.ndim - mask.ndim)))
+    std = process.prior_std() if process is not None else 1.0
+    dd = d.flatten(1)
+    proj = (x_T.flatten(1).to(torch.float64) * dd).sum(1) / (dd.norm(dim=1).clamp_min(1e-300) * std)
     u = 0.5 * (1 + torch.erf(proj / 2.0**0.5))
     return (u * n).long().clamp(0, n - 1)
 
@@ -255,20 +262,20 @@ class MultiStudentGenerator(nn.Module):
             raise ValueError(f"unknown router {router!r}; valid: {', '.join(self.ROUTERS)}")
         self.students, self.router = students, router
 
-    def route(self, x_T: Tensor, cond: Any = None) -> Tensor:
+    def route(self, x_T: Tensor, cond: Any = None, mask: Optional[Tensor] = None) -> Tensor:
         n = len(self.students)
         if self.router == "cond":
             if not isinstance(cond, Tensor):
                 raise ValueError("router='cond' needs integer conditions (class labels); use router='noise' for unconditional domains")
             return cond.long() % n
-        return route_by_noise(x_T, n)
+        return route_by_noise(x_T, n, mask=mask, process=getattr(self.students[0], "process", None))
 
     def nfe(self, steps: Optional[int] = None) -> int:
         return self.students[0].nfe(steps)
 
     def generate(self, x_T: Tensor, steps: Optional[int] = None, *, timesteps=None, mask: Optional[Tensor] = None, cond: Any = None,
                  generator: Generator = None, noise_scale: float = 1.0) -> Tensor:
-        idx = self.route(x_T, cond)
+        idx = self.route(x_T, cond, mask)
         out = torch.zeros_like(x_T)
         gens = generator if isinstance(generator, (list, tuple)) else None
         for k, s in enumerate(self.students):
