@@ -212,4 +212,4 @@ def consistency_recipe(ctx: RecipeContext, *, segments: int = 1, skip: int = 1, 
     def make_generator(n):
         return FewStepGenerator(n["student"], ctx.process, parameterization=parameterization, sigma_data=sigma_data, timesteps=grid)
 
-    return DistillSetup(obj, nets, ["student"], ["student"], spec, make_generator)
+    return DistillSetup(obj, nets, ["student"], ["student"], spec, make_generator, train_defaults={"lr": 1e-4, "ema_decay": 0.99})

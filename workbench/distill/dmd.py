@@ -133,4 +133,4 @@ def dmd2_recipe(ctx: RecipeContext, *, t_min: float = 0.02, t_max: float = 0.98,
     def make_generator(n):
         return FewStepGenerator(n["student"], ctx.process, parameterization="x0", timesteps=grid)
 
-    return DistillSetup(obj, nets, trainable, ["student"], spec, make_generator, train_defaults={"lr": 1e-4, "ema_decay": 0.99})
+    return DistillSetup(obj, nets, trainable, ["student"], spec, make_generator, train_defaults={"lr": 1e-3, "ema_decay": 0.99})
