@@ -75,7 +75,7 @@ class LabelDropoutLoss:
             g = generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
             drop = torch.rand(len(batch), generator=g).to(batch.x.device) < self.p_uncond
             y = torch.where(drop, torch.full_like(y, NULL_LABEL), y)
-        return self.base(nets, Batch(x=batch.x, mask=batch.mask, cond=y), generator)
+        return self.base(nets, Batch(x=batch.x, mask=batch.mask, cond=y, extra=batch.extra), generator)
 
     def __repr__(self) -> str:
         return f"LabelDropoutLoss({self.base!r}, p_uncond={self.p_uncond})"
@@ -145,13 +145,18 @@ class ImagesDomain(Domain):
         ``two_time=True``: an average-velocity student ``u(z, r, t, cond=)`` in the linear view
         of the process (:class:`~workbench.model.TwoTimeDenoiser`; MeanFlow, SplitMeanFlow)
         around a UNet with a second timestep embedding of ``t - r``
-        (:func:`~domains.images.backbone.make_two_time`), teacher parameter names kept."""
+        (:func:`~domains.images.backbone.make_two_time`), teacher parameter names kept; the
+        keywords ``prediction``, ``time_scale`` and ``gap_scale`` go to the ``TwoTimeDenoiser``."""
         guidance = float(kwargs.pop("guidance", self.guidance))
+        wrap = {k: kwargs.pop(k) for k in ("prediction", "time_scale", "gap_scale") if k in kwargs}
+        if wrap and not two_time:
+            raise ValueError(f"{', '.join(sorted(wrap))} only apply to two-time students (two_time=True)")
         bb = UNetBackbone(self.unet_config(kwargs), guidance=guidance, two_time=two_time)
         if two_time:
             from workbench.model import TwoTimeDenoiser
 
-            return TwoTimeDenoiser(bb, self.process(), prediction=self.prediction, time_map="diffusers")
+            wrap["prediction"] = wrap.get("prediction") or self.prediction
+            return TwoTimeDenoiser(bb, self.process(), time_map="diffusers", **wrap)
         return Denoiser(bb, self.process(), prediction=self.prediction, time_map="diffusers")
 
     def default_teacher_path(self) -> Path:

@@ -5,3 +5,4 @@ from . import boss  # noqa: F401
 from . import reflow  # noqa: F401
 from . import mdt_dist  # noqa: F401
 from . import multi_student  # noqa: F401
+from . import ambient  # noqa: F401

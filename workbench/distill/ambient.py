@@ -3,7 +3,7 @@ plus a small clean subset.
 
 Papers: Daras, Dimakis & Daskalakis 2024, "Consistent Diffusion Meets Tweedie: Training
 Exact Ambient Diffusion Models with Noisy Data" (ICML 2024, the double application of
-Tweedie's formula, Sec. 3); Daras, Cherapanamjeri & Daskalakis 2024, "How much is a noisy
+Tweedie's formula); Daras, Cherapanamjeri & Daskalakis 2024, "How much is a noisy
 image worth? Data Scaling Laws for Ambient Diffusion" (a small clean set, e.g. 10%, plus
 highly noisy data); Daras et al. 2025, "Ambient Diffusion Omni" (per-sample noise levels
 ``sigma_tn``, the loss in x0 units).
@@ -38,14 +38,16 @@ has the right marginal ``p_t``. Given ``x0``, ``(x_s, x_t)`` is jointly Gaussian
     c_0 = alpha_s sigma_{t|s}^2 / sigma_t^2 = alpha_s (1 - r),
 
 and by the tower property ``E[x_s | x_t] = c_x x_t + c_0 E[x0 | x_t]`` for ANY data
-distribution (Daras et al. 2024, eq. 3.2 / Lemma 3.1 in VE form: ``c_x = sigma_n^2 /
-sigma_t^2``, ``c_0 = 1 - sigma_n^2 / sigma_t^2``). For a clean example (``s = 0``):
+distribution (the "double Tweedie" identity of Daras, Dimakis & Daskalakis 2024, there in
+VE form: ``c_x = sigma_n^2 / sigma_t^2``, ``c_0 = 1 - sigma_n^2 / sigma_t^2``). For a clean example (``s = 0``):
 ``r = 0``, ``c_x = 0``, ``c_0 = 1``, ``alpha_{t|0} = alpha_t``, ``sigma_{t|0} = sigma_t``.
 
 Objective (:class:`AmbientLoss`)
 -------------------------------
-Per example: draw ``t >= t_n`` (the time sampler restricted to ``[t_n, 1]``; all ``t`` for
-clean examples), build ``x_t`` from the observation as above, map the model's x0 prediction
+Per example a time ``t >= t_n`` (all ``t`` for clean examples; by default the data sampler
+draws ``t`` from the base time sampler first and then an example observed at or below that
+noise level, so every noise level is trained at the usual rate, see :class:`AmbientData`),
+build ``x_t`` from the observation as above, map the model's x0 prediction
 ``D = D_theta(x_t, t)`` to ``x^_s = c_x x_t + c_0 D`` and regress it on the observed ``x_s``:
 
     loss = w(t) * f(t, t_n) * mean ||x^_s - x_s||^2,
@@ -82,6 +84,8 @@ NOISY_LOSSES = ("ambient", "drop", "naive")
 WEIGHTINGS = ("epsilon", "edm")
 AMBIENT_WEIGHTINGS = ("xtn", "x0")
 INITS = ("scratch", "teacher")
+#: size of the fixed data set drawn from domains whose ``train_data`` samples fresh data (toy)
+SAMPLER_DATASET_SIZE = 10000
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX = 0xBF58476D1CE4E5B9
@@ -143,7 +147,8 @@ def sample_time_above(t_lo: Tensor, kind: str, *, process: GaussianProcess, gene
 def _finite_dataset(domain, dataset_size: Optional[int], data_seed: int) -> Batch:
     """The fixed clean data set: the domain's whole training split when its sampler has
     ``all()`` (subsampled to ``dataset_size`` with a fixed permutation), else ``dataset_size``
-    samples drawn once from the sampler with a fixed seed."""
+    (``None``: :data:`SAMPLER_DATASET_SIZE`) samples drawn once from the sampler with a fixed
+    seed."""
     sampler = domain.train_data("train")
     if hasattr(sampler, "all"):
         data = sampler.all()
@@ -151,38 +156,58 @@ def _finite_dataset(domain, dataset_size: Optional[int], data_seed: int) -> Batc
             perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(_index_seed(data_seed, 0, 3)))
             data = data.index(perm[:dataset_size])
         return data
-    if dataset_size is None:
-        raise ValueError("dataset_size is needed: this domain's train_data draws fresh samples (no finite split)")
-    return sampler(int(dataset_size), torch.Generator().manual_seed(_index_seed(data_seed, 0, 1)))
+    n = SAMPLER_DATASET_SIZE if dataset_size is None else int(dataset_size)
+    return sampler(n, torch.Generator().manual_seed(_index_seed(data_seed, 0, 1)))
 
 
 class AmbientData:
     """The fixed corrupted training set and its pure batch sampler.
 
-    ``data(batch_size, generator) -> Batch`` draws indices uniformly with replacement (from
-    ``generator`` only, so training is reproducible and resumable) and returns the
-    *observations*: ``x`` ``[B, ...]`` is ``x0`` for clean examples and ``x_{t_n}`` for noisy
-    ones, ``mask`` / ``cond`` as the domain's, ``extra = {"t_n": [B] float64 (0 = clean),
-    "noisy": [B] bool, "index": [B] int64}``.
+    ``data(batch_size, generator) -> Batch`` returns *observations*: ``x`` ``[B, ...]`` is
+    ``x0`` for clean examples and ``x_{t_n}`` for noisy ones, ``mask`` / ``cond`` as the
+    domain's, ``extra = {"t_n": [B] float64 (0 = clean), "noisy": [B] bool, "index": [B]
+    int64}`` and, with ``time_sampler``, ``extra["t"]`` ``[B]`` float64: the training time of
+    each slot. Everything is drawn from ``generator`` only (reproducible, resumable).
+
+    Pairing of examples and times:
+
+    * ``time_sampler=None``: indices uniform over the set (``noisy_loss="drop"``: over the
+      clean subset); the objective then draws noisy examples' times from the truncated
+      sampler on ``[t_n, 1]`` (the papers' loaders).
+    * ``time_sampler`` given (balanced, the default of the recipe): each slot first draws
+      its time ``t`` from the base time sampler, then an example among those observed at or
+      below that noise level (``t_n <= t``): the clean subset for ``t < t_noisy``, the whole
+      set otherwise (Ambient Omni also samples the time in its data sampler). Every noise
+      level is then trained at the base rate, exactly as in clean training, and noisy
+      examples are never seen below their ``t_n``. ``noisy_loss="naive"`` makes every
+      example eligible at every time, ``"drop"`` only the clean ones.
 
     Args:
         domain: the domain (its process and training data).
         clean_fraction: fraction of examples kept clean, in ``(0, 1]`` (at least one example).
         t_noisy: the process time ``t_n`` of the noisy observations, in ``(0, 1)``.
-        dataset_size: size ``N`` of the data set (required for sampler-only domains).
+        dataset_size: size ``N`` of the data set (see :func:`_finite_dataset`).
         data_seed: seed of the data set draw, the clean/noisy split and the per-example noise.
-        clean_only: sample only the clean examples (the clean-subset baseline).
+        noisy_loss: ``ambient``, ``drop`` (sample only the clean examples: the clean-subset
+            baseline) or ``naive`` (noisy observations eligible at every time).
+        time_sampler: ``None`` or a :data:`workbench.losses.TIME_SAMPLERS` name (balanced).
+        t_eps: smallest training time.
     """
 
     def __init__(self, domain, *, clean_fraction: float, t_noisy: float, dataset_size: Optional[int] = None, data_seed: int = 0,
-                 clean_only: bool = False):
+                 noisy_loss: str = "ambient", time_sampler: Optional[str] = None, t_eps: float = 1e-3):
+        _check_choice("noisy_loss", noisy_loss, NOISY_LOSSES)
+        if time_sampler is not None:
+            _check_choice("time_sampler", time_sampler, TIME_SAMPLERS)
         self.process = domain.process()
-        self.t_noisy, self.data_seed, self.clean_only = float(t_noisy), int(data_seed), bool(clean_only)
+        self.t_noisy, self.data_seed, self.noisy_loss = float(t_noisy), int(data_seed), noisy_loss
+        self.time_sampler, self.t_eps = time_sampler, float(t_eps)
         data = _finite_dataset(domain, dataset_size, self.data_seed)
         n = len(data)
         n_clean = int(round(float(clean_fraction) * n))
         if n_clean < 1:
-            raise ValueError(f"clean_fraction {clean_fraction} of {n} examples leaves no clean example; raise clean_fraction or dataset_size")
+            raise ValueError(f"clean_fraction {clean_fraction} of {n} examples leaves no clean example; "
+                             "raise clean_fraction or dataset_size")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(_index_seed(self.data_seed, 0, 2)))
         noisy = torch.ones(n, dtype=torch.bool)
         noisy[perm[:n_clean]] = False
@@ -213,26 +238,36 @@ class AmbientData:
         return len(self.clean_index)
 
     def __call__(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Batch:
-        pool = self.clean_index if self.clean_only else None
-        n = len(pool) if pool is not None else len(self)
-        idx = torch.randint(0, n, (int(batch_size),), generator=generator)
-        if pool is not None:
-            idx = pool[idx]
+        B = int(batch_size)
+        extra = {}
+        if self.noisy_loss == "drop":
+            idx = self.clean_index[torch.randint(0, self.n_clean, (B,), generator=generator)]
+        else:
+            idx = torch.randint(0, len(self), (B,), generator=generator)
+        if self.time_sampler is not None:
+            t = sample_time_above(torch.zeros(B, dtype=torch.float64), self.time_sampler, process=self.process, generator=generator,
+                                  t_eps=self.t_eps)
+            if self.noisy_loss == "ambient":  # below t_noisy only the clean examples are observed
+                low_idx = self.clean_index[torch.randint(0, self.n_clean, (B,), generator=generator)]
+                idx = torch.where(t < self.t_noisy, low_idx, idx)
+            extra["t"] = t
         sel = lambda v: v[idx].clone() if isinstance(v, Tensor) else v  # noqa: E731
-        return Batch(x=self.x[idx].clone(), mask=sel(self.mask), cond=sel(self.cond),
-                     extra={"t_n": self.t_n[idx].clone(), "noisy": self.noisy[idx].clone(), "index": idx.clone()})
+        extra.update({"t_n": self.t_n[idx].clone(), "noisy": self.noisy[idx].clone(), "index": idx.clone()})
+        return Batch(x=self.x[idx].clone(), mask=sel(self.mask), cond=sel(self.cond), extra=extra)
 
     def __repr__(self) -> str:
         return (f"AmbientData(n={len(self)}, clean={self.n_clean}, t_noisy={self.t_noisy:.4g}, data_seed={self.data_seed}, "
-                f"clean_only={self.clean_only})")
+                f"noisy_loss={self.noisy_loss!r}, time_sampler={self.time_sampler!r})")
 
 
 class AmbientLoss:
     """The ambient (Tweedie-consistent) denoising loss of the module docstring,
     ``(nets, batch, generator) -> loss [B]``; ``nets["model"]`` is the denoiser
     ``D(x_t [B, ...], t [B], mask=, cond=)`` in parameterization ``prediction``; ``batch.x``
-    holds observations and ``batch.extra["t_n"]`` ``[B]`` their noise times (absent = all
-    clean).
+    holds observations, ``batch.extra["t_n"]`` ``[B]`` their noise times (absent = all
+    clean) and optionally ``batch.extra["t"]`` ``[B]`` the training times (``>= t_n``; drawn
+    by the balanced :class:`AmbientData`), else ``t`` is drawn here from ``time_sampler``
+    restricted to ``[t_n, 1]``.
 
     Args:
         process: the Gaussian process.
@@ -267,7 +302,13 @@ class AmbientLoss:
         B = x.shape[0]
         t_n = batch.extra.get("t_n")
         t_n = torch.zeros(B, dtype=torch.float64, device=x.device) if t_n is None or self.noisy_loss == "naive" else t_n.to(torch.float64)
-        t = sample_time_above(t_n, self.time_sampler, process=p, generator=generator, t_eps=self.t_eps).to(x.device)
+        t = batch.extra.get("t")
+        if t is None:
+            t = sample_time_above(t_n, self.time_sampler, process=p, generator=generator, t_eps=self.t_eps).to(x.device)
+        else:
+            t = t.to(device=x.device, dtype=torch.float64)
+            if bool((t < t_n).any()):
+                raise ValueError("batch.extra['t'] puts a noisy example below its noise level t_n; the ambient loss needs t >= t_n")
         c = tweedie_coefficients(p, t, t_n)
         z = p.project(randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), batch.mask)
         dims = lambda v: append_dims(v.to(x.dtype), x.ndim)  # noqa: E731
@@ -348,9 +389,10 @@ def _resolve_t_noisy(process: GaussianProcess, t_noisy: Optional[float], sigma_n
                  paper="Daras et al. 2024 (Consistent Diffusion Meets Tweedie; How much is a noisy image worth?); "
                        "Daras et al. 2025 (Ambient Diffusion Omni)")
 def ambient_recipe(ctx: RecipeContext, *, clean_fraction: float = 0.1, t_noisy: Optional[float] = None,
-                   sigma_noisy: Optional[float] = None, dataset_size: Optional[int] = 10000, data_seed: int = 0,
+                   sigma_noisy: Optional[float] = None, dataset_size: Optional[int] = None, data_seed: int = 0,
                    noisy_loss: str = "ambient", weighting: str = "epsilon", ambient_weighting: str = "xtn",
-                   time_sampler: str = "uniform", sigma_data: float = 0.5, max_factor: float = 1e4, init: str = "scratch",
+                   time_sampler: str = "uniform", balance: bool = True, sigma_data: float = 0.5, max_factor: float = 1e4,
+                   init: str = "scratch",
                    backbone: Optional[dict] = None, sampler: str = "dpm_solver_pp_3m") -> DistillSetup:
     """Ambient training of a denoiser (module docstring) as a method of the registry.
 
@@ -364,11 +406,14 @@ def ambient_recipe(ctx: RecipeContext, *, clean_fraction: float = 0.1, t_noisy: 
 
     Options: ``clean_fraction`` (fraction of clean examples, ``(0, 1]``); ``t_noisy`` (noise
     time of the noisy examples) or ``sigma_noisy`` (their ``sigma~ = sigma / alpha``, default
-    0.5 when neither is given); ``dataset_size`` (``N``; for domains with a finite split,
-    ``None`` = the whole split, smaller values subsample it); ``data_seed``; ``noisy_loss``
+    0.5 when neither is given); ``dataset_size`` (``N``; ``None``: the whole split of domains
+    with a finite one, smaller values subsample it; :data:`SAMPLER_DATASET_SIZE` samples drawn
+    once for domains that sample fresh data, e.g. toy); ``data_seed``; ``noisy_loss``
     (``ambient`` | ``drop``: train on the clean subset only, the baseline | ``naive``: treat
     noisy observations as clean); ``weighting``, ``ambient_weighting``, ``time_sampler``,
-    ``sigma_data``, ``max_factor`` (:class:`AmbientLoss`); ``init``; ``backbone``;
+    ``sigma_data``, ``max_factor`` (:class:`AmbientLoss`); ``balance`` (pair each slot's time
+    with an example observed at or below it, :class:`AmbientData`; ``False``: uniform
+    examples, noisy ones at truncated times); ``init``; ``backbone``;
     ``sampler``: the training-free sampler of the exported ``flow`` generator.
 
     When the domain's own objective wraps a base loss (an object with ``.base``, e.g. the
@@ -386,6 +431,8 @@ def ambient_recipe(ctx: RecipeContext, *, clean_fraction: float = 0.1, t_noisy: 
         raise ValueError(f"clean_fraction must be in (0, 1], got {clean_fraction}")
     if dataset_size is not None and (isinstance(dataset_size, bool) or int(dataset_size) != dataset_size or int(dataset_size) < 1):
         raise ValueError(f"dataset_size must be a positive integer or None, got {dataset_size!r}")
+    if not isinstance(balance, bool):
+        raise ValueError(f"balance must be true or false, got {balance!r}")
     if backbone is not None and not isinstance(backbone, dict):
         raise ValueError(f"backbone must be a dict of domain.build_backbone kwargs, got {type(backbone).__name__}")
     proc = ctx.process
@@ -394,7 +441,7 @@ def ambient_recipe(ctx: RecipeContext, *, clean_fraction: float = 0.1, t_noisy: 
                        ambient_weighting=ambient_weighting, time_sampler=time_sampler, sigma_data=sigma_data, max_factor=max_factor)
     data = AmbientData(ctx.domain, clean_fraction=float(clean_fraction), t_noisy=tn,
                        dataset_size=None if dataset_size is None else int(dataset_size), data_seed=data_seed,
-                       clean_only=noisy_loss == "drop")
+                       noisy_loss=noisy_loss, time_sampler=time_sampler if balance else None)
     sspec = student_spec(ctx.teacher, ctx.domain, backbone=backbone)
     model = make_student(ctx, sspec, init=init)
     objective: Any = loss
@@ -411,5 +458,5 @@ def ambient_recipe(ctx: RecipeContext, *, clean_fraction: float = 0.1, t_noisy: 
 
     a_n, s_n = float(proc.alpha(torch.tensor(tn, dtype=torch.float64))), float(proc.sigma(torch.tensor(tn, dtype=torch.float64)))
     info = {"dataset_size": len(data), "n_clean": data.n_clean, "n_noisy": len(data) - data.n_clean, "t_noisy": tn,
-            "sigma_noisy": s_n / a_n, "noisy_loss": noisy_loss, "teacher_used_for_training": False, "init": init}
+            "sigma_noisy": s_n / a_n, "noisy_loss": noisy_loss, "balance": balance, "teacher_used_for_training": False, "init": init}
     return DistillSetup(objective, {"model": model}, ["model"], ["model"], spec, make_generator, data=data, info=info)

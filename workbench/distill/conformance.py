@@ -104,7 +104,7 @@ def check_recipe(setup: DistillSetup, domain, *, batch_size: int = 8, steps: int
         for p0, p in zip(ps, nets[n].parameters()):
             assert torch.equal(p0, p.detach()), f"frozen net {n!r} changed during training"
     gen = setup.make_generator(nets).eval()
-    re = build_generator(domain, setup.spec)
+    re = build_generator(domain, setup.spec).eval()
     re.load_state_dict(gen.state_dict())
     gb = domain.generation_batch(4, generator=[torch.Generator().manual_seed(i) for i in range(4)])
     with torch.no_grad():
