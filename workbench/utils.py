@@ -71,9 +71,11 @@ def atomic_path(path: Union[str, Path]):
         raise
 
 
-def write_text(path, text: str) -> None:
+def write_text(path, text: str) -> Path:
+    """Write ``text`` atomically; returns the path."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+    return Path(path)
 
 
 def write_json(path, obj) -> None:
