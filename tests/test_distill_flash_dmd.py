@@ -10,6 +10,7 @@ from workbench.distill import setup_method
 from workbench.distill.base import FewStepGenerator
 from workbench.distill.conformance import check_recipe
 from workbench.distill.recipes import RecipeContext
+from workbench.distill.score_distill import rollout
 from workbench.domain import Domain
 from workbench.losses import Batch
 
@@ -42,27 +43,37 @@ def grad_sums(nets):
 @pytest.mark.parametrize("dataset", ["gmm", "pointset"])
 def test_flash_dmd_conformance(dataset):
     d, ctx = ctx_for(dataset)
-    setup = setup_method("flash_dmd", ctx, {"student": TINY[dataset], "reward_weight": 0.01})
+    setup = setup_method("flash_dmd", ctx, {"student": TINY[dataset], "reward_weight": 0.01})  # 2 steps: GAN by default
     assert setup.objective.phases == [("fake", ["fake_score", "disc"], 1), ("generator", ["student"], 2)]
-    assert setup.spec["kind"] == "consistency"
+    assert setup.objective.dm_steps == 1 and setup.spec["kind"] == "consistency"
     check_recipe(setup, d, decrease_phase="fake", decrease_steps=30)
+    d, ctx = ctx_for(dataset, steps=1)  # one step: distribution matching (and reward) only, no GAN
+    setup = setup_method("flash_dmd", ctx, {"student": TINY[dataset], "reward_weight": 0.01})
+    assert "disc" not in setup.nets and setup.objective.dm_steps == 1
+    check_recipe(setup, d, decrease_phase="fake", decrease_steps=30, gen_steps=1)
 
 
 def test_reward_term_reaches_only_the_generator_and_ascends_the_reward():
     d, ctx = ctx_for("gmm", teacher="exact")
-    setup = setup_method("flash_dmd", ctx, {"student": TINY["gmm"], "reward_weight": 1.0, "reward_steps": "all"})
+    setup = setup_method("flash_dmd", ctx, {"student": TINY["gmm"], "reward_weight": 1.0, "reward_steps": 2, "gan_weight": 0.0})
     obj, nets = setup.objective, setup.nets
-    plain = fd.FlashDMD(obj.process, obj.grid, t_split=obj.t_split, gan_weight=obj.gan_weight, reward_weight=0.0)
+    plain = fd.FlashDMD(obj.process, obj.grid, reward_weight=0.0)
     b = d.train_data()(16, torch.Generator().manual_seed(0))
-    # the same random draws: the difference of the two losses is exactly the reward term
-    diff = obj(nets, b, torch.Generator().manual_seed(3), phase="generator") - plain(nets, b, torch.Generator().manual_seed(3), phase="generator")
-    x0_g, _, _ = obj._generate(nets, b, torch.Generator().manual_seed(3))
+
+    def reward_term(seed):  # same random draws in both: the difference is exactly the reward term
+        return (obj(nets, b, torch.Generator().manual_seed(seed), phase="generator")
+                - plain(nets, b, torch.Generator().manual_seed(seed), phase="generator"))
+
+    diff = reward_term(3)
+    g = torch.Generator().manual_seed(3)
+    k = obj._draw(0, obj.K, g)
+    x0_g, _, _ = rollout(nets["student"], obj.process, obj.grid, b, g, step=k)
     assert torch.allclose(diff, -d.reward(Batch(x=x0_g.detach())), atol=1e-4)
     for m in nets.values():
         m.zero_grad(set_to_none=True)
     diff.sum().backward()
     g = grad_sums(nets)
-    assert g["student"] > 0 and g["fake_score"] == 0 and g["disc"] == 0 and g["teacher"] == 0
+    assert g["student"] > 0 and g["fake_score"] == 0 and g["teacher"] == 0
     # a few steps on the reward term alone raise the mean reward of the generator's samples
     gen = FewStepGenerator(nets["student"], obj.process, timesteps=obj.grid)
     x_T = d.generation_batch(256, generator=torch.Generator().manual_seed(9)).x_T
@@ -74,7 +85,7 @@ def test_reward_term_reaches_only_the_generator_and_ascends_the_reward():
     r0 = mean_reward()
     opt = torch.optim.Adam(nets["student"].parameters(), lr=2e-3)
     for i in range(15):
-        term = obj(nets, b, torch.Generator().manual_seed(10 + i), phase="generator") - plain(nets, b, torch.Generator().manual_seed(10 + i), phase="generator")
+        term = reward_term(10 + i)
         opt.zero_grad()
         term.mean().backward()
         opt.step()
@@ -82,32 +93,57 @@ def test_reward_term_reaches_only_the_generator_and_ascends_the_reward():
 
 
 def test_timestep_aware_assignment_of_the_losses():
+    """K = 4 with a GAN: steps 0, 1 get distribution matching (and the reward) only, steps 2, 3
+    the adversarial loss only, on re-noised clean generator samples at their own grid time."""
     d, ctx = ctx_for("gmm", steps=4, teacher="exact")
-    setup = setup_method("flash_dmd", ctx, {"student": TINY["gmm"], "t_split": 0.4, "reward_weight": 0.1})
+    setup = setup_method("flash_dmd", ctx, {"student": TINY["gmm"], "gan_weight": 0.1, "reward_weight": 0.1})
     obj = setup.objective
-    teacher, student = Recorder(setup.nets["teacher"]), Recorder(setup.nets["student"])
-    nets = {**setup.nets, "teacher": teacher, "student": student}
-    b = d.train_data()(64, torch.Generator().manual_seed(0))
-    for seed in range(3):
-        teacher.calls.clear()
-        student.calls.clear()
+    assert obj.dm_steps == 2 and obj.reward_steps == 2
+    assert [obj.is_dm_step(k) for k in range(4)] == [True, True, False, False]
+    assert [obj.gets_reward(k) for k in range(4)] == [True, True, False, False]
+    teacher, student, disc = Recorder(setup.nets["teacher"]), Recorder(setup.nets["student"]), Recorder(setup.nets["disc"])
+    nets = {**setup.nets, "teacher": teacher, "student": student, "disc": disc}
+    b = d.train_data()(16, torch.Generator().manual_seed(0))
+    grid = obj.grid.tolist()
+    seen = set()
+    for seed in range(12):
+        for r in (teacher, student, disc):
+            r.calls.clear()
+        k = obj._draw(0, 4, torch.Generator().manual_seed(seed))
+        seen.add(k)
         obj(nets, b, torch.Generator().manual_seed(seed), phase="generator")
-        # distribution matching: the teacher is queried at high noise only
-        assert len(teacher.calls) == 1 and float(teacher.calls[0].min()) >= 0.4 and float(teacher.calls[0].max()) <= 0.98
-        # the generator runs on its grid (rollouts) and, for the GAN term, at low noise only
-        grid = obj.grid.tolist()[:-1]
-        off = [c for c in student.calls if not any(abs(float(c[0]) - g) < 1e-6 for g in grid)]
-        assert len(off) == 1 and float(off[0].min()) >= 0.02 and float(off[0].max()) <= 0.4
-    t = torch.tensor([1.0, 0.75, 0.5, 0.25], dtype=torch.float64)
-    assert obj.reward_mask(t).tolist() == [1.0, 1.0, 1.0, 0.0]
-    obj.reward_steps = "all"
-    assert obj.reward_mask(t).tolist() == [1.0, 1.0, 1.0, 1.0]
-    assert float(obj.dm_times(1000, torch.Generator().manual_seed(0), "cpu").min()) >= 0.4
+        last = float(student.calls[-1][0])  # the call whose output is trained
+        assert last == pytest.approx(grid[k], rel=1e-6)
+        if k < 2:
+            assert len(teacher.calls) == 1 and len(disc.calls) == 0
+            assert len(student.calls) == k + 1  # backward simulation to step k, then step k
+        else:
+            assert len(teacher.calls) == 0 and len(disc.calls) == 1
+            assert len(student.calls) == 4 + 1  # a clean sample (4 steps), re-noised to t_k and denoised
+    assert seen == {0, 1, 2, 3}
+
+
+def test_without_gan_and_reward_it_is_dmd2():
+    """gan_weight = 0, reward_weight = 0 and DMD2's two time-scale ratio: every step is a
+    distribution-matching step and the losses equal DMD2's, draw for draw (the reuse is exact)."""
+    d, ctx = ctx_for("gmm", steps=3)
+    ref = setup_method("dmd2", ctx, {"student": TINY["gmm"]})
+    flash = setup_method("flash_dmd", ctx, {"student": TINY["gmm"], "generator_every": 5, "gan_weight": 0.0})
+    assert flash.objective.dm_steps == 3 and flash.spec == ref.spec
+    with torch.no_grad():
+        for p in ref.nets["fake_score"].parameters():
+            p.add_(0.01)
+    b = d.train_data()(16, torch.Generator().manual_seed(0))
+    for phase in ("fake", "generator"):
+        for seed in range(3):
+            la = ref.objective(ref.nets, b, torch.Generator().manual_seed(seed), phase=phase)
+            lb = flash.objective(ref.nets, b, torch.Generator().manual_seed(seed), phase=phase)
+            assert torch.allclose(la, lb, atol=1e-6, rtol=1e-5), (phase, la, lb)
 
 
 def test_discriminator_sees_clean_real_and_low_noise_generator_samples():
     d, ctx = ctx_for("gmm")
-    setup = setup_method("flash_dmd", ctx, {"student": TINY["gmm"]})
+    setup = setup_method("flash_dmd", ctx, {"student": TINY["gmm"], "gan_weight": 0.1})
     disc = Recorder(setup.nets["disc"])
     nets = {**setup.nets, "disc": disc}
     b = d.train_data()(8, torch.Generator().manual_seed(0))
@@ -136,10 +172,12 @@ class NoRewardToy(ToyDomain):
 
 def test_flash_dmd_bad_options():
     d, ctx = ctx_for("gmm")
-    cases = [({"t_split": 0.99}, r"t_split must lie in \(t_min, t_max\)"),
-             ({"t_split": 0.01}, r"t_split must lie in \(t_min, t_max\)"),
+    cases = [({"dm_steps": 0}, "dm_steps must be an integer in 1..2"),
+             ({"dm_steps": 3}, "dm_steps must be an integer in 1..2"),
+             ({"dm_steps": 1, "gan_weight": 0.0}, "with gan_weight=0 steps 1..1 would receive no loss"),
+             ({"gan_weight": 0.1, "dm_steps": 2}, "gan_weight > 0 needs a low-noise step"),
+             ({"reward_steps": 0}, "reward_steps must be an integer in 1..2"),
              ({"reward_weight": -1.0}, "reward_weight must be >= 0"),
-             ({"reward_steps": "low"}, "unknown reward_steps 'low'; valid: high, all"),
              ({"score_ema": 1.0}, r"score_ema must be in \[0, 1\) or None"),
              ({"score_ema": 0.9, "student": TINY["gmm"]}, "score_ema blends the student into the fake score"),
              ({"generator_every": 0}, "generator_every must be a positive integer"),
@@ -147,6 +185,9 @@ def test_flash_dmd_bad_options():
     for opts, msg in cases:
         with pytest.raises(ValueError, match=msg):
             setup_method("flash_dmd", ctx, opts)
+    _, ctx1 = ctx_for("gmm", steps=1)
+    with pytest.raises(ValueError, match="gan_weight > 0 needs a low-noise step"):
+        setup_method("flash_dmd", ctx1, {"gan_weight": 0.1})
     _, ctx2 = ctx_for("gmm", domain_cls=NoRewardToy)
     with pytest.raises(ValueError, match="domain 'toy' defines no reward; use reward_weight=0"):
         setup_method("flash_dmd", ctx2, {"reward_weight": 0.1})

@@ -8,7 +8,7 @@ from domains.toy.domain import ToyDomain
 from workbench.distill import setup_method
 from workbench.distill import phased_dmd as pd  # noqa: F401  (registers the recipe)
 from workbench.distill.conformance import check_recipe
-from workbench.distill.generators import ExpertsGenerator
+from workbench.distill.generators import ExpertsGenerator, t_of_init_sigma
 from workbench.distill.recipes import RecipeContext
 from workbench.processes import VPCosine
 
@@ -49,7 +49,9 @@ def test_phased_dmd_conformance(dataset):
     setup = setup_method("phased_dmd", ctx, {"student": TINY[dataset]})
     assert [p[0] for p in setup.objective.phases] == ["fake", "generator"]
     assert setup.objective.phases[1][1] == ["expert_0", "expert_1"] and setup.objective.phases[0][1] == ["fake_0", "fake_1"]
-    assert setup.spec["kind"] == "experts" and setup.spec["n"] == 2 and setup.spec["boundaries"] == [1.0, 0.5, 0.0]
+    t0 = t_of_init_sigma(d.process(), 2.5)  # the generator starts where sigma / alpha = 2.5, as DMD2
+    assert setup.spec["kind"] == "experts" and setup.spec["n"] == 2
+    assert setup.spec["boundaries"] == pytest.approx([t0, t0 / 2, 0.0])
     # the generator phase is not a fixed-target regression; the fake phase must decrease
     check_recipe(setup, d, decrease_phase="fake", decrease_steps=30)
 
@@ -64,11 +66,16 @@ def test_phase_boundaries():
     want = lam_hi + torch.arange(1, 4, dtype=torch.float64) / 4 * (lam_lo - lam_hi)
     assert torch.allclose(lam, want, atol=1e-6)  # equal log-SNR steps between lambda(1) and lambda(t_min)
     assert pd.phase_boundaries(p, 1).tolist() == [1.0, 0.0]
+    assert torch.allclose(pd.phase_boundaries(p, 2, t_start=0.6), torch.tensor([0.6, 0.3, 0.0], dtype=torch.float64))
+    bl = pd.phase_boundaries(p, 3, "uniform_lambda", t_start=0.6)
+    assert float(bl[0]) == 0.6 and torch.allclose(p.lambda_(bl[1:-1]).diff(), (p.lambda_(bl[1:2]) - p.lambda_(bl[:1])).expand(1))
     assert pd.phase_boundaries(p, 2, [1.0, 0.3, 0.0]).tolist() == [1.0, 0.3, 0.0]
     with pytest.raises(ValueError, match="unknown boundaries 'log'; valid: uniform_t, uniform_lambda"):
         pd.phase_boundaries(p, 2, "log")
-    with pytest.raises(ValueError, match="boundaries must be 3 decreasing times from 1.0 to 0.0"):
+    with pytest.raises(ValueError, match="boundaries must be 3 decreasing times in \\[0, 1\\] ending at 0.0"):
         pd.phase_boundaries(p, 2, [1.0, 0.5, 0.2, 0.0])
+    with pytest.raises(ValueError, match="t_start must be in \\(0, 1\\]"):
+        pd.phase_boundaries(p, 2, t_start=0.0)
     with pytest.raises(ValueError, match="strictly decreasing"):
         pd.phase_boundaries(p, 2, [1.0, 1.0, 0.0])
 
@@ -162,7 +169,7 @@ def test_each_expert_and_fake_gets_gradients_only_from_its_phase():
 def test_times_stay_inside_each_phase_subinterval():
     d, ctx = ctx_for("gmm", steps=2)
     for dm_range, hi0 in (("upper", 0.98), ("phase", 0.98)):
-        setup = setup_method("phased_dmd", ctx, {"student": TINY["gmm"], "dm_range": dm_range, "t_max": 0.98})
+        setup = setup_method("phased_dmd", ctx, {"student": TINY["gmm"], "dm_range": dm_range, "t_max": 0.98, "init_sigma": None})
         obj = setup.objective
         assert obj.ranges == [(0.5, hi0), (0.02, 0.98 if dm_range == "upper" else 0.5)]
         teacher, fakes = Recorder(setup.nets["teacher"]), [Recorder(setup.nets[f]) for f in obj.fakes]
@@ -194,10 +201,26 @@ def test_assign_shares_and_fake_target_x0():
     assert loss.shape == (8,) and bool(torch.isfinite(loss).all())
 
 
+def test_one_phase_is_dmd2():
+    """K = 1: one expert on ``(0, t_max)`` is DMD2 (same grid, same losses in distribution)."""
+    d, ctx = ctx_for("gmm", steps=1, teacher="exact")
+    ref = setup_method("dmd2", ctx, {"student": TINY["gmm"]})
+    ph = setup_method("phased_dmd", ctx, {"student": TINY["gmm"]})
+    assert ph.objective.boundaries.tolist() == ref.objective.grid.tolist()
+    nets = {"expert_0": ref.nets["student"], "fake_0": ref.nets["fake_score"], "teacher": ref.nets["teacher"]}
+    b = d.train_data()(4096, torch.Generator().manual_seed(0))
+    for phase in ("fake", "generator"):
+        la = ref.objective(ref.nets, b, torch.Generator().manual_seed(1), phase=phase).detach()
+        lb = ph.objective(nets, b, torch.Generator().manual_seed(2), phase=phase).detach()
+        se = (la.var() / len(la) + lb.var() / len(lb)).sqrt()
+        assert abs(float(la.mean() - lb.mean())) < 4 * float(se), (phase, float(la.mean()), float(lb.mean()), float(se))
+
+
 def test_phased_dmd_bad_options():
     d, ctx = ctx_for("gmm")
     cases = [({"boundaries": "cosine"}, "unknown boundaries 'cosine'; valid: uniform_t, uniform_lambda"),
              ({"boundaries": [1.0, 0.0]}, "boundaries must be 3 decreasing times"),
+             ({"init_sigma": -1.0}, "init_sigma must be positive"),
              ({"dm_range": "all"}, "unknown dm_range 'all'; valid: upper, phase"),
              ({"fake_target": "eps"}, "unknown fake_target 'eps'; valid: subinterval, x0"),
              ({"weight_clamp": 0.0}, "weight_clamp must be positive or None"),
@@ -205,7 +228,7 @@ def test_phased_dmd_bad_options():
              ({"phase_weights": [1.0]}, "phase_weights must be 2 non-negative numbers"),
              ({"phase_weights": [1.0, -1.0]}, "phase_weights must be 2 non-negative numbers"),
              ({"t_min": 0.9, "t_max": 0.1}, "t_min < t_max"),
-             ({"t_max": 0.4}, "phase 0 has an empty time range")]
+             ({"t_max": 0.4, "init_sigma": None}, "phase 0 has an empty time range")]
     for opts, msg in cases:
         with pytest.raises(ValueError, match=msg):
             setup_method("phased_dmd", ctx, opts)

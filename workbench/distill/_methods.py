@@ -6,3 +6,5 @@ from . import reflow  # noqa: F401
 from . import mdt_dist  # noqa: F401
 from . import multi_student  # noqa: F401
 from . import ambient  # noqa: F401
+from . import phased_dmd  # noqa: F401
+from . import flash_dmd  # noqa: F401

@@ -202,6 +202,8 @@ class ExpertsGenerator(nn.Module):
     def expert_for(self, t: float) -> int:
         """Index of the phase containing time ``t`` (a boundary belongs to the phase above it)."""
         b = self.boundaries
+        if t > float(b[0]):  # above the top edge (a grid from t = 1 when the phases start lower)
+            return 0
         for k in range(len(self.experts)):
             if float(b[k + 1]) < t <= float(b[k]) + 1e-12:
                 return k

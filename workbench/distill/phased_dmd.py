@@ -1,10 +1,11 @@
 """Phased DMD (Fan et al. 2025, "Phased DMD: Few-step Distribution Matching Distillation via
 Score Matching within Subintervals").
 
-The time axis is split into ``K`` phases by boundaries ``1 = b_0 > b_1 > ... > b_K = 0`` (one
-phase per generator step; uniform in ``t`` or in log-SNR, or given). Phase ``k`` owns one
-expert ``E_k`` (an x0 student, net ``"expert_k"``) and one fake score ``F_k`` (net
-``"fake_k"``), both initialised from the teacher. The few-step generator is the
+The time axis is split into ``K`` phases by boundaries ``t_0 = b_0 > b_1 > ... > b_K = 0`` (one
+phase per generator step; uniform in ``t`` or in log-SNR, or given; ``t_0 = 1`` or, as DMD2
+here, the time where ``sigma / alpha = init_sigma``, where the generator starts from
+``sigma(t_0) z``). Phase ``k`` owns one expert ``E_k`` (an x0 student, net ``"expert_k"``)
+and one fake score ``F_k`` (net ``"fake_k"``), both initialised from the teacher. The few-step generator is the
 :class:`~workbench.distill.generators.ExpertsGenerator`: at step ``k`` expert ``k`` predicts
 ``x0_k = E_k(x_{b_k}, b_k)`` and the state is re-noised to the phase's lower edge
 ``s = b_{k+1}``::
@@ -85,14 +86,16 @@ DM_RANGES = ("upper", "phase")
 FAKE_TARGETS = ("subinterval", "x0")
 
 
-def phase_boundaries(process: GaussianProcess, phases: int, kind: Union[str, Sequence[float]] = "uniform_t") -> Tensor:
-    """Phase edges ``[K + 1]`` float64, ``1 = b_0 > ... > b_K = 0``.
+def phase_boundaries(process: GaussianProcess, phases: int, kind: Union[str, Sequence[float]] = "uniform_t", *,
+                     t_start: float = 1.0) -> Tensor:
+    """Phase edges ``[K + 1]`` float64, ``t_start = b_0 > ... > b_K = 0``.
 
-    * ``"uniform_t"``: uniform in ``t``;
+    * ``"uniform_t"``: uniform in ``t`` from ``t_start`` to 0;
     * ``"uniform_lambda"``: the interior edges uniform in log-SNR between
-      ``lambda(min(1, process.t_max_finite))`` and ``lambda(process.t_min)``, i.e.
+      ``lambda(min(t_start, process.t_max_finite))`` and ``lambda(process.t_min)``, i.e.
       ``b_j = t(lambda_hi + j / K (lambda_lo - lambda_hi))``, ``j = 1..K-1``;
-    * a sequence of ``K + 1`` floats: validated (strictly decreasing, from 1 to 0).
+    * a sequence of ``K + 1`` floats: validated (strictly decreasing in ``(0, 1]``, ending at
+      0; ``t_start`` is then ignored).
     """
     K = int(phases)
     if K != phases or K < 1:
@@ -101,17 +104,19 @@ def phase_boundaries(process: GaussianProcess, phases: int, kind: Union[str, Seq
         from ..timegrids import custom
 
         b = custom(kind)
-        if len(b) != K + 1 or float(b[0]) != 1.0 or float(b[-1]) != 0.0:
-            raise ValueError(f"boundaries must be {K + 1} decreasing times from 1.0 to 0.0 for {K} phases, got {b.tolist()}")
+        if len(b) != K + 1 or float(b[-1]) != 0.0:
+            raise ValueError(f"boundaries must be {K + 1} decreasing times in [0, 1] ending at 0.0 for {K} phases, got {b.tolist()}")
         return b
+    if not 0.0 < float(t_start) <= 1.0:
+        raise ValueError(f"t_start must be in (0, 1], got {t_start}")
     if kind == "uniform_t":
-        return torch.linspace(1.0, 0.0, K + 1, dtype=torch.float64)
+        return torch.linspace(float(t_start), 0.0, K + 1, dtype=torch.float64)
     if kind == "uniform_lambda":
-        lam_hi = process.lambda_(torch.tensor(min(1.0, process.t_max_finite), dtype=torch.float64))
+        lam_hi = process.lambda_(torch.tensor(min(float(t_start), process.t_max_finite), dtype=torch.float64))
         lam_lo = process.lambda_(torch.tensor(process.t_min, dtype=torch.float64))
         j = torch.arange(1, K, dtype=torch.float64)
         inner = process.t_of_lambda(lam_hi + j / K * (lam_lo - lam_hi)).to(torch.float64)
-        b = torch.cat([torch.ones(1, dtype=torch.float64), inner, torch.zeros(1, dtype=torch.float64)])
+        b = torch.cat([torch.full((1,), float(t_start), dtype=torch.float64), inner, torch.zeros(1, dtype=torch.float64)])
         if not bool((b[1:] < b[:-1]).all()):
             raise ValueError(f"log-SNR boundaries are not strictly decreasing for {K} phases: {b.tolist()}")
         return b
@@ -169,7 +174,7 @@ class PhasedDMD:
 
     Args:
         process: the Gaussian process of teacher and experts.
-        boundaries: ``[K + 1]`` phase edges from 1 to 0 (:func:`phase_boundaries`); also the
+        boundaries: ``[K + 1]`` phase edges from ``t_0 <= 1`` to 0 (:func:`phase_boundaries`); also the
             generator's sampling grid.
         teacher_prediction: the teacher's parameterization (``None``: ``teacher.prediction``).
         t_min, t_max: overall range of the distribution-matching / fake-score times.
@@ -186,8 +191,8 @@ class PhasedDMD:
                  t_max: float = 0.98, dm_range: str = "upper", fake_target: str = "subinterval", weight_clamp: Optional[float] = 10.0,
                  backward_simulation: bool = True, generator_every: int = 5, phase_weights: Optional[Sequence[float]] = None):
         b = torch.as_tensor(boundaries, dtype=torch.float64).flatten()
-        if len(b) < 2 or float(b[0]) != 1.0 or float(b[-1]) != 0.0 or not bool((b[1:] < b[:-1]).all()):
-            raise ValueError(f"boundaries must decrease strictly from 1.0 to 0.0, got {b.tolist()}")
+        if len(b) < 2 or float(b[0]) > 1.0 or float(b[-1]) != 0.0 or not bool((b[1:] < b[:-1]).all()):
+            raise ValueError(f"boundaries must decrease strictly from at most 1.0 to 0.0, got {b.tolist()}")
         if not 0.0 <= t_min < t_max <= 1.0:
             raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
         if dm_range not in DM_RANGES:
@@ -321,15 +326,17 @@ class PhasedDMD:
 def phased_dmd_recipe(ctx: RecipeContext, *, boundaries: Union[str, list] = "uniform_t", t_min: float = 0.02, t_max: float = 0.98,
                       dm_range: str = "upper", fake_target: str = "subinterval", weight_clamp: Optional[float] = 10.0,
                       backward_simulation: bool = True, generator_every: int = 5, phase_weights: Optional[list] = None,
-                      student: Optional[dict] = None) -> DistillSetup:
+                      student: Optional[dict] = None, init_sigma: Optional[float] = 2.5) -> DistillSetup:
     """Phased DMD with ``K = student_steps`` phases on ``boundaries`` (``uniform_t``,
-    ``uniform_lambda`` or ``K + 1`` times); every expert (``student``: backbone kwargs of a
-    smaller expert) and every fake score starts from the teacher."""
+    ``uniform_lambda`` from ``t(init_sigma)`` to 0, see
+    :func:`~workbench.distill.generators.t_of_init_sigma`, as DMD2; or ``K + 1`` times);
+    every expert (``student``: backbone kwargs of a smaller expert) and every fake score starts
+    from the teacher."""
     from .base import FewStepGenerator
-    from .generators import ExpertsGenerator
+    from .generators import ExpertsGenerator, t_of_init_sigma
 
     K = int(ctx.student_steps)
-    b = phase_boundaries(ctx.process, K, boundaries)
+    b = phase_boundaries(ctx.process, K, boundaries, t_start=t_of_init_sigma(ctx.process, init_sigma))
     obj = PhasedDMD(ctx.process, b, teacher_prediction=ctx.prediction, t_min=t_min, t_max=t_max, dm_range=dm_range,
                     fake_target=fake_target, weight_clamp=weight_clamp, backward_simulation=backward_simulation,
                     generator_every=generator_every, phase_weights=phase_weights)
