@@ -147,25 +147,37 @@ class TwoTimeDenoiser(nn.Module):
     a denoiser backbone with a second time input.
 
     With ``t_p`` the process time of ``t`` (:func:`linear_view_time`) and
-    ``x = (alpha + sigma)(t_p) z``, the backbone gives ``F = backbone(x, time_input(t_p),
+    ``x = (alpha + sigma)(t_p) z``, the backbone gives ``F = backbone(x, t_in,
     dt_in=gap_scale (t - r), **kw)``, read as a ``prediction`` at ``(x, t_p)``; converted to
     ``(x0^, eps^)`` the output is ``u = eps^ - x0^``. The network is conditioned on
-    ``(t, t - r)`` as Geng et al. (Sec. 4.3). A backbone whose second-time branch starts at
-    zero (the toy nets, the images UNet) with a teacher's weights is, at ``r = t`` and at
-    initialisation, exactly the teacher's velocity in the linear view (its DDIM step), so a
-    student copies every teacher tensor by name (``backbone.*`` as in :class:`Denoiser`).
+    ``(t, t - r)`` as Geng et al. (Sec. 4.3). The first time input is
+
+    * ``time_scale=None``: the teacher's, ``t_in = time_input(t_p)`` (``time_map``). A
+      backbone whose second-time branch starts at zero (the toy nets, the images UNet) with
+      a teacher's weights (and the teacher's ``prediction``) is then, at initialisation, the
+      teacher's velocity in the linear view for every ``r`` (its DDIM step), so a student
+      copies every teacher tensor by name (``backbone.*`` as in :class:`Denoiser`);
+    * a number: ``t_in = time_scale * t``, smooth in the linear-view time. MeanFlow needs
+      this: its target contains ``(t - r) d/dt u``, which multiplies a component of
+      frequency ``w`` in ``t`` by ``w (t - r)``; the DDPM timestep map (up to ~1.6e4
+      timesteps per unit of ``t`` near ``t = 1``) makes the teacher's time features far too
+      fast (measured: training diverges), as does a large ``gap_scale``.
+
     Outputs are projected with ``process.project`` (masks, zero centre of mass).
 
     Args:
         backbone: ``backbone(x, t_in, *, dt_in, mask=, cond=) -> [B, ...]``.
         process: the Gaussian process of the teacher.
-        prediction: what the backbone output means (``x0 / epsilon / v / velocity / score``).
+        prediction: what the backbone output means (``x0 / epsilon / v / velocity / score``);
+            ``epsilon`` multiplies errors by ``1 / (1 - t)`` (~160 at the top of the DDPM
+            schedule), ``x0`` by ``1 / t``, ``v`` by neither.
         time_map: see :func:`time_input` (the teacher's).
-        gap_scale: ``dt_in = gap_scale * (t - r)`` (1000 for DDPM-style embeddings).
+        gap_scale: ``dt_in = gap_scale * (t - r)``.
+        time_scale: see above (``None``: the teacher's time input).
     """
 
     def __init__(self, backbone: nn.Module, process: GaussianProcess, prediction: str = "epsilon", *, time_map: str = "identity",
-                 gap_scale: float = 1000.0):
+                 gap_scale: float = 1000.0, time_scale: Optional[float] = None):
         super().__init__()
         if time_map not in TIME_MAPS:
             raise ValueError(f"unknown time_map {time_map!r}; valid: {', '.join(TIME_MAPS)}")
@@ -174,6 +186,7 @@ class TwoTimeDenoiser(nn.Module):
         self.prediction = canonical_prediction(prediction)
         self.time_map = time_map
         self.gap_scale = float(gap_scale)
+        self.time_scale = None if time_scale is None else float(time_scale)
 
     def forward(self, z: Tensor, r: Tensor, t: Tensor, *, mask: Optional[Tensor] = None, cond: Any = None) -> Tensor:
         B = z.shape[0]
@@ -191,7 +204,10 @@ class TwoTimeDenoiser(nn.Module):
         la, ls = self.process.log_alpha_sigma(tp)
         scale = append_dims((la.exp() + ls.exp()).to(z.dtype), z.ndim)
         x = z * scale
-        t_in = time_input(self.process, tp, self.time_map).to(z.dtype)
+        if self.time_scale is None:
+            t_in = time_input(self.process, tp, self.time_map).to(z.dtype)
+        else:
+            t_in = (self.time_scale * t).to(z.dtype)
         out = self.backbone(x, t_in, dt_in=(self.gap_scale * (t - r)).to(z.dtype), **kw)
         x0, eps = self.process.to_x0_eps(out, self.prediction, x, tp)
         u = eps - x0
@@ -200,4 +216,4 @@ class TwoTimeDenoiser(nn.Module):
         return u
 
     def extra_repr(self) -> str:
-        return f"prediction={self.prediction!r}, time_map={self.time_map!r}, gap_scale={self.gap_scale}"
+        return f"prediction={self.prediction!r}, time_map={self.time_map!r}, gap_scale={self.gap_scale}, time_scale={self.time_scale}"

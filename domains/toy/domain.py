@@ -187,7 +187,12 @@ class ToyDomain(Domain):
         ``two_time=True``: the same net with a second (zero-initialised) time embedding of
         ``t - r`` wrapped in a :class:`~workbench.model.TwoTimeDenoiser`, an average-velocity
         student ``u(z, r, t, mask=, cond=)`` in the linear view of the process (MeanFlow,
-        SplitMeanFlow) whose parameter names match the teacher's."""
+        SplitMeanFlow) whose parameter names match the teacher's; the keywords
+        ``prediction`` (default epsilon), ``time_scale`` (default ``None``: the teacher's
+        timestep input) and ``gap_scale`` (default 1000) go to the ``TwoTimeDenoiser``."""
+        wrap = {k: kwargs.pop(k) for k in ("prediction", "time_scale", "gap_scale") if k in kwargs}
+        if wrap and not two_time:
+            raise ValueError(f"{', '.join(sorted(wrap))} only apply to two-time students (two_time=True)")
         if self.dataset == "pointset":
             net = SetTransformer(dim=POINTSET_SPEC["dim"], n_max=N_MAX, two_time=two_time, **kwargs)
         else:
@@ -195,7 +200,8 @@ class ToyDomain(Domain):
         if two_time:
             from workbench.model import TwoTimeDenoiser
 
-            return TwoTimeDenoiser(net, self._process, self.prediction, time_map="diffusers")
+            wrap["prediction"] = wrap.get("prediction") or self.prediction
+            return TwoTimeDenoiser(net, self._process, time_map="diffusers", **wrap)
         return Denoiser(net, self._process, self.prediction, time_map="diffusers")
 
     def default_teacher_path(self) -> Path:

@@ -6,9 +6,10 @@ from .base import FewStepGenerator, consistency_output, student_from_teacher, st
 from .consistency import ConsistencyDistillation
 from .generators import ExpertsGenerator, FlowGenerator, MultiStudentGenerator, TwoTimeGenerator, linear_view
 from .meanflow import MeanFlow, TwoTimeMLP, meanflow_generate
+from .splitmeanflow import SplitMeanFlow
 from .recipes import DistillSetup, RecipeContext, available_methods, build_generator, get_method, register_method, setup_method
 
-__all__ = ["FewStepGenerator", "ConsistencyDistillation", "MeanFlow", "TwoTimeMLP", "meanflow_generate",
+__all__ = ["FewStepGenerator", "ConsistencyDistillation", "MeanFlow", "SplitMeanFlow", "TwoTimeMLP", "meanflow_generate",
            "student_from_teacher", "student_x0", "consistency_output", "FlowGenerator", "TwoTimeGenerator", "ExpertsGenerator",
            "MultiStudentGenerator", "linear_view", "DistillSetup", "RecipeContext", "available_methods", "build_generator",
            "get_method", "register_method", "setup_method"]

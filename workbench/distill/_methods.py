@@ -8,3 +8,5 @@ from . import multi_student  # noqa: F401
 from . import ambient  # noqa: F401
 from . import phased_dmd  # noqa: F401
 from . import flash_dmd  # noqa: F401
+from . import meanflow  # noqa: F401
+from . import splitmeanflow  # noqa: F401
