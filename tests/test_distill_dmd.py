@@ -86,3 +86,41 @@ def test_dmd2_bad_options():
         setup_method("dmd2", ctx, {"t_min": 0.9, "t_max": 0.1})
     with pytest.raises(ValueError, match="generator_every must be a positive integer"):
         setup_method("dmd2", ctx, {"generator_every": 0})
+
+
+def test_interrupted_distillation_resumes_with_aux_nets_and_optimizers(tmp_path):
+    """DMD2 with a GAN head killed mid-run resumes bit-identically: student, fake score,
+    discriminator, EMA and both phases' optimizer states."""
+    from workbench.checkpoint import load_state
+    from workbench.training import TrainConfig, train
+
+    def run(out, on_step=None):
+        d, ctx = ctx_for("gmm")
+        s = setup_method("dmd2", ctx, {"gan_weight": 0.1, "generator_every": 2})
+        c = TrainConfig(steps=8, batch_size=16, lr=1e-3, ckpt_every=3, log_every=2, progress=False, ema_decay=0.9)
+        return train(s.objective, s.nets, d.train_data(), c, out_dir=out, trainable=s.trainable, ema=s.ema, on_step=on_step)
+
+    ref = run(tmp_path / "a")
+
+    class Crash(Exception):
+        pass
+
+    def crash(step, logs):
+        if step == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run(tmp_path / "b", crash)
+    res = run(tmp_path / "b")
+    assert res.step == 8
+    for name in ("student", "fake_score", "disc"):
+        for (k, a), (_, b) in zip(ref.nets[name].state_dict().items(), res.nets[name].state_dict().items()):
+            assert torch.equal(a, b), (name, k)
+    for a, b in zip(ref.ema["student"].parameters(), res.ema["student"].parameters()):
+        assert torch.equal(a, b)
+    sa, sb = load_state(tmp_path / "a" / "state.pt"), load_state(tmp_path / "b" / "state.pt")
+    assert set(sa["optims"]) == {"fake", "generator"}
+    for ph in ("fake", "generator"):
+        for k, v in sa["optims"][ph]["state"].items():
+            for kk, vv in v.items():
+                assert torch.equal(vv, sb["optims"][ph]["state"][k][kk]), (ph, k, kk)
