@@ -10,3 +10,5 @@ from . import phased_dmd  # noqa: F401
 from . import flash_dmd  # noqa: F401
 from . import meanflow  # noqa: F401
 from . import splitmeanflow  # noqa: F401
+from . import sid  # noqa: F401
+from . import tdm  # noqa: F401

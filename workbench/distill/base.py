@@ -183,7 +183,8 @@ class FewStepGenerator(nn.Module):
         if timesteps is None:
             from .generators import default_grid
 
-            timesteps = default_grid(self.process, steps)
+            t0 = float(self.timesteps[0]) if self.timesteps is not None else 1.0  # keep the trained start time
+            timesteps = default_grid(self.process, steps, t_start=t0)
         ts = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
         if len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
             raise ValueError("timesteps must be a strictly decreasing grid of at least 2 points")

@@ -8,7 +8,9 @@ Data-free. A generator ``G`` (an x0 student sampled by multistep consistency sam
 ``x_t = alpha_t x_g + sigma_t eps`` the teacher ("real score", ``f_r``) and an auxiliary
 fake score (``f_f``, trained by denoising on generator samples,
 :func:`~.score_distill.fake_score_loss`) give x0 predictions, and the generator minimises,
-per sample (SiD eq. 23 with the authors' normalisation, ``alpha`` the SiD coefficient)::
+per sample (the paper's alpha-weighted generator loss, Sec. 4 / Algorithm 1, in the form and with
+the per-sample normaliser of the authors' ``training/sid_loss.py``; ``alpha`` the SiD
+coefficient)::
 
     L = mean_elements[(f_r - f_f) * ((f_r - x_g) - alpha (f_r - f_f))] / w,
     w = stopgrad(mean_elements |x_g - f_r|)
@@ -53,8 +55,8 @@ T_SAMPLINGS = ("uniform", "karras")
 
 def sid_loss(x_g: Tensor, f_real: Tensor, f_fake: Tensor, alpha: float = 1.2, mask: Optional[Tensor] = None,
              eps: float = 1e-5) -> Tensor:
-    """SiD generator loss ``[B]`` (Zhou et al. 2024, eq. 23; the per-sample normaliser of the
-    authors' code).
+    """SiD generator loss ``[B]`` (Zhou et al. 2024, Sec. 4 / Algorithm 1; the form and the
+    per-sample normaliser of the authors' code).
 
     Args:
         x_g: ``[B, ...]`` generator samples (with gradients).
@@ -112,8 +114,8 @@ class SiD:
         alpha: the SiD coefficient of :func:`sid_loss`.
         t_min, t_max: time range of the fake-score loss and of ``t_sampling="uniform"``
             (also the clamp of ``"karras"`` times).
-        t_sampling: ``"uniform"`` (``t ~ U[t_min, t_max]``) or ``"karras"`` (SiD's
-            rho-schedule, :func:`karras_times`).
+        t_sampling: ``"karras"`` (SiD's rho-schedule, :func:`karras_times`, clamped to
+            ``[t_min, t_max]``) or ``"uniform"`` (``t ~ U[t_min, t_max]``, as DMD2).
         score_grad: differentiate through ``x_t`` into the teacher and fake score (SiD); ``False``
             treats their outputs as constants (then the update equals DMD's).
         backward_simulation: multistep inputs from the generator itself (else noised data).
@@ -124,7 +126,7 @@ class SiD:
     """
 
     def __init__(self, process: GaussianProcess, grid, *, teacher_prediction: Optional[str] = None, alpha: float = 1.2,
-                 t_min: float = 0.02, t_max: float = 0.98, t_sampling: str = "uniform", score_grad: bool = True,
+                 t_min: float = 0.02, t_max: float = 0.98, t_sampling: str = "karras", score_grad: bool = True,
                  backward_simulation: bool = True, generator_every: int = 1, train_noise_scale: float = 1.0):
         if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(float(alpha)):
             raise ValueError(f"alpha must be a finite number, got {alpha!r}")
@@ -195,7 +197,7 @@ class SiD:
 
 @register_method("sid", kind="consistency", paper="Zhou et al. 2024 (SiD); Xie et al. 2025 (Proteina-SiD multistep)",
                  description="score identity distillation: data-free, fake score, loss through x_t, multistep with noise modulation")
-def sid_recipe(ctx: RecipeContext, *, alpha: float = 1.2, t_min: float = 0.02, t_max: float = 0.98, t_sampling: str = "uniform",
+def sid_recipe(ctx: RecipeContext, *, alpha: float = 1.2, t_min: float = 0.02, t_max: float = 0.98, t_sampling: str = "karras",
                init_sigma: Optional[float] = 2.5, score_grad: bool = True, backward_simulation: bool = True, generator_every: int = 1,
                train_noise_scale: float = 1.0, student: Optional[dict] = None) -> DistillSetup:
     """SiD on the domain's teacher: the student (x0 generator on a uniform ``student_steps``
@@ -217,5 +219,6 @@ def sid_recipe(ctx: RecipeContext, *, alpha: float = 1.2, t_min: float = 0.02, t
     def make_generator(n):
         return FewStepGenerator(n["student"], ctx.process, parameterization="x0", timesteps=grid)
 
+    # Adam without momentum (beta1 = 0) for both nets, as the authors' code
     return DistillSetup(obj, nets, ["student", "fake_score"], ["student"], spec, make_generator,
-                        train_defaults={"lr": 1e-4, "ema_decay": 0.99})
+                        train_defaults={"lr": 3e-4, "betas": (0.0, 0.999), "ema_decay": 0.99})

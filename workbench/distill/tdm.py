@@ -22,17 +22,21 @@ distribution level, the student's *intermediate states* to the teacher's margina
   predictions of the fake score and the teacher at ``x_t`` (:func:`~.score_distill.dmd_loss`
   on ``x0_g``, or the authors' pseudo-Huber variant);
 * the fake score is trained on the same diffused intermediate states to predict the student's
-  ``x0_g`` (the authors' code), with min-SNR weights ``min(alpha_t^2 / sigma_t^2, snr_clip)``
-  and the importance weight ``exp(-mean(m^2) / 2) / exp(-mean(n^2) / 2)`` that corrects for
-  the non-Gaussian "mixed noise" ``m = (x_t - alpha_t x0_g) / sigma_t``.
+  ``x0_g`` (the authors' code), with min-SNR weights
+  ``min(alpha_t^2 / sigma_t^2, snr_clip)`` and the importance weight
+  ``exp(-mean(m^2) / 2) / exp(-mean(n^2) / 2)`` that corrects for the non-Gaussian "mixed
+  noise" ``m = (x_t - alpha_t x0_g) / sigma_t``.
 
-For the last step with ``t_m = 0`` this is exactly DMD on the final samples.
+For the last step with ``t_m = 0`` this is exactly DMD on the final samples. Both nets are
+updated 1:1 with Adam without momentum (``betas = (0, 0.999)``; the authors use ``(0, 0.95)``);
+on the toy GMM ``beta1 = 0`` and a learning rate of ``1e-4`` (``3e-4`` oscillated at 4 steps)
+mattered more than any other setting.
 
 Time convention: ``t = 0`` data, ``t = 1`` noise; ``x_t = alpha(t) x0 + sigma(t) eps``.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +47,7 @@ from ..utils import Generator, model_kwargs
 from .recipes import DistillSetup, RecipeContext, make_student, register_method, student_spec
 from .score_distill import _gen, dmd_loss, noise_like, teacher_x0
 
-__all__ = ["TDM", "diffuse", "student_x0_eps", "ddim_trajectory", "FAKE_WEIGHTS", "LOSSES"]
+__all__ = ["TDM", "TDMSample", "diffuse", "transition", "student_x0_eps", "ddim_trajectory", "FAKE_WEIGHTS", "LOSSES"]
 
 FAKE_WEIGHTS = ("min_snr", "uniform")
 LOSSES = ("l2", "huber")
@@ -81,21 +85,42 @@ def ddim_trajectory(student: nn.Module, process: GaussianProcess, grid: Tensor, 
     return states
 
 
+def transition(process: GaussianProcess, t_m: Tensor, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The exact Gaussian transition of the process from ``t_m`` to ``t >= t_m`` (``[B]`` each):
+    ``x_t = r x_{t_m} + beta n`` with ``r = alpha_t / alpha_m`` and
+    ``beta^2 = sigma_t^2 - r^2 sigma_m^2``; returns ``(r, beta)`` broadcastable to ``x``."""
+    a_m, s_m = _coef(process, t_m, x)
+    a_t, s_t = _coef(process, t, x)
+    r = a_t / a_m
+    return r, (s_t**2 - (r * s_m) ** 2).clamp_min(0.0).sqrt()
+
+
 def diffuse(process: GaussianProcess, x0: Tensor, eps: Tensor, t_m: Tensor, t: Tensor, noise: Tensor,
             mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Forward-diffuse the intermediate state ``x_m = alpha_m x0 + sigma_m eps`` from ``t_m`` to
-    ``t >= t_m`` (``[B]`` each) with the exact Gaussian transition of the process:
+    ``t >= t_m`` (``[B]`` each) with the exact transition (:func:`transition`):
     ``x_t = (alpha_t / alpha_m) x_m + beta n``, ``beta^2 = sigma_t^2 - (alpha_t sigma_m / alpha_m)^2``.
 
     Returns ``(x_t, m)`` ``[B, ...]`` with ``x_t = alpha_t x0 + sigma_t m``: ``m`` the "mixed
     noise" (``m = n`` when ``t_m = 0``)."""
-    a_m, s_m = _coef(process, t_m, x0)
+    _, s_m = _coef(process, t_m, x0)
     a_t, s_t = _coef(process, t, x0)
-    r = a_t / a_m
-    beta = (s_t**2 - (r * s_m) ** 2).clamp_min(0.0).sqrt()
+    r, beta = transition(process, t_m, t, x0)
     mixed_noise = r * s_m * eps + beta * noise
     x_t = process.project(a_t * x0 + mixed_noise, mask)
     return x_t, process.project(mixed_noise / s_t, mask)
+
+
+class TDMSample(NamedTuple):
+    """One TDM training sample per batch element (all ``[B, ...]``, times ``[B]`` float64)."""
+
+    x0_g: Tensor  #: the student's x0 at its trajectory state (with gradients when enabled)
+    eps_g: Tensor  #: the student's epsilon there
+    x_t: Tensor  #: the intermediate state diffused to ``t`` (detached)
+    mixed: Tensor  #: ``(x_t - alpha_t x0_g) / sigma_t``
+    noise: Tensor  #: the fresh transition noise ``n``
+    t_m: Tensor  #: intermediate time
+    t: Tensor  #: diffusion time
 
 
 class TDM:
@@ -162,17 +187,18 @@ class TDM:
         u = torch.rand(2, len(k), generator=g, device=g.device if g is not None else None, dtype=torch.float64).to(dev)
         grid = self.grid.to(dev)
         t_k, t_next = grid[k], grid[k + 1]
-        t_m = t_next + u[0] * (t_k - t_next) if self.rand_mid else t_next
-        hi = torch.clamp(t_k if self.separate else torch.full_like(t_k, float(grid[0])), max=self.t_max)
+        t_m = t_next + u[0] * (torch.clamp(t_k, max=self.t_max) - t_next).clamp_min(0.0) if self.rand_mid else t_next
+        top = t_k if self.separate else torch.full_like(t_k, float(grid[0]))
+        hi = torch.maximum(torch.clamp(top, max=self.t_max), t_m)  # never below t_m (diffusion goes up in t)
         lo = torch.minimum(torch.clamp(t_m, min=self.t_floor), hi)
         t = lo + u[1] * (hi - lo)
         return t_k, t_m, t
 
-    def sample(self, nets, batch: Batch, generator: Generator, *, step: Optional[Tensor] = None):
-        """One training sample per batch element: ``(x0_g, eps_g)`` of the student at its own
-        trajectory state (with gradients when enabled), the diffused ``(x_t, m)`` and ``t``, all
-        ``[B, ...]`` / ``[B]``, and the fresh noise ``n`` of the diffusion. ``step``: force the
-        step indices (an int or ``[B]``; default uniform per sample)."""
+    def sample(self, nets, batch: Batch, generator: Generator, *, step=None) -> TDMSample:
+        """One training sample per batch element (:class:`TDMSample`): the student's ``(x0_g,
+        eps_g)`` at its own trajectory state ``x_{t_k}`` (with gradients when enabled), its
+        intermediate state diffused to ``t``. ``step``: force the step indices (an int or
+        ``[B]``; default uniform per sample)."""
         p, mask, cond = self.process, batch.mask, batch.cond
         x = batch.x
         B = x.shape[0]
@@ -181,36 +207,42 @@ class TDM:
         k = k.to(x.device)
         if bool(((k < 0) | (k >= self.steps)).any()):
             raise ValueError(f"step must be in 0..{self.steps - 1}")
-        from .generators import start_state
-
-        x_start = start_state(p, noise_like(p, x, mask, generator) * p.prior_std(), float(self.grid[0]))
-        states = ddim_trajectory(nets["student"], p, self.grid, p.project(x_start, mask), int(k.max()), mask=mask, cond=cond)
+        # the exported FlowGenerator feeds the prior noise x_T to its sampler unchanged at grid[0]
+        x_start = noise_like(p, x, mask, generator) * p.prior_std()
+        states = ddim_trajectory(nets["student"], p, self.grid, x_start, int(k.max()), mask=mask, cond=cond)
         x_k = torch.stack(states)[k, torch.arange(B, device=x.device)]
         t_k, t_m, t = self.times(k, generator)
         x0_g, eps_g = student_x0_eps(nets["student"], p, x_k, t_k, mask=mask, cond=cond)
         n = noise_like(p, x, mask, generator)
         x_t, m = diffuse(p, x0_g.detach(), eps_g.detach(), t_m, t, n, mask)
-        return x0_g, x_t, m, n, t
+        return TDMSample(x0_g, eps_g, x_t, m, n, t_m, t)
+
+    def fake_loss(self, fake: nn.Module, smp: TDMSample, mask=None, cond=None) -> Tensor:
+        """The fake-score loss ``[B]`` on a (detached) :class:`TDMSample`: the fake net's x0
+        prediction at ``(x_t, t)`` regresses the student's ``x0_g`` (min-SNR and importance
+        weights as configured)."""
+        p, x_t, t = self.process, smp.x_t, smp.t
+        out = fake(x_t, t.to(x_t.dtype), **model_kwargs(mask, cond))
+        pred = canonical_prediction(getattr(fake, "prediction", "epsilon"))
+        f = p.project(p.convert(out, pred, "x0", x_t, t).to(x_t.dtype), mask)
+        loss = masked_mean((f - smp.x0_g) ** 2, mask)
+        if self.fake_weight == "min_snr":
+            la, ls = p.log_alpha_sigma(t)
+            loss = loss * torch.exp(2 * (la - ls)).to(loss.dtype).clamp(max=self.snr_clip)
+        if self.importance_weight:  # density ratio of the mixed noise to the Gaussian noise it stands for
+            loss = loss * torch.exp(-0.5 * masked_mean(smp.mixed**2, mask) + 0.5 * masked_mean(smp.noise**2, mask))
+        return loss
 
     def __call__(self, nets, batch: Batch, generator: Generator = None, phase: str = "generator") -> Tensor:
         p, mask, cond = self.process, batch.mask, batch.cond
         if phase == "fake":
             with torch.no_grad():
-                x0_g, x_t, m, n, t = self.sample(nets, batch, generator)
-            fake = nets["fake_score"]
-            out = fake(x_t, t.to(x_t.dtype), **model_kwargs(mask, cond))
-            pred = canonical_prediction(getattr(fake, "prediction", "epsilon"))
-            f = p.project(p.convert(out, pred, "x0", x_t, t).to(x_t.dtype), mask)
-            loss = masked_mean((f - x0_g) ** 2, mask)
-            if self.fake_weight == "min_snr":
-                la, ls = p.log_alpha_sigma(t)
-                loss = loss * torch.exp(2 * (la - ls)).clamp(max=self.snr_clip).to(loss.dtype)
-            if self.importance_weight:  # density ratio of the mixed noise to the Gaussian noise it stands for
-                loss = loss * torch.exp(-0.5 * masked_mean(m**2, mask) + 0.5 * masked_mean(n**2, mask))
-            return loss
+                smp = self.sample(nets, batch, generator)
+            return self.fake_loss(nets["fake_score"], smp, mask, cond)
         if phase != "generator":
             raise ValueError(f"unknown phase {phase!r}; valid: fake, generator")
-        x0_g, x_t, _, _, t = self.sample(nets, batch, generator)
+        smp = self.sample(nets, batch, generator)
+        x0_g, x_t, t = smp.x0_g, smp.x_t, smp.t
         mu_real = teacher_x0(nets["teacher"], p, x_t, t, mask, cond, self.teacher_prediction)
         mu_fake = teacher_x0(nets["fake_score"], p, x_t, t, mask, cond)
         if self.loss == "l2":
@@ -223,27 +255,29 @@ class TDM:
 
     def __repr__(self) -> str:
         return (f"TDM(steps={self.steps}, separate={self.separate}, rand_mid={self.rand_mid}, t=[{self.t_floor}, {self.t_max}], "
-                f"fake_weight={self.fake_weight!r}, importance_weight={self.importance_weight}, loss={self.loss!r}, "
-                f"generator_every={self.generator_every})")
+                f"fake_weight={self.fake_weight!r}, importance_weight={self.importance_weight}, "
+                f"loss={self.loss!r}, generator_every={self.generator_every})")
 
 
 @register_method("tdm", kind="flow", paper="Luo et al. 2025 (TDM)",
-                 description="trajectory distribution matching: data-free, per-step intermediate states matched to the teacher's marginals, deterministic DDIM student")
+                 description="trajectory distribution matching: data-free, each step's intermediate state matched to the "
+                             "teacher's marginal on its own interval, deterministic DDIM student")
 def tdm_recipe(ctx: RecipeContext, *, separate: bool = True, rand_mid: bool = False, t_floor: float = 0.02, t_max: float = 0.98,
-               fake_weight: str = "min_snr", snr_clip: float = 5.0, importance_weight: bool = True, loss: str = "l2",
-               huber_c: float = 1e-3, generator_every: int = 1, init_sigma: Optional[float] = None,
+               fake_weight: str = "min_snr", snr_clip: float = 5.0, importance_weight: bool = True,
+               loss: str = "l2", huber_c: float = 1e-3, generator_every: int = 1, init_sigma: Optional[float] = 2.5,
                student: Optional[dict] = None) -> DistillSetup:
     """TDM on the domain's teacher: the student (a denoiser sampled by deterministic DDIM on a
-    ``student_steps`` grid uniform in ``t`` from ``t(init_sigma)`` to 0;
-    :func:`~workbench.distill.generators.t_of_init_sigma`, ``None`` = 1) and the fake score
-    start from the teacher. ``student``: backbone kwargs for a smaller student. Only shapes,
-    masks and conditions of the training batches are used (data-free)."""
+    ``student_steps`` grid uniform in ``t`` from ``t(init_sigma)`` to 0, reading the prior noise
+    there as is; :func:`~workbench.distill.generators.t_of_init_sigma`, ``None`` = 1; the
+    authors start at ``t = 0.9`` of a DDPM schedule) and the fake score start from the teacher.
+    ``student``: backbone kwargs for a smaller student. Only shapes, masks and conditions of
+    the training batches are used (data-free)."""
     from .generators import FlowGenerator, default_grid, t_of_init_sigma
 
     grid = default_grid(ctx.process, ctx.student_steps, t_start=t_of_init_sigma(ctx.process, init_sigma))
     obj = TDM(ctx.process, grid, teacher_prediction=ctx.prediction, separate=separate, rand_mid=rand_mid, t_floor=t_floor,
-              t_max=t_max, fake_weight=fake_weight, snr_clip=snr_clip, importance_weight=importance_weight, loss=loss,
-              huber_c=huber_c, generator_every=generator_every)
+              t_max=t_max, fake_weight=fake_weight, snr_clip=snr_clip, importance_weight=importance_weight,
+              loss=loss, huber_c=huber_c, generator_every=generator_every)
     sspec = student_spec(ctx.teacher, ctx.domain, backbone=student)
     nets = {"student": make_student(ctx, sspec), "teacher": ctx.teacher,
             "fake_score": make_student(ctx, student_spec(ctx.teacher, ctx.domain))}
@@ -252,5 +286,6 @@ def tdm_recipe(ctx: RecipeContext, *, separate: bool = True, rand_mid: bool = Fa
     def make_generator(n):
         return FlowGenerator(n["student"], ctx.process, sampler="euler", timesteps=grid, prediction=sspec["prediction"])
 
+    # Adam without momentum (beta1 = 0) for both nets, as the authors' code
     return DistillSetup(obj, nets, ["student", "fake_score"], ["student"], spec, make_generator,
-                        train_defaults={"lr": 1e-4, "ema_decay": 0.99})
+                        train_defaults={"lr": 1e-4, "betas": (0.0, 0.999), "ema_decay": 0.99})
