@@ -348,8 +348,6 @@ def test_domain_objective_wrapper_keeps_ambient_extra():
 @pytest.mark.slow
 def test_images_label_dropout_keeps_ambient_extra():
     """On the images domain the ambient loss runs inside the domain's CFG label dropout."""
-    pytest.importorskip("diffusers")
-    pytest.importorskip("sklearn")
     from domains.images import ImagesDomain
     from domains.images.data import NULL_LABEL
 

@@ -250,7 +250,6 @@ def test_images_two_time_backbone_shapes_names_and_jvp():
     embedding on the class-embedding path), outputs [B, 1, 8, 8], equal to the teacher's
     velocity at initialisation, depends on t - r once the gap branch is trained, and supports
     the MeanFlow JVP."""
-    pytest.importorskip("diffusers")
     from domains.images.domain import ImagesDomain
 
     d = ImagesDomain()
@@ -299,7 +298,6 @@ def test_recipe_conformance(method, dataset):
 def test_images_splitmeanflow_recipe_conformance():
     """A tiny images run: the recipe on the class-conditional digits teacher with a tiny
     two-time UNet student (only the matching teacher tensors are copied)."""
-    pytest.importorskip("diffusers")
     from domains.images.domain import ImagesDomain
 
     d = ImagesDomain()
