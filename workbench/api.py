@@ -57,6 +57,9 @@ def run_sampler(model: Callable, process: GaussianProcess, x_T: Tensor, *, sampl
     if unknown:
         valid = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in spec.options]
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for sampler {sampler!r}; valid: {', '.join(valid) or '(none)'}")
+    from .model import prepare_cond
+
+    cond = prepare_cond(model, cond, mask=mask, batch_size=x_T.shape[0])
     mf = ModelFn(model, process, canonical_prediction(prediction), mask=mask, cond=cond, generator=generator, callback=callback, x0_clip=x0_clip)
     mf.prime(ts)
     x = mf.project(x_T)

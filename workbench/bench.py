@@ -15,7 +15,7 @@ import torch
 
 from . import api
 from .domain import Domain, get_domain
-from .losses import Batch
+from .losses import Batch, tree_map
 from .processes import VPDiscrete
 from .runner import REF_TOL, _Float64, generation_batches
 from .samplers import SAMPLERS
@@ -102,7 +102,7 @@ def bench_samplers(domain: Union[str, Domain], *, out_dir, domain_config: Option
     t0 = time.perf_counter()
     with torch.no_grad():
         ref = reference_solve(_Float64(model), proc, gb.x_T[:n_ref].double(), prediction=pred, mask=None if gb.mask is None else gb.mask[:n_ref],
-                              cond=gb.cond[:n_ref] if isinstance(gb.cond, torch.Tensor) else gb.cond, rtol=REF_TOL, atol=REF_TOL)
+                              cond=tree_map(lambda a: a[:n_ref], gb.cond), rtol=REF_TOL, atol=REF_TOL)
     ref = ref.x if hasattr(ref, "x") else ref
     ref_seconds = time.perf_counter() - t0
     primary = getattr(dom, "primary_metric", None)

@@ -14,6 +14,31 @@ from torch import Tensor
 from .processes import GaussianProcess, append_dims, canonical_prediction
 from .utils import Generator, randn
 
+def tree_map(fn, v):
+    """Apply ``fn`` to every tensor in ``v`` (a tensor, or a dict / list / tuple nesting
+    tensors); other leaves are returned unchanged."""
+    if isinstance(v, Tensor):
+        return fn(v)
+    if isinstance(v, dict):
+        return {k: tree_map(fn, a) for k, a in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(tree_map(fn, a) for a in v)
+    return v
+
+
+def tree_cat(parts: list):
+    """Concatenate along dim 0 the tensors at the same place in each of ``parts`` (tensors, or
+    equal dict / list / tuple nestings of them); non-tensor leaves come from ``parts[0]``."""
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return {k: tree_cat([p[k] for p in parts]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(tree_cat([p[i] for p in parts]) for i in range(len(first)))
+    return first
+
+
 WEIGHTINGS = ("uniform", "min_snr", "edm")
 TIME_SAMPLERS = ("uniform", "logit_normal", "edm")
 
@@ -30,12 +55,13 @@ class Batch:
     extra: dict = field(default_factory=dict)
 
     def to(self, device) -> "Batch":
-        mv = lambda v: v.to(device) if isinstance(v, Tensor) else v  # noqa: E731
+        mv = lambda v: tree_map(lambda a: a.to(device), v)  # noqa: E731
         return Batch(mv(self.x), mv(self.mask), mv(self.cond), {k: mv(v) for k, v in self.extra.items()})
 
     def index(self, idx) -> "Batch":
-        """The sub-batch ``idx`` (an index tensor or slice) of every per-sample field."""
-        sel = lambda v: v[idx] if isinstance(v, Tensor) else v  # noqa: E731
+        """The sub-batch ``idx`` (an index tensor or slice) of every per-sample field (tensors,
+        and tensors inside a dict / list / tuple ``cond``, e.g. ``{"aatype": [B, N]}``)."""
+        sel = lambda v: tree_map(lambda a: a[idx], v)  # noqa: E731
         return Batch(sel(self.x), sel(self.mask), sel(self.cond), {k: sel(v) for k, v in self.extra.items()})
 
     def __len__(self) -> int:

@@ -99,6 +99,32 @@ class Denoiser(nn.Module):
             out = self.process.project(out, mask)
         return out
 
+    def prepare_cond(self, cond: Any, *, mask: Optional[Tensor] = None, batch_size: Optional[int] = None) -> Any:
+        """Delegate to ``backbone.prepare_cond`` (see :func:`prepare_cond`); identity otherwise."""
+        return prepare_cond(self.backbone, cond, mask=mask, batch_size=batch_size)
+
+
+def prepare_cond(model, cond: Any, *, mask: Optional[Tensor] = None, batch_size: Optional[int] = None) -> Any:
+    """Run ``model.prepare_cond`` (if the model has one) once before a sampling trajectory.
+
+    The hook lets a model (a) compute expensive conditioning once per sample instead of once
+    per step (a structure-prediction trunk run on the sequence), and (b) attach per-trajectory
+    state to ``cond`` (self-conditioning on the previous step's prediction). Samplers stay
+    pure functions: :func:`workbench.api.run_sampler` and the distilled generators call this
+    once per call; training losses call the model on raw ``cond`` and never see the state.
+    """
+    fn = getattr(model, "prepare_cond", None)
+    return cond if fn is None else fn(cond, mask=mask, batch_size=batch_size)
+
+
+def prepare_cond_all(module: nn.Module, cond: Any, *, mask: Optional[Tensor] = None, batch_size: Optional[int] = None) -> Any:
+    """:func:`prepare_cond` of every :class:`Denoiser` inside ``module`` in turn (a distilled
+    generator holding one or several students); identity when none defines the hook."""
+    for m in module.modules():
+        if isinstance(m, Denoiser):
+            cond = m.prepare_cond(cond, mask=mask, batch_size=batch_size)
+    return cond
+
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

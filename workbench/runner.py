@@ -13,7 +13,8 @@ import torch
 
 from . import api
 from .domain import Domain, get_domain
-from .losses import Batch
+from .losses import Batch, tree_cat, tree_map
+from .model import prepare_cond_all
 from .utils import resolve_device, write_json, write_text
 
 PathLike = Union[str, Path]
@@ -24,7 +25,7 @@ REF_TOL = 1e-7
 def _cat_batches(parts: list[Batch]) -> Batch:
     x = torch.cat([p.x for p in parts])
     mask = torch.cat([p.mask for p in parts]) if parts[0].mask is not None else None
-    cond = torch.cat([p.cond for p in parts]) if isinstance(parts[0].cond, torch.Tensor) else parts[0].cond
+    cond = tree_cat([p.cond for p in parts])
     return Batch(x=x, mask=mask, cond=cond)
 
 
@@ -34,7 +35,7 @@ def generation_batches(domain: Domain, n: int, seed: int, batch_size: int, cond:
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         gens = [torch.Generator().manual_seed(seed + start + j) for j in range(m)]
-        c = cond[start:start + m] if isinstance(cond, torch.Tensor) else cond
+        c = tree_map(lambda a: a[start:start + m], cond)
         yield domain.generation_batch(m, generator=gens, cond=c), gens
 
 
@@ -53,7 +54,7 @@ def sample_domain(domain: Domain, model, *, sampler: str = "dpm_solver_pp_2m", s
     for gb, gens in generation_batches(domain, n, seed, batch_size, cond):
         x_T = gb.x_T.to(device)
         mask = gb.mask.to(device) if gb.mask is not None else None
-        c = gb.cond.to(device) if isinstance(gb.cond, torch.Tensor) else gb.cond
+        c = tree_map(lambda a: a.to(device), gb.cond)
         t0 = time.perf_counter()
         with torch.no_grad():
             out = api.run_sampler(model, proc, x_T, sampler=sampler, steps=steps, prediction=prediction, timesteps=timesteps,
@@ -74,7 +75,7 @@ def ode_reference_error(domain: Domain, model, samples: Batch, *, seed: int, n_r
     if n_ref <= 0:
         return None
     n_ref = min(n_ref, samples.x.shape[0])
-    gb = next(iter(generation_batches(domain, n_ref, seed, n_ref, samples.cond[:n_ref] if isinstance(samples.cond, torch.Tensor) else samples.cond)))[0]
+    gb = next(iter(generation_batches(domain, n_ref, seed, n_ref, tree_map(lambda a: a[:n_ref], samples.cond))))[0]
     m64 = _Float64(model)
     ref = reference_solve(m64, domain.process(), gb.x_T.double(), prediction=getattr(model, "prediction", domain.prediction),
                           mask=gb.mask, cond=gb.cond, rtol=REF_TOL, atol=REF_TOL)
@@ -246,10 +247,11 @@ def sample_generator(domain: Domain, gen, *, steps: int, n: int, seed: int, batc
     device = resolve_device(device)
     parts, secs = [], 0.0
     for gb, gens in generation_batches(domain, n, seed, batch_size):
-        c = gb.cond.to(device) if isinstance(gb.cond, torch.Tensor) else gb.cond
+        c = tree_map(lambda a: a.to(device), gb.cond)
         mask = gb.mask.to(device) if gb.mask is not None else None
         t0 = time.perf_counter()
         with torch.no_grad():
+            c = prepare_cond_all(gen, c, mask=mask, batch_size=gb.x_T.shape[0]) if isinstance(gen, torch.nn.Module) else c
             x = gen.generate(gb.x_T.to(device), int(steps), mask=mask, cond=c, generator=gens, noise_scale=noise_scale)
         secs += time.perf_counter() - t0
         parts.append(Batch(x=x.cpu(), mask=gb.mask, cond=gb.cond))
