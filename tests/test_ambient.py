@@ -11,16 +11,16 @@ from workbench.distill.conformance import check_recipe
 from workbench.distill.recipes import RecipeContext, get_method, setup_method
 from workbench.losses import Batch
 from workbench.processes import VE, RectifiedFlow, VPCosine, VPLinear
+from functools import partial
+
+from distill_helpers import toy_ctx
+
+ctx_for = partial(toy_ctx, teacher="exact")
 
 torch.set_num_threads(1)
 
 GMM_TINY = {"hidden": 32, "depth": 1, "freq_dim": 16}
 SET_TINY = {"hidden": 32, "depth": 1, "heads": 2, "freq_dim": 16}
-
-
-def ctx_for(dataset, teacher="exact"):
-    d = ToyDomain(dataset=dataset, teacher=teacher)
-    return d, RecipeContext(domain=d, teacher=d.load_teacher().requires_grad_(False), student_steps=2)
 
 
 def processes():

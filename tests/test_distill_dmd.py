@@ -2,20 +2,15 @@
 import pytest
 import torch
 
-from domains.toy.domain import ToyDomain
 from workbench.analytic import GaussianMixture
 from workbench.distill import setup_method
 from workbench.distill.conformance import check_recipe
-from workbench.distill.recipes import RecipeContext
 from workbench.distill.score_distill import dmd_loss, frozen, rollout
-from workbench.losses import Batch
+from distill_helpers import toy_ctx
+
+ctx_for = toy_ctx
 
 torch.set_num_threads(1)
-
-
-def ctx_for(dataset, steps=2, teacher="mlp"):
-    d = ToyDomain(dataset=dataset, teacher=teacher)
-    return d, RecipeContext(domain=d, teacher=d.load_teacher().requires_grad_(False), student_steps=steps)
 
 
 @pytest.mark.parametrize("dataset", ["gmm", "pointset"])

@@ -2,38 +2,22 @@
 generator only, ascends the reward), the generator-to-fake-score blend, bad options."""
 import pytest
 import torch
-from torch import nn
 
-from domains.toy.domain import ToyDomain
 from workbench.distill import flash_dmd as fd  # noqa: F401  (registers the recipe)
 from workbench.distill import setup_method
 from workbench.distill.base import FewStepGenerator
 from workbench.distill.conformance import check_recipe
-from workbench.distill.recipes import RecipeContext
 from workbench.distill.score_distill import rollout
 from workbench.domain import Domain
 from workbench.losses import Batch
+from domains.toy.domain import ToyDomain
+from distill_helpers import Recorder, toy_ctx
+
+ctx_for = toy_ctx
 
 torch.set_num_threads(1)
 
 TINY = {"gmm": {"hidden": 32, "depth": 1, "freq_dim": 16}, "pointset": {"hidden": 32, "depth": 1, "heads": 2, "freq_dim": 16}}
-
-
-def ctx_for(dataset, steps=2, teacher="mlp", domain_cls=ToyDomain):
-    d = domain_cls(dataset=dataset, teacher=teacher)
-    return d, RecipeContext(domain=d, teacher=d.load_teacher().requires_grad_(False), student_steps=steps)
-
-
-class Recorder(nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-        self.prediction = getattr(net, "prediction", "x0")
-        self.calls = []
-
-    def forward(self, x, t, **kw):
-        self.calls.append(torch.as_tensor(t).detach().double().flatten().clone())
-        return self.net(x, t, **kw)
 
 
 def grad_sums(nets):

@@ -13,15 +13,13 @@ from workbench.distill.conformance import check_recipe
 from workbench.distill.mdt_dist import MDTDistillation
 from workbench.distill.recipes import RecipeContext, setup_method
 from workbench.losses import Batch, masked_mean
+from distill_helpers import toy_ctx
+
+ctx_for = toy_ctx
 
 torch.set_num_threads(1)
 
 TINY = {"gmm": {"hidden": 32, "depth": 1, "freq_dim": 16}, "pointset": {"hidden": 32, "depth": 1, "heads": 2, "freq_dim": 16}}
-
-
-def ctx_for(dataset="gmm"):
-    d = ToyDomain(dataset=dataset)
-    return d, RecipeContext(domain=d, teacher=d.load_teacher().requires_grad_(False), student_steps=2)
 
 
 @pytest.mark.parametrize("dataset,opts", [("gmm", {}), ("pointset", {}),

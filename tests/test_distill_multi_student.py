@@ -7,23 +7,20 @@ import math
 import pytest
 import torch
 
-from domains.toy.domain import ToyDomain
 from workbench.distill.conformance import check_recipe
 from workbench.distill.generators import MultiStudentGenerator, route_by_noise
 from workbench.distill.multi_student import (MultiStudentRegression, build_renoised_couplings, route_samples,
                                              student_name)
 from workbench.distill.pairs import build_teacher_pairs
 from workbench.distill.recipes import RecipeContext, setup_method
+from distill_helpers import toy_ctx
+
+ctx_for = toy_ctx
 
 torch.set_num_threads(1)
 
 TINY = {"gmm": {"hidden": 32, "depth": 1, "freq_dim": 16}, "pointset": {"hidden": 32, "depth": 1, "heads": 2, "freq_dim": 16}}
 SMALL = dict(pool=96, teacher_steps=4, renoise_per_pair=2)
-
-
-def ctx_for(dataset="gmm", teacher="mlp"):
-    d = ToyDomain(dataset=dataset, teacher=teacher)
-    return d, RecipeContext(domain=d, teacher=d.load_teacher().requires_grad_(False), student_steps=2)
 
 
 def setup(dataset="gmm", **opts):

@@ -2,45 +2,20 @@
 times inside each phase's subinterval, the unbiased subinterval score-matching target."""
 import pytest
 import torch
-from torch import nn
 
-from domains.toy.domain import ToyDomain
 from workbench.distill import setup_method
 from workbench.distill import phased_dmd as pd  # noqa: F401  (registers the recipe)
 from workbench.distill.conformance import check_recipe
 from workbench.distill.generators import ExpertsGenerator, t_of_init_sigma
-from workbench.distill.recipes import RecipeContext
 from workbench.processes import VPCosine
+from domains.toy.domain import ToyDomain
+from distill_helpers import Recorder, perturb, toy_ctx
+
+ctx_for = toy_ctx
 
 torch.set_num_threads(1)
 
 TINY = {"gmm": {"hidden": 32, "depth": 1, "freq_dim": 16}, "pointset": {"hidden": 32, "depth": 1, "heads": 2, "freq_dim": 16}}
-
-
-def ctx_for(dataset, steps=2, teacher="mlp"):
-    d = ToyDomain(dataset=dataset, teacher=teacher)
-    return d, RecipeContext(domain=d, teacher=d.load_teacher().requires_grad_(False), student_steps=steps)
-
-
-def perturb(net, scale=0.05, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-
-
-class Recorder(nn.Module):
-    """Wraps a net and records the times it is called at."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-        self.prediction = getattr(net, "prediction", "x0")
-        self.calls = []
-
-    def forward(self, x, t, **kw):
-        self.calls.append(torch.as_tensor(t).detach().double().flatten().clone())
-        return self.net(x, t, **kw)
 
 
 @pytest.mark.parametrize("dataset", ["gmm", "pointset"])

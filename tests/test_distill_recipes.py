@@ -2,17 +2,13 @@
 import pytest
 import torch
 
-from domains.toy.domain import ToyDomain
 from workbench.distill import available_methods, setup_method
 from workbench.distill.conformance import check_recipe
-from workbench.distill.recipes import RecipeContext
+from distill_helpers import toy_ctx
+
+ctx_for = toy_ctx
 
 torch.set_num_threads(1)
-
-
-def ctx_for(dataset, steps=2):
-    d = ToyDomain(dataset=dataset)
-    return d, RecipeContext(domain=d, teacher=d.load_teacher().requires_grad_(False), student_steps=steps)
 
 
 @pytest.mark.parametrize("dataset", ["gmm", "pointset"])

@@ -12,20 +12,18 @@ from workbench.checkpoint import load_into, load_state
 from workbench.distill.conformance import check_recipe
 from workbench.distill.generators import FlowGenerator
 from workbench.distill.pairs import build_teacher_pairs
-from workbench.distill.recipes import RecipeContext, setup_method
+from workbench.distill.recipes import setup_method
 from workbench.losses import Batch
 from workbench.timegrids import uniform_lambda
 from workbench.training import TrainConfig, train
+from distill_helpers import toy_ctx
+
+ctx_for = toy_ctx
 
 torch.set_num_threads(1)
 
 TINY = {"gmm": {"hidden": 32, "depth": 1, "freq_dim": 16}, "pointset": {"hidden": 32, "depth": 1, "heads": 2, "freq_dim": 16}}
 FAST_POOL = {"pairs": 48, "pair_steps": 3}
-
-
-def ctx_for(dataset="gmm", teacher="mlp", out_dir=None, steps=2):
-    d = ToyDomain(dataset=dataset, teacher=teacher)
-    return d, RecipeContext(domain=d, teacher=d.load_teacher().requires_grad_(False), student_steps=steps, out_dir=out_dir)
 
 
 def inner(steps=4, **kw):

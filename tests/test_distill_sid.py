@@ -7,23 +7,20 @@ import torch
 from torch import nn
 
 import workbench.distill.sid  # noqa: F401  (registers "sid")
-from domains.toy.domain import ToyDomain
 from workbench.analytic import GaussianMixture
 from workbench.distill import setup_method
 from workbench.distill.conformance import check_recipe
-from workbench.distill.recipes import RecipeContext
 from workbench.distill.score_distill import dmd_loss
 from workbench.distill.sid import SiD, karras_times, sid_loss
 from workbench.processes import VPCosine
+from domains.toy.domain import ToyDomain
+from distill_helpers import toy_ctx
+
+ctx_for = toy_ctx
 
 torch.set_num_threads(1)
 
 SMALL = {"gmm": {"hidden": 32, "depth": 1, "freq_dim": 16}, "pointset": {"hidden": 32, "depth": 1, "heads": 2, "freq_dim": 16}}
-
-
-def ctx_for(dataset, steps=2):
-    d = ToyDomain(dataset=dataset)
-    return d, RecipeContext(domain=d, teacher=d.load_teacher().requires_grad_(False), student_steps=steps)
 
 
 class Gauss1D(nn.Module):

@@ -8,18 +8,16 @@ import workbench.distill.tdm  # noqa: F401  (registers "tdm")
 from domains.toy.domain import ToyDomain
 from workbench.distill import setup_method
 from workbench.distill.conformance import check_recipe
-from workbench.distill.recipes import RecipeContext, build_generator
+from workbench.distill.recipes import build_generator
 from workbench.distill.tdm import TDM, ddim_trajectory, diffuse, student_x0_eps
 from workbench.processes import VPCosine
+from distill_helpers import toy_ctx
+
+ctx_for = toy_ctx
 
 torch.set_num_threads(1)
 
 SMALL = {"gmm": {"hidden": 32, "depth": 1, "freq_dim": 16}, "pointset": {"hidden": 32, "depth": 1, "heads": 2, "freq_dim": 16}}
-
-
-def ctx_for(dataset, steps=2):
-    d = ToyDomain(dataset=dataset)
-    return d, RecipeContext(domain=d, teacher=d.load_teacher().requires_grad_(False), student_steps=steps)
 
 
 @pytest.mark.parametrize("dataset", ["gmm", "pointset"])

@@ -55,6 +55,14 @@ class RecipeContext:
     #: the user's ``train.*`` overrides (recipes with inner trainings, e.g. reflow rounds, start from them)
     train: dict = field(default_factory=dict)
 
+    @classmethod
+    def for_domain(cls, domain, *, teacher: Optional[str] = None, **kw) -> "RecipeContext":
+        """The context of ``domain`` with its teacher (shipped, or the checkpoint ``teacher``)
+        loaded frozen: ``RecipeContext.for_domain(ToyDomain(), student_steps=2)``; ``kw`` sets
+        the other fields."""
+        net = domain.load_teacher(teacher, device=kw.get("device", "cpu")).requires_grad_(False)
+        return cls(domain=domain, teacher=net, **kw)
+
     @property
     def process(self):
         return self.domain.process()
