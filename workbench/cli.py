@@ -12,6 +12,10 @@ problem and the valid choices; exit code 2.
     workbench bench distill domain=toy domain.teacher=exact bench_distill.methods=[consistency,dmd2] train.steps=2000
     workbench check domain=toy
     workbench demo out=demo
+
+Domain plugins add commands through the entry-point group ``workbench.commands`` (e.g.
+``workbench designability DIR_OR_FILES ...`` from the protein domains); ``workbench help``
+lists the installed ones.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ from typing import Optional
 USAGE = __doc__.split("\n\n", 1)[1]
 COMMANDS = ("domains", "samplers", "train", "distill", "generate", "evaluate", "bench", "check", "demo")
 BENCH_KINDS = ("samplers", "distill")
+#: entry-point group of plugin commands: ``name = "package.module:function"``, ``function(argv: list[str]) -> int``
+COMMAND_GROUP = "workbench.commands"
 
 
 class CLIError(Exception):
@@ -82,11 +88,19 @@ def load_config(overrides: list[str]):
     return cfg
 
 
+#: top-level generation inputs passed on to the domain's config when set (``lengths=[50,100]``, ``fasta=FILE``)
+DOMAIN_INPUTS = ("lengths", "fasta")
+
+
 def _domain_kwargs(cfg) -> tuple[str, dict]:
     from omegaconf import OmegaConf
 
     d = OmegaConf.to_container(cfg.domain, resolve=True)
     name = d.pop("name")
+    for k in DOMAIN_INPUTS:
+        v = OmegaConf.to_container(cfg, resolve=True).get(k)
+        if v is not None:
+            d[k] = v
     return name, d
 
 
@@ -212,15 +226,26 @@ def cmd_demo(cfg) -> int:
     return 0
 
 
+def plugin_commands() -> dict:
+    """``{name: entry point}`` of the commands installed plugins add (group ``workbench.commands``)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP) if ep.name not in COMMANDS}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        plugins = plugin_commands()
+        print(USAGE + (f"\nPlugin commands: {', '.join(sorted(plugins))}" if plugins else ""))
         return 0
     cmd, rest = argv[0], argv[1:]
     try:
         if cmd not in COMMANDS:
-            raise CLIError(f"unknown command {cmd!r}; valid: {', '.join(COMMANDS)}")
+            plugins = plugin_commands()
+            if cmd in plugins:
+                return int(plugins[cmd].load()(rest) or 0)
+            raise CLIError(f"unknown command {cmd!r}; valid: {', '.join(list(COMMANDS) + sorted(plugins))}")
         kind = None
         if cmd == "bench":
             if not rest or rest[0] not in BENCH_KINDS:
