@@ -1,0 +1,361 @@
+"""Reading and writing protein chains as PDB (``.pdb``/``.ent``, optionally gzipped) or mmCIF
+(``.cif``/``.mmcif``, optionally gzipped) files, with biotite.
+
+Only the backbone (N, CA, C, O) of protein residues is kept: the standard amino acids, the
+modified/protonation variants of :data:`~domains.proteins.chain.THREE_TO_ONE`, and any other
+residue the chemical component dictionary calls an amino acid (mapped to its parent's one-letter
+code, ``X`` when it has none). First model only, first alternate location only. Every problem
+with a file (missing, empty, unparsable, no protein, unknown suffix) raises a one-line
+:class:`StructureError` naming the file.
+"""
+from __future__ import annotations
+
+import gzip
+import io as _io
+import string
+import warnings
+import zlib
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from workbench.utils import atomic_path
+
+from .chain import BACKBONE_ATOMS, ONE_TO_THREE, THREE_TO_ONE, Chain
+
+PathLike = Union[str, Path]
+
+#: suffixes understood by :func:`read_chains` / :func:`write_chain` (each may carry a final ``.gz``)
+PDB_SUFFIXES = (".pdb", ".ent")
+CIF_SUFFIXES = (".cif", ".mmcif")
+VALID_SUFFIXES = PDB_SUFFIXES + CIF_SUFFIXES
+#: the text written into files whose N/C/O were placed from ideal geometry (and recognised on reading)
+RECONSTRUCTED_LABEL = "BACKBONE N, C, O RECONSTRUCTED FROM THE CA TRACE WITH IDEAL GEOMETRY"
+_CHAIN_LETTERS = string.ascii_uppercase + string.ascii_lowercase + string.digits
+
+
+class StructureError(ValueError):
+    """A structure file cannot be used; the message is one line naming the file and the problem."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
+
+
+def structure_format(path: PathLike) -> str:
+    """``"pdb"`` or ``"cif"`` from the file name (``.gz`` allowed); StructureError otherwise."""
+    name = Path(path).name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    for suf in PDB_SUFFIXES:
+        if name.endswith(suf):
+            return "pdb"
+    for suf in CIF_SUFFIXES:
+        if name.endswith(suf):
+            return "cif"
+    raise StructureError(f"{path}: unknown structure file suffix; valid suffixes are "
+                         f"{', '.join(VALID_SUFFIXES)} (optionally followed by .gz)")
+
+
+def structure_stem(path: PathLike) -> str:
+    """File name without ``.gz`` and the structure suffix (``"data/1ubq.pdb.gz"`` -> ``"1ubq"``)."""
+    name = Path(path).name
+    if name.lower().endswith(".gz"):
+        name = name[:-3]
+    return Path(name).stem
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.name.lower().endswith(".gz"):
+            with open(path, "rb") as fh:
+                gzipped = fh.read(2) == b"\x1f\x8b"
+            if gzipped:
+                with gzip.open(path, "rt", encoding="utf-8", errors="replace") as fh:
+                    return fh.read()
+            # a ".gz" name on a plain-text file: read it as text
+        return path.read_text(encoding="utf-8", errors="replace")
+    except (OSError, EOFError, zlib.error) as exc:  # unreadable or corrupt gzip
+        raise StructureError(f"{path}: cannot read file ({_one_line(exc)})") from None
+
+
+def _one_letter(res_name: str) -> str:
+    code = THREE_TO_ONE.get(res_name)
+    if code is not None:
+        return code
+    from biotite.structure.info import one_letter_code
+
+    try:
+        code = one_letter_code(res_name)
+    except Exception:  # noqa: BLE001 - unknown component
+        code = None
+    return code if code and len(code) == 1 and code.isalpha() else "X"
+
+
+def _protein_mask(atoms) -> np.ndarray:
+    import biotite.structure as struc
+
+    known = np.isin(atoms.res_name, list(THREE_TO_ONE))
+    try:
+        aa = struc.filter_amino_acids(atoms)
+    except Exception:  # noqa: BLE001 - the CCD lookup is a best effort
+        aa = np.zeros(len(atoms), dtype=bool)
+    return known | aa
+
+
+def _fill_blank_pdb_columns(text: str) -> str:
+    """ATOM/HETATM records with blank occupancy / B-factor columns (allowed by many programs,
+    rejected by biotite) get 1.00 / 0.00."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(("ATOM", "HETATM")):
+            line = line.ljust(66)
+            if not line[54:60].strip():
+                line = line[:54] + "  1.00" + line[60:]
+            if not line[60:66].strip():
+                line = line[:60] + "  0.00" + line[66:]
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _parse_atoms(path: Path, text: str, fmt: str):
+    """The first model of ``text`` as a biotite AtomArray, plus whether the file says its
+    backbone was reconstructed."""
+    if fmt == "pdb":
+        from biotite.structure.io.pdb import PDBFile
+
+        f = PDBFile.read(_io.StringIO(text))
+        try:
+            atoms = f.get_structure(model=1, altloc="first")
+        except ValueError:
+            f = PDBFile.read(_io.StringIO(_fill_blank_pdb_columns(text)))
+            atoms = f.get_structure(model=1, altloc="first")
+        labelled = any(line.startswith("REMARK") and RECONSTRUCTED_LABEL in line for line in f.lines[:200])
+    else:
+        from biotite.structure.io.pdbx import CIFFile, get_structure
+
+        f = CIFFile.read(_io.StringIO(text))
+        atoms = get_structure(f, model=1, altloc="first", use_author_fields=True)
+        labelled = False
+        try:
+            block = f.block
+            if "struct" in block and "title" in block["struct"]:
+                labelled = any(RECONSTRUCTED_LABEL in str(t) for t in block["struct"]["title"].as_array())
+        except Exception:  # noqa: BLE001
+            labelled = False
+    return atoms, labelled
+
+
+def read_chains(path: PathLike, *, chain_ids: Optional[Iterable[str]] = None, min_len: int = 1) -> list[Chain]:
+    """All protein chains of a PDB or mmCIF file.
+
+    Args:
+        path: ``.pdb``/``.ent``/``.cif``/``.mmcif``, each optionally ``.gz``.
+        chain_ids: keep only these (author) chain ids; ``None`` keeps all.
+        min_len: drop chains with fewer protein residues.
+
+    Returns:
+        Chains in file order, named ``"<stem>_<chain id>"`` (``"<stem>"`` when the chain id is
+        blank), coordinates ``[L, 4, 3]`` (N, CA, C, O; NaN where absent; residues without a CA
+        are dropped). ``meta`` holds ``chain_id``, ``res_ids`` (author numbering), ``format``.
+
+    Raises:
+        StructureError: the file is missing, empty, unparsable, has an unknown suffix, or has no
+            protein residues (after ``chain_ids``/``min_len`` filtering).
+    """
+    path = Path(path)
+    fmt = structure_format(path)
+    if not path.exists():
+        raise StructureError(f"{path}: file not found")
+    if path.is_dir():
+        raise StructureError(f"{path}: is a directory, not a structure file")
+    text = _read_text(path)
+    if not text.strip():
+        raise StructureError(f"{path}: file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # biotite warns about guessed elements etc.
+            atoms, labelled = _parse_atoms(path, text, fmt)
+    except StructureError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - biotite raises many kinds
+        raise StructureError(f"{path}: cannot parse as {'PDB' if fmt == 'pdb' else 'mmCIF'} ({_one_line(exc)})") from None
+    if len(atoms) == 0:
+        raise StructureError(f"{path}: no atoms found")
+    atoms = atoms[_protein_mask(atoms)]
+    if len(atoms) == 0:
+        raise StructureError(f"{path}: no protein residues found")
+
+    import biotite.structure as struc
+
+    wanted = None if chain_ids is None else {str(c) for c in chain_ids}
+    starts = struc.get_residue_starts(atoms, add_exclusive_stop=True)
+    per_chain: dict[str, dict] = {}
+    order: list[str] = []
+    atom_index = {a: i for i, a in enumerate(BACKBONE_ATOMS)}
+    atom_index.update({"OT1": 3, "O1": 3})  # C-terminal carbonyl O in CHARMM / some MD files (used only when O is absent)
+    coord = atoms.coord
+    names = atoms.atom_name
+    for s, e in zip(starts[:-1], starts[1:]):
+        cid = str(atoms.chain_id[s]).strip()
+        if wanted is not None and cid not in wanted:
+            continue
+        xyz = np.full((4, 3), np.nan, dtype=np.float32)
+        seen_o = False
+        for k in range(s, e):
+            nm = str(names[k])
+            j = atom_index.get(nm)
+            if j is not None and (not np.isfinite(xyz[j, 0]) or (nm == "O" and not seen_o)):
+                seen_o = seen_o or nm == "O"
+                xyz[j] = coord[k]
+        if not np.isfinite(xyz[1]).all():  # no CA: nothing to place this residue with
+            continue
+        if cid not in per_chain:
+            per_chain[cid] = {"seq": [], "xyz": [], "res_ids": []}
+            order.append(cid)
+        rec = per_chain[cid]
+        rec["seq"].append(_one_letter(str(atoms.res_name[s])))
+        rec["xyz"].append(xyz)
+        rec["res_ids"].append(int(atoms.res_id[s]))
+
+    stem = structure_stem(path)
+    chains = []
+    for cid in order:
+        rec = per_chain[cid]
+        if len(rec["seq"]) < min_len:
+            continue
+        chains.append(Chain(
+            name=f"{stem}_{cid}" if cid else stem,
+            sequence="".join(rec["seq"]),
+            coords=np.stack(rec["xyz"]),
+            source=str(path),
+            reconstructed=labelled,
+            meta={"chain_id": cid, "res_ids": rec["res_ids"], "format": fmt},
+        ))
+    if not chains:
+        what = f" in chains {sorted(wanted)}" if wanted is not None else ""
+        extra = f" with at least {min_len} residues" if min_len > 1 else ""
+        raise StructureError(f"{path}: no protein chains{extra} found{what}")
+    return chains
+
+
+def read_structure(path: PathLike) -> Chain:
+    """The first protein chain of a PDB/mmCIF file (see :func:`read_chains`)."""
+    return read_chains(path)[0]
+
+
+def _atom_array(chains: Sequence[Chain], unknown_residue: str):
+    import biotite.structure as struc
+
+    used: set[str] = set()
+    ids = []
+    for i, ch in enumerate(chains):
+        cid = str(ch.meta.get("chain_id", "") or "")
+        if len(cid) != 1 or cid in used:
+            cid = next(c for c in _CHAIN_LETTERS if c not in used) if len(used) < len(_CHAIN_LETTERS) else "A"
+        used.add(cid)
+        ids.append(cid)
+    rows = []
+    for ch, cid in zip(chains, ids):
+        for r in range(len(ch)):
+            aa = ch.sequence[r]
+            res_name = ONE_TO_THREE.get(aa, unknown_residue)
+            for j, atom_name in enumerate(BACKBONE_ATOMS):
+                xyz = ch.coords[r, j]
+                if np.isfinite(xyz).all():
+                    rows.append((cid, r + 1, res_name, atom_name, atom_name[0], xyz))
+    if not rows:
+        raise ValueError("write_chain: no atom has finite coordinates")
+    arr = struc.AtomArray(len(rows))
+    arr.chain_id = np.array([r[0] for r in rows])
+    arr.res_id = np.array([r[1] for r in rows])
+    arr.res_name = np.array([r[2] for r in rows])
+    arr.atom_name = np.array([r[3] for r in rows])
+    arr.element = np.array([r[4] for r in rows])
+    arr.hetero = np.zeros(len(rows), dtype=bool)
+    arr.coord = np.stack([r[5] for r in rows]).astype(np.float32)
+    arr.add_annotation("occupancy", dtype=float)
+    arr.occupancy[:] = 1.0
+    arr.add_annotation("b_factor", dtype=float)
+    arr.b_factor[:] = 0.0
+    return arr
+
+
+def write_chain(chain_or_chains: Union[Chain, Sequence[Chain]], path: PathLike, *, fmt: Optional[str] = None,
+                reconstruct: bool = False, unknown_residue: str = "GLY") -> Path:
+    """Write one chain (or several, as chains A, B, ...) to a PDB or mmCIF file, atomically.
+
+    Args:
+        chain_or_chains: a :class:`Chain` or a list of them; each chain keeps its
+            ``meta["chain_id"]`` when that is one unique character.
+        path: destination; a final ``.gz`` compresses the file.
+        fmt: ``"pdb"`` or ``"cif"``; ``None`` takes it from the suffix.
+        reconstruct: place missing N, C, O from ideal geometry around the CA trace
+            (:func:`~domains.proteins.geometry.reconstruct_backbone`) and label the file
+            (a ``REMARK 250`` line in PDB, ``_struct.title`` in mmCIF). Without it, atoms that
+            are NaN (e.g. the N/C/O of CA-only chains) are simply not written.
+        unknown_residue: residue name written for sequence letters other than the 20 standard
+            ones (``X`` for designed backbones). ``GLY`` (default) is the usual choice for
+            sequence-less backbones and is read by ProteinMPNN and TM-align alike; ``UNK`` keeps
+            the "unknown" meaning (read back as ``X``).
+
+    Returns:
+        ``Path(path)``. Chains that were reconstructed (here or before, ``chain.reconstructed``)
+        make the file labelled, and :func:`read_chains` sets ``reconstructed=True`` on reading it.
+    """
+    chains = [chain_or_chains] if isinstance(chain_or_chains, Chain) else list(chain_or_chains)
+    if not chains or not all(isinstance(c, Chain) for c in chains):
+        raise ValueError("write_chain: expected a Chain or a non-empty list of Chains")
+    path = Path(path)
+    if fmt is None:
+        fmt = structure_format(path)
+    if fmt not in ("pdb", "cif"):
+        raise ValueError(f"write_chain: unknown fmt {fmt!r}; valid: 'pdb', 'cif' (or None for the suffix)")
+    if len(unknown_residue) != 3:
+        raise ValueError(f"write_chain: unknown_residue must be a three-letter residue name, got {unknown_residue!r}")
+    labelled = False
+    out = []
+    for ch in chains:
+        if reconstruct and not np.isfinite(ch.coords).all():
+            from .geometry import reconstruct_backbone
+
+            full = reconstruct_backbone(ch.ca)
+            coords = np.where(np.isfinite(ch.coords), ch.coords, full).astype(np.float32)
+            ch = Chain(ch.name, ch.sequence, coords, ch.source, True, dict(ch.meta))
+        labelled = labelled or ch.reconstructed
+        out.append(ch)
+    arr = _atom_array(out, unknown_residue.upper())
+
+    if fmt == "pdb":
+        from biotite.structure.io.pdb import PDBFile
+
+        f = PDBFile()
+        f.set_structure(arr)
+        header = [f"REMARK   1 WRITTEN BY FEWSTEP-WORKBENCH: {', '.join(c.name for c in out)}"[:80]]
+        if labelled:
+            header.append(f"REMARK 250 {RECONSTRUCTED_LABEL}")
+        f.lines = header + list(f.lines)
+        buf = _io.StringIO()
+        f.write(buf)
+    else:
+        from biotite.structure.io.pdbx import CIFCategory, CIFFile, set_structure
+
+        f = CIFFile()
+        set_structure(f, arr)
+        title = "written by fewstep-workbench"
+        if labelled:
+            title = f"{title}; {RECONSTRUCTED_LABEL}"
+        block = f.block
+        block["struct"] = CIFCategory({"entry_id": [structure_stem(path) or "model"], "title": [title]})
+        buf = _io.StringIO()
+        f.write(buf)
+    text = buf.getvalue()
+    with atomic_path(path) as tmp:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(tmp, "wt", encoding="utf-8") as fh:
+                fh.write(text)
+        else:
+            Path(tmp).write_text(text, encoding="utf-8")
+    return path
