@@ -5,7 +5,7 @@ import json
 from workbench.cli import main
 
 
-def test_bench_distill_cli_tiny(tmp_path, capsys):
+def test_bench_distill_cli_tiny(tmp_path, capsys, monkeypatch):
     out = tmp_path / "bd"
     args = ["bench", "distill", "domain=toy", f"out={out}", "bench_distill.methods=[consistency]", "bench_distill.student_steps=[1,2]",
             "bench_distill.teacher_nfes=[4]", "bench_distill.n=64", "train.steps=4", "bench_distill.options.consistency.num_scales=10"]
@@ -22,8 +22,21 @@ def test_bench_distill_cli_tiny(tmp_path, capsys):
     meta = json.loads((out / "rows.json").read_text())
     assert len(meta) == len(rows)
     mtime = gen.stat().st_mtime_ns
-    assert main(args) == 0  # a second run reuses the trained generators
+    import workbench.bench_distill as bd
+
+    def no_teacher_rows(*a, **k):
+        raise AssertionError("teacher rows recomputed although cached")
+
+    monkeypatch.setattr(bd, "teacher_rows", no_teacher_rows)
+    assert main(args) == 0  # a second run reuses the trained generators and the cached teacher rows
     assert gen.stat().st_mtime_ns == mtime
+    again = list(csv.DictReader(open(out / "distill.csv")))
+    assert [r for r in again if r["method"] == "teacher"] == teacher  # identical rows, wall times included
+    monkeypatch.undo()
+    changed = [a if not a.startswith("bench_distill.n=") else "bench_distill.n=32" for a in args]
+    called = []
+    monkeypatch.setattr(bd, "teacher_rows", lambda *a, **k: called.append(1) or [])
+    assert main(changed) == 0 and called == [1]  # another n: the cache key differs
 
 
 def test_bench_distill_unknown_method(capsys, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import time
 from pathlib import Path
@@ -75,7 +76,16 @@ def bench_distill(domain: Union[str, Domain], *, methods: Optional[list] = None,
         raise ValueError(f"unknown distillation method(s) {bad}; valid: {', '.join(available_methods())}")
     out = Path(out_dir)
     t_net = dom.load_teacher(teacher, device=device)
-    rows = teacher_rows(dom, t_net, nfes=teacher_nfes, n=n, seed=seed, batch_size=batch_size, device=device, metric=metric)
+    # the teacher rows are cached too (keyed on what they depend on), so a resumed run goes straight to the students
+    key = {"domain": dom.name, "config": dom.config, "teacher": teacher, "nfes": list(teacher_nfes), "n": n, "seed": seed,
+           "samplers": [list(s) for s in TEACHER_SAMPLERS]}
+    cache = out / "teacher_rows.json"
+    cached = json.loads(cache.read_text()) if cache.exists() else None
+    if cached is not None and json.loads(json.dumps(key, default=str)) == cached.get("key"):
+        rows = cached["rows"]
+    else:
+        rows = teacher_rows(dom, t_net, nfes=teacher_nfes, n=n, seed=seed, batch_size=batch_size, device=device, metric=metric)
+        write_json(cache, {"key": key, "rows": rows})
     for m in methods:
         for K in student_steps:
             run = out / "runs" / f"{m}_k{K}"
