@@ -2,7 +2,7 @@
 plugin command (entry-point group ``workbench.commands``).
 
     workbench designability DIR_OR_FILES... [out=DIR] [n_seq=8] [temperature=0.1] [folder=default]
-                            [inverse_folder=proteinmpnn_ca] [batch_size=8] [seed=0] [threshold=2.0]
+                            [inverse_folder=proteinmpnn_ca] [fold_steps=5] [batch_size=8] [seed=0] [threshold=2.0]
                             [all_chains=false] [resume=true] [save_structures=false] [threads=N]
 
 Inputs are directories, glob patterns or files; options are ``key=value`` like every other
@@ -16,7 +16,7 @@ from typing import Optional
 
 #: option -> (type, default)
 OPTIONS = {"out": (str, "outputs/designability"), "n_seq": (int, 8), "temperature": (float, 0.1), "folder": (str, "default"),
-           "inverse_folder": (str, "proteinmpnn_ca"), "batch_size": (int, 8), "seed": (int, 0), "threshold": (float, 2.0),
+           "inverse_folder": (str, "proteinmpnn_ca"), "fold_steps": (int, None), "batch_size": (int, 8), "seed": (int, 0), "threshold": (float, 2.0),
            "all_chains": (bool, False), "resume": (bool, True), "save_structures": (bool, False), "threads": (int, None),
            "progress": (bool, True)}
 
@@ -68,7 +68,12 @@ def designability_main(argv: Optional[list[str]] = None) -> int:
             torch.set_num_threads(int(o["threads"]))
         from .designability import format_report, run_designability
 
-        report = run_designability(inputs, o["out"], inverse_folder=o["inverse_folder"], folder=o["folder"], n_seq=o["n_seq"],
+        folder = o["folder"]
+        if o["fold_steps"] is not None:
+            from .designability import load_folder
+
+            folder = load_folder(folder, steps=o["fold_steps"])
+        report = run_designability(inputs, o["out"], inverse_folder=o["inverse_folder"], folder=folder, n_seq=o["n_seq"],
                                    temperature=o["temperature"], batch_size=o["batch_size"], seed=o["seed"],
                                    progress=o["progress"], all_chains=o["all_chains"], threshold=o["threshold"],
                                    resume=o["resume"], save_structures=o["save_structures"])

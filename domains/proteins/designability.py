@@ -116,10 +116,18 @@ class ESMFoldFolder:
         return out
 
 
+#: the default refolder samples the in-repo predictor with the few-step ODE form of the AF3 sampler
+#: (Protenix-Mini: gamma0 = 0, eta = 1, 2-5 steps); the 200-step AF3 sampler is ``steps=200, options={}``
+DEFAULT_FOLD_STEPS = 5
+FEW_STEP_ODE = {"gamma0": 0.0, "step_scale_eta": 1.0}
+
+
 def load_folder(name: str = "default", **kwargs) -> Folder:
     """A folder by name: ``"default"`` -> the ``structure_prediction`` domain's folder (the
-    project's small in-repo model; ``kwargs`` go to ``domain.folder(...)``), ``"esmfold"`` ->
-    :class:`ESMFoldFolder` (needs ``fair-esm`` and the weights)."""
+    project's small in-repo model, sampled by default with the :data:`DEFAULT_FOLD_STEPS`-step
+    ODE :data:`FEW_STEP_ODE`; ``kwargs`` go to ``domain.folder(...)``, e.g. ``steps=200,
+    options={}`` for the 200-step AF3 sampler), ``"esmfold"`` -> :class:`ESMFoldFolder` (needs
+    ``fair-esm`` and the weights)."""
     if name == "default":
         from workbench.domain import get_domain
 
@@ -133,6 +141,9 @@ def load_folder(name: str = "default", **kwargs) -> Folder:
             except Exception as e:
                 raise FolderUnavailable(f"the default folder needs the structure_prediction domain, which could not be "
                                         f"loaded: {' '.join(str(e).split())[:200]}") from None
+        kwargs.setdefault("steps", DEFAULT_FOLD_STEPS)
+        if kwargs.get("sampler") in (None, "af3_edm") and kwargs.get("options") is None:
+            kwargs["options"] = dict(FEW_STEP_ODE)
         return domain.folder(**kwargs)
     if name == "esmfold":
         return ESMFoldFolder(**kwargs)

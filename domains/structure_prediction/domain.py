@@ -569,7 +569,8 @@ class StructurePredictorFolder:
         get_sampler(self.sampler)
         self.options = dict(domain.opts["sampler_options"] or {}) if options is None else dict(options)
         self.seed = int(seed)
-        self.name = (f"in-repo structure predictor (small, not ESMFold): AF3-style CA model, {self.sampler} {self.steps} steps, "
+        opts = f" ({', '.join(f'{k}={v}' for k, v in sorted(self.options.items()))})" if self.options else ""
+        self.name = (f"in-repo structure predictor (small, not ESMFold): AF3-style CA model, {self.sampler} {self.steps} steps{opts}, "
                      f"sequence_encoder={domain.opts['sequence_encoder']}")
 
     def fold(self, sequences: Sequence[str]) -> list:
