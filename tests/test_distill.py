@@ -259,3 +259,36 @@ def test_meanflow_teacher_distillation_lowers_loss():
     with torch.no_grad():
         fm_loss = float(MeanFlow(p, ratio_r_neq_t=0.0)(nets, big, torch.Generator().manual_seed(123)).mean())
     assert fm_loss < 0.3, fm_loss
+
+
+@pytest.mark.parametrize("parameterization", ["x0", "edm"])
+def test_consistency_output_matches_y_form_and_is_finite_where_alpha_vanishes(parameterization):
+    """``f = alpha_low (c_skip x / alpha_t + c_out x0)`` on VP/VE processes, and its finite limit on
+    a rectified flow at ``t = 1`` (``alpha = 0``): the DDIM jump ``alpha_low x0 + sigma_low x`` for
+    ``x0``; ``alpha_low c_out x0`` for ``edm`` (its ``c_skip / alpha_t -> 0``)."""
+    from workbench.distill.base import consistency_output
+    from workbench.processes import VE, VPCosine
+
+    g = torch.Generator().manual_seed(0)
+    x, x0 = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    t, t_lo = torch.tensor([0.9, 0.7, 0.5, 0.3, 0.95], dtype=torch.float64), torch.tensor([0.2, 0.0, 0.1, 0.05, 0.5], dtype=torch.float64)
+    for p in (VPCosine(), VE(), RectifiedFlow()):
+        la, ls = p.log_alpha_sigma(t)
+        la_lo, ls_lo = p.log_alpha_sigma(t_lo)
+        sig, sig_lo = (ls - la).exp(), torch.where(t_lo > 0, (ls_lo - la_lo).exp(), torch.zeros_like(t_lo))
+        if parameterization == "x0":
+            c_skip = sig_lo / sig
+            c_out = 1 - c_skip
+        else:
+            c_skip = 0.25 / ((sig - sig_lo) ** 2 + 0.25)
+            c_out = 0.5 * (sig - sig_lo) / torch.sqrt(sig**2 + 0.25)
+        ref = la_lo.exp()[:, None] * (c_skip[:, None] * x / la.exp()[:, None] + c_out[:, None] * x0)
+        out = consistency_output(p, x, x0, t, t_lo, parameterization=parameterization, sigma_data=0.5)
+        torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-12)
+    rf = RectifiedFlow()
+    one, lo = torch.ones(5, dtype=torch.float64), torch.full((5,), 0.4, dtype=torch.float64)
+    out = consistency_output(rf, x, x0, one, lo, parameterization=parameterization, sigma_data=0.5)
+    assert torch.isfinite(out).all()
+    # x0: alpha_low x0 + sigma_low x; edm: c_out = sd (sig - sig_lo) / sqrt(sig^2 + sd^2) -> sd as sig -> inf
+    expect = 0.6 * x0 + 0.4 * x if parameterization == "x0" else 0.6 * 0.5 * x0
+    torch.testing.assert_close(out, expect, rtol=1e-9, atol=1e-12)

@@ -100,10 +100,16 @@ def consistency_output(process: GaussianProcess, x: Tensor, x0_hat: Tensor, t: T
         sd = float(sigma_data)
         d = (sig - sig_lo).clamp_min(0.0)
         c_skip = sd**2 / (d**2 + sd**2)
-        c_out = sd * d / torch.sqrt(safe_sig**2 + sd**2)
-    y = x / append_dims(la.exp().to(x.dtype), x.ndim)
-    f = append_dims(la_lo.exp().to(x.dtype), x.ndim) * (append_dims(c_skip.to(x.dtype), x.ndim) * y
-                                                          + append_dims(c_out.to(x.dtype), x.ndim) * x0_hat)
+        # sd d / sqrt(sig^2 + sd^2), written to stay finite (-> sd) as sig -> inf (alpha_t = 0)
+        c_out = sd * (1.0 - sig_lo / safe_sig).clamp_min(0.0) / torch.sqrt(1.0 + (sd / safe_sig) ** 2)
+    # the coefficient of x, alpha_low c_skip / alpha_t, in a form finite where alpha_t = 0 (a rectified
+    # flow at t = 1): for "x0" it is sigma_low / sigma_t; for "edm", c_skip / alpha_t -> 0 as alpha_t -> 0
+    if parameterization == "x0":
+        coef_x = torch.where(t_low > 0, (ls_lo - ls).exp(), torch.zeros_like(ls))
+    else:
+        coef_x = torch.where(torch.isfinite(la), la_lo.exp() * c_skip / la.exp().clamp_min(1e-300), torch.zeros_like(la))
+    f = (append_dims(coef_x.to(x.dtype), x.ndim) * x
+         + append_dims((la_lo.exp() * c_out).to(x.dtype), x.ndim) * x0_hat)
     return torch.where(append_dims(at_boundary, x.ndim), x, f)
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..losses import Batch, masked_mean
+from ..model import prepare_cond_all
 from ..processes import GaussianProcess, append_dims, canonical_prediction
 from ..utils import Generator, model_kwargs, randn
 from .base import student_x0
@@ -97,6 +98,8 @@ def rollout(student: nn.Module, process: GaussianProcess, grid: Tensor, batch: B
     """
     x, mask, cond = batch.x, batch.mask, batch.cond
     B = x.shape[0]
+    # the student sees its per-trajectory conditioning (trunk outputs, self-conditioning state) as at inference
+    cond = prepare_cond_all(student, cond, mask=mask, batch_size=B)
     grid = torch.as_tensor(grid, dtype=torch.float64)
     K = len(grid) - 1
     g = _gen(generator)

@@ -1,0 +1,124 @@
+"""Train the shipped ``protein_backbone`` teacher and measure its samples.
+
+    python -m domains.protein_backbone.train                     # train + eval
+    python -m domains.protein_backbone.train --only eval         # evaluate the shipped teacher
+
+``train`` runs :func:`workbench.domain.train_teacher` (the shared loop with the domain's
+objective: flow matching with self-conditioning; resumable from ``--work-dir``) and copies
+the EMA weights to ``checkpoints/teacher.safetensors``. ``eval`` samples ``--eval-n``
+backbones of lengths ``--eval-lengths`` with ``--eval-steps``-step Euler (the ODE) and with
+the noise-scaled SDE (``sde``, ``temperature`` ``--temperature``; Proteina's low-temperature
+sampling) and writes ``checkpoints/teacher_quality.json`` with
+:func:`domains.proteins.metrics.backbone_metrics` of both, the training loss curve summary and
+the same metrics of real held-out chains cropped to the same lengths (the reference).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from workbench.utils import per_sample_generators, write_json
+
+from .domain import CHECKPOINT_DIR, ProteinBackboneDomain
+
+
+def _fmt(m: dict) -> str:
+    keys = ("ca_ca_mean", "ca_ca_std", "ca_ca_outlier_fraction", "clashes_mean", "helix", "strand", "coil", "diversity_n_clusters",
+            "novelty_max_tm_mean", "seconds")
+    return ", ".join(f"{k}={m[k]:.4g}" for k in keys if k in m)
+
+
+def evaluate_teacher(domain: ProteinBackboneDomain, *, n: int = 16, steps: int = 100, temperature: float = 0.5, seed: int = 0,
+                     teacher=None, log=print) -> dict:
+    """Metrics of ``n`` teacher samples with Euler (ODE) and the noise-scaled SDE."""
+    from workbench.api import run_sampler
+    from workbench.losses import Batch
+
+    net = teacher if teacher is not None else domain.load_teacher()
+    proc = domain.process()
+    gb = domain.generation_batch(n, generator=per_sample_generators(seed, n))
+    res: dict = {"n": n, "steps": steps, "seed": seed, "lengths": [int(v) for v in gb.info["lengths"]]}
+    runs = {"euler": {}, "sde": {"temperature": temperature, "noise_scale": 1.0}}
+    for name, opts in runs.items():
+        t0 = time.time()
+        with torch.no_grad():
+            out = run_sampler(net, proc, gb.x_T, sampler=name, steps=steps, prediction=net.prediction, mask=gb.mask,
+                              generator=per_sample_generators(seed + 10_000, n), **opts)
+        m = domain.evaluate(Batch(x=out.x, mask=gb.mask))
+        m["seconds"] = time.time() - t0
+        res[name if not opts else f"sde_T{temperature:g}"] = {"options": opts, "metrics": m}
+        log(f"{name} {opts or ''}: {_fmt(m)}")
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m domains.protein_backbone.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", choices=["train", "eval"], help="run one step (default: both)")
+    ap.add_argument("--steps", type=int, help="training steps (default: the domain's train_defaults)")
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--data", default="real", choices=["real", "ideal", "mixed"])
+    ap.add_argument("--root", help="user directory of PDB/mmCIF files")
+    ap.add_argument("--n-max", type=int, default=128)
+    ap.add_argument("--prediction", default="velocity", choices=["x0", "velocity"])
+    ap.add_argument("--out-dir", default=str(CHECKPOINT_DIR))
+    ap.add_argument("--work-dir", default="runs/protein_backbone/teacher")
+    ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--eval-n", type=int, default=16)
+    ap.add_argument("--eval-steps", type=int, default=100)
+    ap.add_argument("--eval-lengths", default="60,70,80,90,100", help="comma-separated lengths drawn per sample")
+    ap.add_argument("--temperature", type=float, default=0.5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = [args.only] if args.only else ["train", "eval"]
+    command = "python -m domains.protein_backbone.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    info_path = out / "teacher_quality.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info.update({"torch": torch.__version__, "machine": f"{platform.machine()}, {args.threads} threads"})
+    config = {"data": args.data, "n_max": args.n_max, "prediction": args.prediction}
+    if args.root:
+        config["root"] = args.root
+    domain = ProteinBackboneDomain(**config)
+
+    if "train" in steps:
+        from workbench.domain import train_teacher
+
+        cfg = {"device": args.device}
+        for k in ("steps", "batch_size", "lr"):
+            if getattr(args, k) is not None:
+                cfg[k] = getattr(args, k)
+        t0 = time.time()
+        res = train_teacher(domain, cfg, out_dir=args.work_dir, resume=not args.no_resume)
+        seconds = time.time() - t0
+        shutil.copyfile(Path(args.work_dir) / "teacher.safetensors", out / "teacher.safetensors")
+        curve = [{"step": h["step"], "loss": h["main"]} for h in res.history if "main" in h]
+        print(f"teacher: {res.step} steps in {seconds:.0f} s; loss {curve[0]['loss'] if curve else None} -> {curve[-1]['loss'] if curve else None}")
+        info["teacher"] = {"steps": res.step, "seconds_this_run": seconds, "train_config": {**domain.train_defaults, **cfg},
+                           "domain_config": domain.config, "net": domain.net_config(), "loss_curve": curve, "command": command}
+        write_json(info_path, info)
+
+    if "eval" in steps:
+        lengths = [int(v) for v in args.eval_lengths.split(",")]
+        edom = ProteinBackboneDomain(**{**config, "lengths": lengths})
+        teacher = edom.load_teacher(str(out / "teacher.safetensors"))
+        info["quality"] = evaluate_teacher(edom, n=args.eval_n, steps=args.eval_steps, temperature=args.temperature, teacher=teacher)
+        info["quality"]["command"] = command
+    write_json(info_path, info)
+    print(f"wrote {info_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
