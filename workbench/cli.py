@@ -29,6 +29,8 @@ COMMANDS = ("domains", "samplers", "train", "distill", "generate", "evaluate", "
 BENCH_KINDS = ("samplers", "distill")
 #: entry-point group of plugin commands: ``name = "package.module:function"``, ``function(argv: list[str]) -> int``
 COMMAND_GROUP = "workbench.commands"
+#: entry-point group of plugin benchmark kinds (``workbench bench NAME key=value ...``), same function signature
+BENCH_GROUP = "workbench.bench"
 
 
 class CLIError(Exception):
@@ -226,11 +228,13 @@ def cmd_demo(cfg) -> int:
     return 0
 
 
-def plugin_commands() -> dict:
-    """``{name: entry point}`` of the commands installed plugins add (group ``workbench.commands``)."""
+def plugin_commands(group: str = COMMAND_GROUP) -> dict:
+    """``{name: entry point}`` of the commands installed plugins add (group ``workbench.commands``,
+    or ``workbench.bench`` for ``workbench bench NAME ...`` kinds)."""
     from importlib.metadata import entry_points
 
-    return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP) if ep.name not in COMMANDS}
+    builtin = COMMANDS if group == COMMAND_GROUP else BENCH_KINDS
+    return {ep.name: ep for ep in entry_points(group=group) if ep.name not in builtin}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -248,8 +252,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise CLIError(f"unknown command {cmd!r}; valid: {', '.join(list(COMMANDS) + sorted(plugins))}")
         kind = None
         if cmd == "bench":
+            plugins = plugin_commands(BENCH_GROUP)
+            if rest and rest[0] in plugins:
+                return int(plugins[rest[0]].load()(rest[1:]) or 0)
             if not rest or rest[0] not in BENCH_KINDS:
-                raise CLIError(f"bench needs a kind; valid: {', '.join(BENCH_KINDS)}")
+                raise CLIError(f"bench needs a kind; valid: {', '.join(list(BENCH_KINDS) + sorted(plugins))}")
             kind, rest = rest[0], rest[1:]
         cfg = load_config(rest)
         _validate(cfg)
