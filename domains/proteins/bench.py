@@ -1,0 +1,853 @@
+"""Protein benchmarks as ``workbench bench`` plugin kinds (entry-point group ``workbench.bench``).
+
+    workbench bench structure [out=DIR] [n=10] [max_length=150] [steps=[2,3,5]] [full_steps=200] [seed=0] [repeats=1]
+                              [threads=1]
+    workbench bench designability [out=DIR] [n=100] [length=100] [n_seq=8] [fold_steps=5] [source=ideal|real|DIR]
+                                  [batch_size=8] [seed=0] [threads=1]
+    workbench bench backbone [out=DIR] [n=16] [lengths=[60,80,100]] [teacher_steps=200] [teacher=PATH]
+                             [generators=PATH,...] [student_steps=[1,8,16]] [noise_scales=[1.0]] [designability=true]
+                             [n_seq=8] [fold_steps=5] [seed=0] [threads=1]
+
+``structure``: the ``structure_prediction`` model on held-out test chains of its own split:
+AF3's 200-step sampler (``af3_edm`` with AF3's defaults; ``gamma_min`` = 1 A as the domain's
+``predict()`` sets it) against the few-step probability-flow ODE (``af3_edm`` with ``gamma0 =
+0, step_scale_eta = 1``, i.e. Euler on AF3's schedule; the Protenix-Mini observation that 2-5 ODE
+steps lose little accuracy). Mean CA-lDDT, TM-score, CA RMSD and time per chain; the relative
+drop of each few-step row vs the 200-step row, the speed-up, and the acceptance check "drop <=
+5% relative" (on both CA-lDDT and TM-score). Writes ``structure.csv``, ``structure.json``,
+``structure.md`` and ``structure.png``.
+
+``designability``: throughput of the designability pipeline
+(:func:`domains.proteins.designability.run_designability`: ProteinMPNN CA-only + the default
+folder, the in-repo predictor with the few-step ODE) on ``n`` backbones of ``length`` residues:
+procedural ideal backbones (kinds cycling through :data:`domains.proteins.ideal.IDEAL_KINDS`),
+real chains cropped to the length, or the structure files of a directory. Reports backbones
+per minute, seconds per backbone split into inverse folding / folding / metrics + I/O, and the
+designable fraction. Resumable (the pipeline's ``results.jsonl``). Writes
+``designability_bench.md`` / ``.json`` next to the pipeline's own report.
+
+``backbone``: the ``protein_backbone`` teacher (Euler, ``teacher_steps``) against distilled
+generators (``generator.safetensors`` from ``workbench distill domain=protein_backbone
+method=sid ...``) at each student step count and noise scale (Xie et al. 2025, multistep SiD
+with noise modulation): NFE, wall time per sample, designable fraction of the written PDBs,
+diversity, novelty, CA-CA / clash / SSE metrics, wall time per designable sample, and for each
+student row the acceptance check "NFE at least 20x fewer and designable fraction, diversity and
+novelty each within 10% relative of the teacher's". Writes ``backbone.csv``, ``backbone.json``,
+``backbone.md`` and ``backbone.png``.
+
+Options are ``key=value``; lists are ``[a,b]`` or ``a,b``. Bad options give a one-line error
+naming the valid keys (exit code 2).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from workbench.utils import write_json, write_text
+
+#: acceptance tolerances (relative) of the three benchmarks
+STRUCTURE_TOL = 0.05
+BACKBONE_NFE_FACTOR = 20.0
+BACKBONE_TOL = 0.10
+
+
+# --------------------------------------------------------------------------------------------
+# option parsing
+# --------------------------------------------------------------------------------------------
+def _parse_bool(key: str, v: str) -> bool:
+    low = v.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"option {key}={v!r}: expected true or false")
+
+
+def _parse_list(key: str, v: str, item: Callable) -> list:
+    s = v.strip()
+    if s.startswith("[") and s.endswith("]"):
+        s = s[1:-1]
+    parts = [p.strip().strip("'\"") for p in s.split(",") if p.strip()]
+    if not parts:
+        raise ValueError(f"option {key}={v!r}: expected a non-empty list like [a,b]")
+    try:
+        return [item(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"option {key}={v!r}: expected a list of {item.__name__} values like [a,b]") from None
+
+
+def parse_options(argv: Sequence[str], spec: dict, kind: str) -> dict:
+    """``key=value`` arguments -> typed options with defaults.
+
+    ``spec`` maps each key to ``(type, default)``; type is ``int``, ``float``, ``bool``, ``str``
+    or ``("list", int|float|str)``. Unknown keys, arguments that are not ``key=value`` and
+    unparsable values raise a one-line ValueError naming the valid keys."""
+    opts = {k: d for k, (_, d) in spec.items()}
+    for a in argv:
+        key, sep, val = a.partition("=")
+        if not sep or not key:
+            raise ValueError(f"bench {kind}: expected key=value, got {a!r}; valid keys: {', '.join(spec)}")
+        if key not in spec:
+            raise ValueError(f"unknown bench {kind} option {key!r}; valid: {', '.join(spec)}")
+        typ = spec[key][0]
+        if isinstance(typ, tuple):
+            opts[key] = _parse_list(key, val, typ[1])
+        elif typ is bool:
+            opts[key] = _parse_bool(key, val)
+        else:
+            try:
+                opts[key] = typ(val)
+            except ValueError:
+                raise ValueError(f"option {key}={val!r}: expected {typ.__name__}") from None
+    return opts
+
+
+def _positive(name: str, v, minimum: float = 1) -> None:
+    vals = v if isinstance(v, (list, tuple)) else [v]
+    for x in vals:
+        if x is None or x < minimum:
+            raise ValueError(f"{name} must be >= {minimum:g}, got {v!r}")
+
+
+def _run_main(kind: str, argv, spec: dict, doc: str, fn: Callable[[dict], str]) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(doc)
+        print(f"options: {', '.join(f'{k}={d}' for k, (_, d) in spec.items())}")
+        return 0
+    try:
+        o = parse_options(argv, spec, kind)
+        if o.get("threads") is not None:
+            if int(o["threads"]) < 1:
+                raise ValueError(f"threads must be >= 1, got {o['threads']}")
+            torch.set_num_threads(int(o["threads"]))
+        msg = fn(o)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:  # incl. CheckpointError (a RuntimeError)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"workbench bench {kind}: error: {text}", file=sys.stderr)
+        return 2
+    print(msg)
+    return 0
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _fmt(x, fmt: str = "{:.3f}") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, float) and math.isinf(x):
+        return "+inf" if x > 0 else "-inf"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    return fmt.format(x) if isinstance(x, (int, float)) else str(x)
+
+
+def _yes_no(x) -> str:
+    return "n/a" if x is None else ("yes" if x else "no")
+
+
+def _clean(obj):
+    """JSON-safe copy: non-finite floats become the strings ``"inf"``, ``"-inf"``, ``"nan"``."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def _write_csv(path: Path, rows: list[dict], columns: Sequence[str]) -> Path:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    return write_text(path, buf.getvalue())
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    try:
+        load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover
+        load = "n/a"
+    return (f"{platform.machine()} {platform.processor() or ''}".strip() + f", {os.cpu_count()} cores, torch threads "
+            f"{torch.get_num_threads()}, load average {load} (at the end of the run)")
+
+
+# --------------------------------------------------------------------------------------------
+# acceptance logic (pure functions)
+# --------------------------------------------------------------------------------------------
+def relative_change(value: Optional[float], reference: Optional[float], *, higher_is_better: bool = True) -> Optional[float]:
+    """Relative *worsening* of ``value`` vs ``reference``: ``(ref - v) / |ref|`` when higher is
+    better (a drop), ``(v - ref) / |ref|`` when lower is better (an increase); negative means
+    ``value`` is better. ``None`` if either is missing/non-finite; ``0`` if both are 0, ``inf``
+    if the reference is 0 and ``value`` is worse, ``-inf`` if better."""
+    if value is None or reference is None:
+        return None
+    v, r = float(value), float(reference)
+    if not (math.isfinite(v) and math.isfinite(r)):
+        return None
+    worse = (r - v) if higher_is_better else (v - r)
+    if r == 0.0:
+        return 0.0 if worse == 0 else (math.inf if worse > 0 else -math.inf)
+    return worse / abs(r)
+
+
+def structure_acceptance(rows: list[dict], *, tol: float = STRUCTURE_TOL) -> list[dict]:
+    """Fill in the comparison columns of the structure benchmark. ``rows[0]`` is the reference
+    (the 200-step AF3 sampler); every row gets ``lddt_drop`` / ``tm_drop`` (relative drop of mean
+    CA-lDDT / TM-score vs the reference), ``rmsd_increase`` (relative), ``speedup`` (reference
+    seconds per chain / the row's) and ``accept`` = both drops <= ``tol`` (``None`` for the
+    reference row itself). Returns the same list (rows are updated in place)."""
+    if not rows:
+        return rows
+    ref = rows[0]
+    for i, r in enumerate(rows):
+        r["lddt_drop"] = relative_change(r.get("ca_lddt"), ref.get("ca_lddt"), higher_is_better=True)
+        r["tm_drop"] = relative_change(r.get("tm_score"), ref.get("tm_score"), higher_is_better=True)
+        r["rmsd_increase"] = relative_change(r.get("rmsd"), ref.get("rmsd"), higher_is_better=False)
+        s, s0 = r.get("seconds_per_chain"), ref.get("seconds_per_chain")
+        r["speedup"] = (s0 / s) if (s and s0 and s > 0) else None
+        if i == 0:
+            r["accept"] = None
+        elif r["lddt_drop"] is None or r["tm_drop"] is None:
+            r["accept"] = False
+        else:
+            r["accept"] = bool(r["lddt_drop"] <= tol and r["tm_drop"] <= tol)
+    return rows
+
+
+#: backbone acceptance metrics: row key -> higher is better
+BACKBONE_CRITERIA = {"designable_fraction": True, "diversity_cluster_fraction": True, "novelty_max_tm_mean": False}
+
+
+def backbone_acceptance(teacher: dict, student: dict, *, nfe_factor: float = BACKBONE_NFE_FACTOR,
+                        tol: float = BACKBONE_TOL) -> dict:
+    """The student-vs-teacher acceptance check of the backbone benchmark:
+
+    * ``nfe_ratio = teacher NFE / student NFE`` must be ``>= nfe_factor`` (20x fewer);
+    * designable fraction (higher is better), diversity (``diversity_cluster_fraction``: TM-score
+      clusters at 0.5 per sample, higher = more diverse) and novelty (``novelty_max_tm_mean``:
+      mean max TM-score to training chains, lower = more novel) must each be within ``tol``
+      relative of the teacher's. A student that is *better* than the teacher on a metric meets
+      it (only a relative worsening counts: :func:`relative_change`).
+
+    Returns ``{"nfe_ratio", "nfe_ok", "<metric>_rel" (relative worsening), "<metric>_ok",
+    "meets"}``; ``meets`` is ``None`` when a metric is missing (e.g. designability not run)."""
+    out: dict = {}
+    tn, sn = teacher.get("nfe"), student.get("nfe")
+    out["nfe_ratio"] = (float(tn) / float(sn)) if (tn and sn) else None
+    out["nfe_ok"] = None if out["nfe_ratio"] is None else bool(out["nfe_ratio"] >= nfe_factor)
+    oks = [out["nfe_ok"]]
+    for key, higher in BACKBONE_CRITERIA.items():
+        rel = relative_change(student.get(key), teacher.get(key), higher_is_better=higher)
+        out[f"{key}_rel"] = rel
+        out[f"{key}_ok"] = None if rel is None else bool(rel <= tol)
+        oks.append(out[f"{key}_ok"])
+    out["meets"] = None if any(o is None for o in oks) else all(oks)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# bench structure
+# --------------------------------------------------------------------------------------------
+def _structure_domain():
+    from workbench.domain import get_domain
+
+    try:
+        return get_domain("structure_prediction")
+    except ValueError:  # source checkout without the entry point
+        from domains.structure_prediction import StructurePredictionDomain
+
+        return StructurePredictionDomain()
+
+
+def bench_structure(out_dir, *, n: int = 10, max_length: int = 150, steps: Sequence[int] = (2, 3, 5), full_steps: int = 200,
+                    seed: int = 0, repeats: int = 1, domain=None, progress: bool = True) -> dict:
+    """AF3 200-step sampler vs the few-step ODE on the domain's held-out test chains.
+
+    Args:
+        out_dir: where ``structure.{csv,json,md,png}`` go.
+        n, max_length: the first ``n`` test chains (the domain's own split, deterministic order)
+            of at most ``max_length`` residues.
+        steps: few-step ODE step counts (``af3_edm`` with ``gamma0 = 0, step_scale_eta = 1``).
+        full_steps: steps of the reference AF3 sampler (``af3_edm`` defaults; ``gamma_min`` =
+            1 A as set by :meth:`~domains.structure_prediction.StructurePredictionDomain.predict`).
+        seed: chain ``i`` uses seed ``seed + i`` in every row (same initial noise).
+        repeats: each row is run ``repeats`` times (the same seeded predictions) and its time is
+            the fastest run (less sensitive to other load on a shared machine).
+        domain: a ``StructurePredictionDomain`` (default: the shipped model).
+    Returns:
+        ``{"rows": [...], "chains": [...], "csv", "json", "markdown", "plot"}``; each row has
+        the means over chains of ``ca_lddt``, ``tm_score``, ``rmsd``, ``seconds_per_chain``, and
+        the comparison columns of :func:`structure_acceptance`.
+    """
+    from domains.proteins import metrics as pm
+    from domains.proteins.designability import FEW_STEP_ODE
+
+    _positive("n", n)
+    _positive("max_length", max_length, 3)
+    _positive("steps", list(steps))
+    _positive("full_steps", full_steps)
+    _positive("repeats", repeats)
+    dom = domain if domain is not None else _structure_domain()
+    chains = [c for c in dom.chains("test") if len(c) <= int(max_length)][: int(n)]
+    if not chains:
+        raise ValueError(f"no structure_prediction test chains of at most max_length={max_length} residues")
+    seqs = [c.sequence for c in chains]
+    net = dom.teacher()
+    dom.predict(seqs[:1], steps=1, options=dict(FEW_STEP_ODE), seed=seed, model=net)  # warm-up (untimed)
+    configs = [(f"AF3 af3_edm {int(full_steps)} steps", int(full_steps), None)]
+    configs += [(f"ODE {int(k)} steps (gamma0=0, eta=1)", int(k), dict(FEW_STEP_ODE)) for k in steps]
+    rows, per_chain = [], []
+    for name, k, options in configs:
+        times = []
+        for _ in range(int(repeats)):
+            t0 = time.perf_counter()
+            preds = dom.predict(seqs, steps=k, sampler="af3_edm", options=options, seed=int(seed), model=net)
+            times.append(time.perf_counter() - t0)
+        secs = min(times)
+        lddt, tm, rmsd = [], [], []
+        for c, p in zip(chains, preds):
+            ref, ca = c.ca.astype(np.float64), p.ca.astype(np.float64)
+            lddt.append(pm.ca_lddt(ca, ref))
+            tm.append(pm.tm_score(ca, ref, c.sequence, c.sequence))
+            rmsd.append(pm.ca_rmsd(ca, ref))
+            per_chain.append({"config": name, "steps": k, "chain": c.name, "length": len(c), "ca_lddt": lddt[-1],
+                              "tm_score": tm[-1], "rmsd": rmsd[-1]})
+        opts_used = {"gamma_min": 1.0 / dom.unit} if options is None else {**options, "gamma_min": 1.0 / dom.unit}
+        rows.append({"config": name, "sampler": "af3_edm", "steps": k, "nfe": k, "options": json.dumps(opts_used, sort_keys=True),
+                     "n_chains": len(chains), "ca_lddt": float(np.nanmean(lddt)), "tm_score": float(np.nanmean(tm)),
+                     "rmsd": float(np.nanmean(rmsd)), "seconds_per_chain": secs / len(chains), "seconds_total": secs,
+                     "seconds_runs": times})
+        _log(progress, f"bench structure: {name}: lDDT {rows[-1]['ca_lddt']:.4f}, TM {rows[-1]['tm_score']:.4f}, "
+                       f"RMSD {rows[-1]['rmsd']:.2f} A, {rows[-1]['seconds_per_chain']:.3f} s/chain")
+    structure_acceptance(rows)
+    out = Path(out_dir)
+    cols = ["config", "sampler", "steps", "nfe", "options", "n_chains", "ca_lddt", "tm_score", "rmsd", "seconds_per_chain",
+            "seconds_total", "lddt_drop", "tm_drop", "rmsd_increase", "speedup", "accept"]
+    csv_path = _write_csv(out / "structure.csv", rows, cols)
+    info = {"benchmark": "structure", "n": len(chains), "max_length": int(max_length), "steps": [int(k) for k in steps],
+            "full_steps": int(full_steps), "seed": int(seed), "repeats": int(repeats), "tolerance": STRUCTURE_TOL,
+            "chains": [{"name": c.name, "length": len(c)} for c in chains], "rows": rows, "per_chain": per_chain,
+            "model": str(dom.default_teacher_path()), "machine": _machine()}
+    json_path = out / "structure.json"
+    write_json(json_path, _clean(info))
+    png = _plot_structure(rows, out / "structure.png")
+    md = _structure_markdown(info)
+    md_path = write_text(out / "structure.md", md)
+    return {"rows": rows, "chains": info["chains"], "csv": str(csv_path), "json": str(json_path), "markdown": str(md_path),
+            "plot": str(png), "text": md}
+
+
+def _structure_markdown(info: dict) -> str:
+    rows = info["rows"]
+    lens = [c["length"] for c in info["chains"]]
+    lines = [
+        "# Structure prediction: AF3 sampler vs few-step ODE",
+        "",
+        f"- {info['n']} held-out test chains of the structure_prediction split (length {min(lens)}-{max(lens)}, "
+        f"at most {info['max_length']}), seed {info['seed']} (chain i uses seed + i in every row); time per chain: "
+        f"the fastest of {info['repeats']} run(s) of all chains (one batch), divided by the number of chains.",
+        f"- Model: {info['model']} (the small in-repo AF3-style CA model).",
+        "- Reference: `af3_edm` with AF3's defaults (gamma0 0.8, lambda 1.003, eta 1.5, gamma_min 1 A) at "
+        f"{info['full_steps']} steps; few-step rows: the probability-flow ODE (`af3_edm` gamma0 = 0, step_scale_eta = 1) on "
+        "AF3's noise schedule. NFE = diffusion-module calls (the trunk runs once per chain in every row).",
+        f"- Acceptance: CA-lDDT and TM-score each drop <= {100 * info['tolerance']:g}% relative to the reference row.",
+        f"- Machine: {info['machine']}.",
+        "",
+        "| sampler | NFE | CA-lDDT | TM-score | RMSD (A) | s / chain | lDDT drop | TM drop | speed-up | drop <= 5% |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        pct = lambda x: "-" if r is rows[0] else _fmt(None if x is None else 100 * x, "{:+.1f}%")  # noqa: E731
+        lines.append(f"| {r['config']} | {r['nfe']} | {r['ca_lddt']:.4f} | {r['tm_score']:.4f} | {r['rmsd']:.2f} | "
+                     f"{r['seconds_per_chain']:.3f} | {pct(r['lddt_drop'])} | {pct(r['tm_drop'])} | "
+                     f"{'-' if r is rows[0] else _fmt(r['speedup'], '{:.1f}x')} | {'-' if r is rows[0] else _yes_no(r['accept'])} |")
+    lines += ["", "![structure](structure.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot_structure(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from workbench.utils import save_figure
+
+    ref, few = rows[0], rows[1:]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    nfe = [r["nfe"] for r in few]
+    for key, label, mk in (("ca_lddt", "CA-lDDT", "o"), ("tm_score", "TM-score", "s")):
+        line = axes[0].plot(nfe, [r[key] for r in few], marker=mk, label=f"ODE {label}")[0]
+        axes[0].axhline(ref[key], color=line.get_color(), ls="--", lw=1, label=f"AF3 {ref['nfe']} steps {label}")
+        axes[0].axhline(ref[key] * (1 - STRUCTURE_TOL), color=line.get_color(), ls=":", lw=0.8)
+    axes[0].set_xlabel("NFE (ODE steps)")
+    axes[0].set_ylabel("score (dotted: -5%)")
+    axes[0].legend(fontsize=7)
+    axes[1].bar([str(r["nfe"]) for r in rows], [r["seconds_per_chain"] for r in rows], color=["0.5"] + ["C0"] * len(few))
+    axes[1].set_xlabel("NFE")
+    axes[1].set_ylabel("seconds per chain")
+    axes[1].set_yscale("log")
+    fig.suptitle("structure_prediction: AF3 sampler vs few-step ODE (held-out test chains)", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+STRUCTURE_OPTIONS = {"out": (str, "outputs/bench_structure"), "n": (int, 10), "max_length": (int, 150),
+                     "steps": (("list", int), [2, 3, 5]), "full_steps": (int, 200), "seed": (int, 0), "repeats": (int, 1),
+                     "threads": (int, 1), "progress": (bool, True)}
+
+
+def structure_main(argv: Optional[list[str]] = None) -> int:
+    """``workbench bench structure key=value ...``; returns the exit code (2 on bad input)."""
+    def run(o):
+        res = bench_structure(o["out"], n=o["n"], max_length=o["max_length"], steps=o["steps"], full_steps=o["full_steps"],
+                              seed=o["seed"], repeats=o["repeats"], progress=o["progress"])
+        return res["text"] + f"\nwrote {res['csv']}, {res['json']}, {res['markdown']}, {res['plot']}"
+
+    return _run_main("structure", argv, STRUCTURE_OPTIONS, "workbench bench structure: AF3 200-step sampler vs few-step ODE "
+                     "on held-out test chains", run)
+
+
+# --------------------------------------------------------------------------------------------
+# bench designability
+# --------------------------------------------------------------------------------------------
+DESIGNABILITY_SOURCES = ("ideal", "real")
+
+
+def designability_backbones(source: str = "ideal", n: int = 100, length: int = 100, *, seed: int = 0) -> list:
+    """The benchmark's input backbones: a list of :class:`~domains.proteins.chain.Chain` (or
+    structure file paths for a directory ``source``).
+
+    * ``ideal``: :func:`~domains.proteins.ideal.ideal_chain` of kinds cycling through
+      ``IDEAL_KINDS``, each built at ``length`` residues with torsion noise from a generator
+      seeded by ``(seed, i)``;
+    * ``real``: the real chains of all splits (:func:`~domains.proteins.data.dataset_chains`) of
+      at least ``length`` residues, cropped to ``length``: the central window on the first pass
+      over the chains, windows at offsets drawn from a ``(seed, i)`` generator on later passes;
+    * a directory: its first ``n`` structure files (sorted), used as they are (``length`` is
+      ignored).
+    """
+    _positive("n", n)
+    _positive("length", length, 6)
+    n, length = int(n), int(length)
+    if source == "ideal":
+        from .ideal import IDEAL_KINDS, ideal_chain
+
+        out = []
+        for i in range(n):
+            kind = IDEAL_KINDS[i % len(IDEAL_KINDS)]
+            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
+            out.append(ideal_chain(kind, length, generator=g, name=f"ideal_{kind}_{length}_{i:04d}"))
+        return out
+    if source == "real":
+        from .chain import Chain
+        from .data import dataset_chains
+
+        pool = sorted((c for c in dataset_chains("all", source="real") if len(c) >= length), key=lambda c: c.name)
+        if not pool:
+            raise ValueError(f"no real chains of at least length={length} residues")
+        out = []
+        for i in range(n):
+            c = pool[i % len(pool)]
+            if i < len(pool):
+                start = (len(c) - length) // 2
+            else:
+                g = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
+                start = int(torch.randint(0, len(c) - length + 1, (1,), generator=g))
+            out.append(Chain(name=f"{c.name}_{i:04d}_crop{start}", sequence=c.sequence[start:start + length],
+                             coords=c.coords[start:start + length].copy(), source=c.source, meta={"crop_start": start}))
+        return out
+    p = Path(str(source)).expanduser()
+    if p.is_dir():
+        from .designability import expand_inputs
+
+        return expand_inputs(p)[:n]
+    raise ValueError(f"unknown designability source {source!r}; valid: {', '.join(DESIGNABILITY_SOURCES)} or a directory of "
+                     "PDB/mmCIF files")
+
+
+def _read_jsonl(path: Path) -> dict:
+    out: dict = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(r, dict) and "key" in r:
+                out[r["key"]] = r
+    return out
+
+
+def timed_designability(inputs, out_dir, *, inverse_folder, folder, n_seq: int, batch_size: int = 8, seed: int = 0,
+                        progress: bool = True) -> dict:
+    """:func:`~domains.proteins.designability.run_designability` plus a timing breakdown of
+    the backbones evaluated in *this* run (resumed ones are excluded): ``design_seconds``
+    (inverse folding) and ``fold_seconds`` (folding) summed from the pipeline's per-backbone
+    records, ``metrics_seconds`` = the run's wall time minus both (scRMSD/scTM, file I/O,
+    batching), ``n_new`` and ``wall_seconds``."""
+    from .designability import run_designability
+
+    results = Path(out_dir) / "results.jsonl"
+    before = _read_jsonl(results)
+    t0 = time.perf_counter()
+    rep = run_designability(inputs, out_dir, inverse_folder=inverse_folder, folder=folder, n_seq=int(n_seq),
+                            batch_size=int(batch_size), seed=int(seed), progress=progress)
+    wall = time.perf_counter() - t0
+    after = _read_jsonl(results)
+    new = [r for k, r in after.items() if r.get("status") == "ok" and before.get(k) != r]
+    design = float(sum(r.get("design_seconds", 0.0) for r in new))
+    fold = float(sum(r.get("fold_seconds", 0.0) for r in new))
+    rep["timing"] = {"n_new": len(new), "wall_seconds": wall, "design_seconds": design, "fold_seconds": fold,
+                     "metrics_seconds": max(0.0, wall - design - fold) if new else None}
+    return rep
+
+
+def load_designability_models(fold_steps: int = 5):
+    """``(inverse folder, folder, load seconds)``: ProteinMPNN CA-only and the default folder
+    (in-repo predictor, ``fold_steps``-step ODE), with the predictor's weights loaded."""
+    from .designability import load_folder, load_inverse_folder
+
+    t0 = time.perf_counter()
+    inv = load_inverse_folder("proteinmpnn_ca")
+    fold = load_folder("default", steps=int(fold_steps))
+    dom = getattr(fold, "domain", None)
+    if dom is not None and hasattr(dom, "teacher"):
+        dom.teacher()  # load the weights now, not inside the first timed fold call
+    return inv, fold, time.perf_counter() - t0
+
+
+def bench_designability(out_dir, *, n: int = 100, length: int = 100, n_seq: int = 8, fold_steps: int = 5, source: str = "ideal",
+                        batch_size: int = 8, seed: int = 0, progress: bool = True, models=None) -> dict:
+    """Designability throughput on ``n`` backbones (:func:`designability_backbones`).
+
+    Runs the pipeline into ``out_dir`` (resumable: a rerun skips evaluated backbones) and writes
+    ``designability_bench.json`` / ``.md``: backbones per minute (this run: new backbones / wall
+    time, models loaded beforehand and timed separately), seconds per backbone split into
+    inverse folding, folding and metrics + I/O, designable fraction, mean best scRMSD / scTM.
+    ``models``: ``(inverse_folder, folder)`` to reuse (default :func:`load_designability_models`).
+    Returns the summary dict."""
+    _positive("n_seq", n_seq)
+    _positive("fold_steps", fold_steps)
+    _positive("batch_size", batch_size)
+    out = Path(out_dir)
+    backbones = designability_backbones(source, n, length, seed=seed)
+    if models is None:
+        inv, fold, load_s = load_designability_models(fold_steps)
+    else:
+        (inv, fold), load_s = models, 0.0
+    _log(progress, f"bench designability: {len(backbones)} backbones ({source}), n_seq={n_seq}, fold: {fold.name}")
+    rep = timed_designability(backbones, out, inverse_folder=inv, folder=fold, n_seq=n_seq, batch_size=batch_size, seed=seed,
+                              progress=progress)
+    t = rep["timing"]
+    k = t["n_new"]
+    lengths = [len(b) for b in backbones if not isinstance(b, (str, Path))]
+    summary = {
+        "benchmark": "designability", "source": str(source), "n": len(backbones), "length": int(length),
+        "lengths_mean": float(np.mean(lengths)) if lengths else None, "n_seq": int(n_seq), "fold_steps": int(fold_steps),
+        "batch_size": int(batch_size), "seed": int(seed), "inverse_folder": rep["inverse_folder"], "folder": rep["folder"],
+        "folder_note": rep.get("folder_note"), "model_load_seconds": load_s,
+        "n_evaluated": rep["n_evaluated"], "n_errors": rep["n_errors"], "n_new": k, "n_resumed": rep["n_resumed"],
+        "designable_fraction": rep["designable_fraction"], "n_designable": rep["n_designable"],
+        "mean_best_sc_rmsd": rep["mean_best_sc_rmsd"], "mean_best_sc_tm": rep["mean_best_sc_tm"],
+        "wall_seconds": t["wall_seconds"],
+        "backbones_per_minute": 60.0 * k / t["wall_seconds"] if k and t["wall_seconds"] > 0 else rep.get("backbones_per_minute"),
+        "seconds_per_backbone": t["wall_seconds"] / k if k else rep.get("seconds_per_backbone"),
+        "design_seconds_per_backbone": t["design_seconds"] / k if k else None,
+        "fold_seconds_per_backbone": t["fold_seconds"] / k if k else None,
+        "metrics_seconds_per_backbone": t["metrics_seconds"] / k if k else None,
+        "pipeline_report": str(out / "report.json"), "machine": _machine(),
+    }
+    write_json(out / "designability_bench.json", _clean(summary))
+    md = _designability_markdown(summary)
+    write_text(out / "designability_bench.md", md)
+    summary["text"] = md
+    summary["json"], summary["markdown"] = str(out / "designability_bench.json"), str(out / "designability_bench.md")
+    return summary
+
+
+def _designability_markdown(s: dict) -> str:
+    src = {"ideal": "procedural ideal backbones (helix, strand, hairpin, helix bundle, cycling)",
+           "real": "real chains cropped to the length"}.get(s["source"], f"structure files of {s['source']}")
+    lines = [
+        "# Designability throughput",
+        "",
+        f"- Backbones: {s['n']} {src}, length {s['length'] if s['source'] in DESIGNABILITY_SOURCES else _fmt(s['lengths_mean'], '{:.1f} (mean)')}.",
+        f"- Inverse folder: {s['inverse_folder']}, {s['n_seq']} sequences per backbone; folder: {s['folder']}.",
+        f"- {s.get('folder_note') or ''}",
+        f"- Batch size {s['batch_size']} backbones, seed {s['seed']}; models loaded in {s['model_load_seconds']:.1f} s (not counted).",
+        f"- This run: {s['n_new']} backbones evaluated in {s['wall_seconds']:.1f} s ({s['n_resumed']} taken from an earlier run, "
+        f"{s['n_errors']} errors).",
+        f"- Machine: {s['machine']}.",
+        "",
+        "| backbones / min | s / backbone | inverse folding | folding | metrics + I/O | designable fraction | mean best scRMSD (A) | mean best scTM |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {_fmt(s['backbones_per_minute'], '{:.2f}')} | {_fmt(s['seconds_per_backbone'], '{:.2f}')} | "
+        f"{_fmt(s['design_seconds_per_backbone'], '{:.2f}')} | {_fmt(s['fold_seconds_per_backbone'], '{:.2f}')} | "
+        f"{_fmt(s['metrics_seconds_per_backbone'], '{:.2f}')} | {_fmt(s['designable_fraction'])} | "
+        f"{_fmt(s['mean_best_sc_rmsd'], '{:.2f}')} | {_fmt(s['mean_best_sc_tm'])} |",
+        "",
+        "Per-backbone results: `results.jsonl`; the pipeline's own report: `report.md`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+DESIGNABILITY_OPTIONS = {"out": (str, "outputs/bench_designability"), "n": (int, 100), "length": (int, 100), "n_seq": (int, 8),
+                         "fold_steps": (int, 5), "source": (str, "ideal"), "batch_size": (int, 8), "seed": (int, 0),
+                         "threads": (int, 1), "progress": (bool, True)}
+
+
+def designability_main(argv: Optional[list[str]] = None) -> int:
+    """``workbench bench designability key=value ...``; returns the exit code (2 on bad input)."""
+    def run(o):
+        res = bench_designability(o["out"], n=o["n"], length=o["length"], n_seq=o["n_seq"], fold_steps=o["fold_steps"],
+                                  source=o["source"], batch_size=o["batch_size"], seed=o["seed"], progress=o["progress"])
+        return res["text"] + f"\nwrote {res['json']}, {res['markdown']}"
+
+    return _run_main("designability", argv, DESIGNABILITY_OPTIONS, "workbench bench designability: designability "
+                     "throughput (backbones per minute)", run)
+
+
+# --------------------------------------------------------------------------------------------
+# bench backbone
+# --------------------------------------------------------------------------------------------
+def _backbone_domain(config: Optional[dict], lengths: Sequence[int]):
+    from domains.protein_backbone import ProteinBackboneDomain
+
+    from domains.protein_backbone.domain import CONFIG_KEYS
+
+    cfg = {k: v for k, v in (config or {}).items() if k in CONFIG_KEYS and v is not None}
+    cfg["lengths"] = [int(v) for v in lengths]
+    # generation pads to max(n_max, max(lengths)); the network ignores padding, so pad only to the longest length
+    cfg["n_max"] = max(2, max(cfg["lengths"]))
+    return ProteinBackboneDomain(**cfg)
+
+
+def _sample_pdbs(domain, samples, out_dir: Path) -> list[Path]:
+    domain.save_samples(samples, out_dir)
+    return sorted(p for p in Path(out_dir).glob("sample_*.pdb") if not p.stem.endswith("_backbone"))
+
+
+BACKBONE_METRICS = ("ca_ca_mean", "ca_ca_std", "ca_ca_outlier_fraction", "clashes_mean", "clash_free_fraction", "helix", "strand",
+                    "coil", "diversity_cluster_fraction", "diversity_mean_pairwise_tm", "novelty_max_tm_mean",
+                    "novelty_novel_fraction", "nonfinite_fraction")
+
+
+def bench_backbone(out_dir, *, n: int = 16, lengths: Sequence[int] = (60, 80, 100), teacher_steps: int = 200,
+                   teacher: Optional[str] = None, generators: Sequence[str] = (), student_steps: Sequence[int] = (1, 8, 16),
+                   noise_scales: Sequence[float] = (1.0,), designability: bool = True, n_seq: int = 8, fold_steps: int = 5,
+                   seed: int = 0, batch_size: int = 16, progress: bool = True, models=None) -> dict:
+    """The ``protein_backbone`` teacher vs distilled generators.
+
+    Every row draws the same ``n`` lengths (uniform over ``lengths``) and initial noises (sample
+    ``i`` from seed ``seed + i``). The teacher row is ``euler`` with ``teacher_steps`` steps on
+    the teacher (``teacher``: a checkpoint path, default the shipped one; its domain config is
+    taken from the checkpoint header). Each generator (a ``generator.safetensors`` of
+    ``workbench distill domain=protein_backbone``) gives one row per ``student_steps`` x
+    ``noise_scales`` (:func:`workbench.runner.sample_generator`). All rows are evaluated by the
+    teacher's domain (:meth:`ProteinBackboneDomain.evaluate`, novelty against the same
+    training chains); with ``designability`` the written CA-only PDBs go through
+    :func:`~domains.proteins.designability.run_designability` (ProteinMPNN CA-only,
+    ``n_seq`` sequences, in-repo folder with the ``fold_steps``-step ODE).
+
+    Per row: ``nfe``, ``seconds_per_sample`` (sampling wall time / n), the metrics of
+    :data:`BACKBONE_METRICS`, ``designable_fraction``, ``seconds_per_designable`` (sampling
+    wall time / number of designable samples) and, for generator rows, the acceptance columns of
+    :func:`backbone_acceptance`. Writes ``backbone.{csv,json,md,png}`` and per-row sample
+    directories."""
+    from workbench.checkpoint import load_weights
+    from workbench.runner import load_generator, sample_domain, sample_generator
+
+    _positive("n", n)
+    _positive("lengths", list(lengths), 2)
+    _positive("teacher_steps", teacher_steps)
+    _positive("student_steps", list(student_steps))
+    if any(not (math.isfinite(float(s)) and float(s) >= 0) for s in noise_scales):
+        raise ValueError(f"noise_scales must be finite numbers >= 0, got {list(noise_scales)!r}")
+    _positive("n_seq", n_seq)
+    gen_paths = [Path(p).expanduser() for p in generators]
+    for p in gen_paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"generator not found: {p} (a generator.safetensors written by 'workbench distill')")
+    out = Path(out_dir)
+    tcfg = None
+    if teacher is not None:
+        if not Path(teacher).is_file():
+            raise FileNotFoundError(f"teacher checkpoint not found: {teacher}")
+        tcfg = (load_weights(teacher)[1] or {}).get("config")
+    dom = _backbone_domain(tcfg, lengths)
+    net = dom.load_teacher(teacher)
+    if designability:
+        inv, fold = (models if models is not None else load_designability_models(fold_steps)[:2])
+    rows: list[dict] = []
+
+    def finish(row: dict, samples, seconds: float, nfe: int, tag: str) -> dict:
+        row.update({"nfe": int(nfe), "n": int(n), "seconds_total": seconds, "seconds_per_sample": seconds / int(n)})
+        m = dom.evaluate(samples)
+        row.update({k: float(m[k]) if k in m else None for k in BACKBONE_METRICS})
+        row_dir = out / "rows" / tag
+        pdbs = _sample_pdbs(dom, samples, row_dir / "samples")
+        row["samples"] = str(row_dir / "samples")
+        row["designable_fraction"] = row["n_designable"] = row["mean_best_sc_rmsd"] = row["seconds_per_designable"] = None
+        if designability:
+            rep = timed_designability(pdbs, row_dir / "designability", inverse_folder=inv, folder=fold, n_seq=n_seq,
+                                      seed=seed, progress=False)
+            row.update({"designable_fraction": rep["designable_fraction"], "n_designable": rep["n_designable"],
+                        "mean_best_sc_rmsd": rep["mean_best_sc_rmsd"], "designability_seconds": rep["timing"]["wall_seconds"]})
+            nd = rep["n_designable"] or 0
+            row["seconds_per_designable"] = seconds / nd if nd else None
+        _log(progress, f"bench backbone: {row['name']}: NFE {row['nfe']}, {row['seconds_per_sample']:.3f} s/sample, "
+                       f"designable {_fmt(row['designable_fraction'])}, diversity {_fmt(row['diversity_cluster_fraction'])}, "
+                       f"novelty {_fmt(row['novelty_max_tm_mean'])}")
+        return row
+
+    samples, info = sample_domain(dom, net, sampler="euler", steps=int(teacher_steps), n=int(n), seed=int(seed),
+                                  batch_size=int(batch_size), progress=False)
+    rows.append(finish({"name": f"teacher euler {int(teacher_steps)}", "kind": "teacher", "model": str(teacher or dom.default_teacher_path()),
+                        "method": "teacher", "steps": int(teacher_steps), "noise_scale": None}, samples, info["seconds"],
+                       info["nfe"], f"teacher_euler{int(teacher_steps)}"))
+    for gi, p in enumerate(gen_paths):
+        gmeta = load_weights(p)[1] or {}
+        gdom = _backbone_domain(gmeta.get("config"), lengths)
+        gen, meta = load_generator(gdom, p)
+        for k in student_steps:
+            for s in noise_scales:
+                smp, sinfo = sample_generator(gdom, gen, steps=int(k), n=int(n), seed=int(seed), batch_size=int(batch_size),
+                                              noise_scale=float(s))
+                tag = f"gen{gi}_{meta.get('method', 'generator')}_k{int(k)}_s{float(s):g}"
+                rows.append(finish({"name": f"{meta.get('method', 'generator')} #{gi} {int(k)} steps, noise {float(s):g}",
+                                    "kind": "student", "model": str(p), "method": meta.get("method"), "steps": int(k),
+                                    "noise_scale": float(s)}, smp, sinfo["seconds"], sinfo["nfe"], tag))
+    ref = rows[0]
+    for r in rows[1:]:
+        r.update(backbone_acceptance(ref, r))
+    cols = ["name", "kind", "method", "steps", "noise_scale", "nfe", "n", "seconds_per_sample", "designable_fraction",
+            "n_designable", "mean_best_sc_rmsd", "seconds_per_designable", *BACKBONE_METRICS, "nfe_ratio",
+            "designable_fraction_rel", "diversity_cluster_fraction_rel", "novelty_max_tm_mean_rel", "meets", "model"]
+    csv_path = _write_csv(out / "backbone.csv", rows, cols)
+    info = {"benchmark": "backbone", "n": int(n), "lengths": [int(v) for v in lengths], "teacher_steps": int(teacher_steps),
+            "generators": [str(p) for p in gen_paths], "student_steps": [int(k) for k in student_steps],
+            "noise_scales": [float(s) for s in noise_scales], "designability": bool(designability), "n_seq": int(n_seq),
+            "fold_steps": int(fold_steps), "seed": int(seed), "nfe_factor": BACKBONE_NFE_FACTOR, "tolerance": BACKBONE_TOL,
+            "rows": rows, "machine": _machine()}
+    json_path = out / "backbone.json"
+    write_json(json_path, _clean(info))
+    png = _plot_backbone(rows, out / "backbone.png")
+    md = _backbone_markdown(info)
+    md_path = write_text(out / "backbone.md", md)
+    return {"rows": rows, "csv": str(csv_path), "json": str(json_path), "markdown": str(md_path), "plot": str(png), "text": md}
+
+
+def _backbone_markdown(info: dict) -> str:
+    rows = info["rows"]
+    lines = [
+        "# Protein backbone generation: teacher vs distilled generators",
+        "",
+        f"- {info['n']} samples per row, lengths drawn uniformly from {info['lengths']}, seed {info['seed']} (same lengths and "
+        "initial noise in every row).",
+        f"- Teacher: Euler (probability-flow ODE) with {info['teacher_steps']} steps. Students: "
+        f"{', '.join(info['generators']) or 'none given'}.",
+        ("- Designability: ProteinMPNN CA-only, "
+         f"{info['n_seq']} sequences per backbone, refolded by the small in-repo structure predictor ({info['fold_steps']}-step "
+         "ODE), designable = best scRMSD < 2 A (not comparable with ESMFold-based numbers)." if info["designability"]
+         else "- Designability: not run (designability=false)."),
+        "- Diversity: TM-score clusters (complete linkage at TM 0.5) per sample (higher = more diverse); novelty: mean max "
+        "TM-score to training chains (lower = more novel). s / sample: sampling wall time per sample (one batch); "
+        "s / designable: sampling wall time / number of designable samples (the designability check itself not included).",
+        f"- Acceptance (students): NFE at least {info['nfe_factor']:g}x fewer than the teacher's, and designable fraction, "
+        f"diversity and novelty each within {100 * info['tolerance']:g}% relative of the teacher's (being better counts as "
+        "within).",
+        f"- Machine: {info['machine']}.",
+        "",
+        "| model | NFE | s / sample | designable | s / designable | diversity | novelty (max TM) | CA-CA (A) | CA-CA outliers | "
+        "clashes | helix / strand / coil | NFE ratio | meets |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for r in rows:
+        st = r is rows[0]
+        lines.append(
+            f"| {r['name']} | {r['nfe']} | {r['seconds_per_sample']:.3f} | {_fmt(r['designable_fraction'])} | "
+            f"{_fmt(r['seconds_per_designable'], '{:.2f}')} | {_fmt(r['diversity_cluster_fraction'])} | "
+            f"{_fmt(r['novelty_max_tm_mean'])} | {_fmt(r['ca_ca_mean'], '{:.2f}')} | {_fmt(r['ca_ca_outlier_fraction'])} | "
+            f"{_fmt(r['clashes_mean'], '{:.1f}')} | {_fmt(r['helix'], '{:.2f}')} / {_fmt(r['strand'], '{:.2f}')} / "
+            f"{_fmt(r['coil'], '{:.2f}')} | {'-' if st else _fmt(r.get('nfe_ratio'), '{:.1f}x')} | "
+            f"{'-' if st else _yes_no(r.get('meets'))} |")
+    lines += ["", "![backbone](backbone.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot_backbone(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from workbench.utils import save_figure
+
+    keys = [("designable_fraction", "designable fraction"), ("diversity_cluster_fraction", "diversity (clusters / sample)"),
+            ("novelty_max_tm_mean", "novelty: max TM to train")]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    ref = rows[0]
+    for ax, (k, label) in zip(axes, keys):
+        for r in rows[1:]:
+            if r.get(k) is not None:
+                ax.scatter(r["nfe"], r[k], s=18, label=r["name"])
+        if ref.get(k) is not None:
+            ax.scatter(ref["nfe"], ref[k], marker="*", s=80, c="k", label=ref["name"])
+            ax.axhline(ref[k], color="k", lw=0.6, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_title(label, fontsize=9)
+    handles, labels = axes[1].get_legend_handles_labels()
+    if handles:
+        axes[1].legend(fontsize=6)
+    fig.suptitle("protein_backbone: teacher vs distilled generators", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+BACKBONE_OPTIONS = {"out": (str, "outputs/bench_backbone"), "n": (int, 16), "lengths": (("list", int), [60, 80, 100]),
+                    "teacher_steps": (int, 200), "teacher": (str, None), "generators": (("list", str), []),
+                    "student_steps": (("list", int), [1, 8, 16]), "noise_scales": (("list", float), [1.0]),
+                    "designability": (bool, True), "n_seq": (int, 8), "fold_steps": (int, 5), "seed": (int, 0),
+                    "batch_size": (int, 16), "threads": (int, 1), "progress": (bool, True)}
+
+
+def backbone_main(argv: Optional[list[str]] = None) -> int:
+    """``workbench bench backbone key=value ...``; returns the exit code (2 on bad input)."""
+    def run(o):
+        res = bench_backbone(o["out"], n=o["n"], lengths=o["lengths"], teacher_steps=o["teacher_steps"], teacher=o["teacher"],
+                             generators=o["generators"], student_steps=o["student_steps"], noise_scales=o["noise_scales"],
+                             designability=o["designability"], n_seq=o["n_seq"], fold_steps=o["fold_steps"], seed=o["seed"],
+                             batch_size=o["batch_size"], progress=o["progress"])
+        return res["text"] + f"\nwrote {res['csv']}, {res['json']}, {res['markdown']}, {res['plot']}"
+
+    return _run_main("backbone", argv, BACKBONE_OPTIONS, "workbench bench backbone: protein_backbone teacher vs distilled "
+                     "generators", run)
+
+
+__all__ = [
+    "BACKBONE_CRITERIA", "backbone_acceptance", "backbone_main", "bench_backbone", "bench_designability", "bench_structure",
+    "designability_backbones", "designability_main", "load_designability_models", "parse_options", "relative_change",
+    "structure_acceptance", "structure_main", "timed_designability",
+]
