@@ -63,13 +63,7 @@ BACKBONE_TOL = 0.10
 # --------------------------------------------------------------------------------------------
 # option parsing
 # --------------------------------------------------------------------------------------------
-def _parse_bool(key: str, v: str) -> bool:
-    low = v.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"option {key}={v!r}: expected true or false")
+from .cli import _parse_bool  # noqa: E402  (one boolean syntax for every protein command)
 
 
 def _parse_list(key: str, v: str, item: Callable) -> list:
