@@ -221,8 +221,11 @@ def _exact_samples():
 
 
 def _stochastic_cases():
-    cases = [("sde", {}), ("sde", {"noise_scale": 0.5}), ("euler", {"eta": 1.0}), ("heun", {"s_churn": 10.0})]
-    seen = {c[0] for c in cases if not c[1]}
+    # af3_edm at its marginal-preserving setting (AF3's default step_scale_eta = 1.5 and
+    # noise_scale_lambda = 1.003 deliberately sharpen the distribution, like a low temperature)
+    cases = [("sde", {}), ("sde", {"noise_scale": 0.5}), ("euler", {"eta": 1.0}), ("heun", {"s_churn": 10.0}),
+             ("af3_edm", {"step_scale_eta": 1.0, "noise_scale_lambda": 1.0})]
+    seen = {c[0] for c in cases}
     cases += [(n, {}) for n, s in sorted(SAMPLERS.items()) if s.stochastic and n not in seen]
     return cases
 
