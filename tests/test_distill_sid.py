@@ -206,3 +206,24 @@ def test_sid_loss_masks_padding():
     assert torch.allclose(sid_loss(x2, f_r, f_f, 1.2, mask), full)
     full.sum().backward()
     assert float(x.grad[0, 2].abs().max()) == 0.0 and float(x.grad[1, 1:].abs().max()) == 0.0
+
+
+def test_generator_samples_with_its_training_noise_scale_by_default():
+    """The spec records ``train_noise_scale``; the rebuilt generator uses it when no
+    ``noise_scale`` is given, and an explicit value overrides it."""
+    from workbench.distill.recipes import build_generator
+
+    d, ctx = ctx_for("pointset", steps=3)
+    setup = setup_method("sid", ctx, {"train_noise_scale": 0.5, "student": {"hidden": 32, "depth": 1, "heads": 2, "freq_dim": 16}})
+    assert setup.spec["noise_scale"] == 0.5
+    gen = build_generator(d, setup.spec).eval()
+    assert gen.noise_scale == 0.5
+    gb = d.generation_batch(4, generator=torch.Generator().manual_seed(0))
+
+    def run(**kw):
+        return gen.generate(gb.x_T, 3, mask=gb.mask, generator=torch.Generator().manual_seed(1), **kw)
+
+    with torch.no_grad():
+        default, half, one = run(), run(noise_scale=0.5), run(noise_scale=1.0)
+    torch.testing.assert_close(default, half)
+    assert not torch.allclose(default, one)

@@ -129,7 +129,7 @@ def generate(domain: Union[str, Domain], *, sampler: str = "dpm_solver_pp_2m", s
     if generator is not None:  # a distilled few-step generator instead of a sampler on the teacher
         model, gmeta = load_generator(dom, generator, device=resolve_device(device))
         samples, info = sample_generator(dom, model, steps=steps, n=n, seed=seed, batch_size=batch_size, device=device,
-                                         noise_scale=float((options or {}).get("noise_scale", 1.0)))
+                                         noise_scale=(options or {}).get("noise_scale"))
         sampler = f"generator:{gmeta['method']}"
         n_ref = 0  # a generator has no ODE to compare with
     else:
@@ -241,9 +241,10 @@ def load_generator(domain: Domain, path: PathLike, *, device="cpu"):
 
 
 def sample_generator(domain: Domain, gen, *, steps: int, n: int, seed: int, batch_size: int = 256, device="cpu",
-                     noise_scale: float = 1.0) -> tuple[Batch, dict]:
+                     noise_scale: Optional[float] = None) -> tuple[Batch, dict]:
     """``n`` samples from a distilled few-step generator with ``steps`` steps (its own grid when
-    it has one of that length, else uniform in ``t``)."""
+    it has one of that length, else uniform in ``t``); ``noise_scale=None`` keeps the
+    generator's own default (the scale it was trained with)."""
     device = resolve_device(device)
     parts, secs = [], 0.0
     for gb, gens in generation_batches(domain, n, seed, batch_size):
@@ -252,7 +253,8 @@ def sample_generator(domain: Domain, gen, *, steps: int, n: int, seed: int, batc
         t0 = time.perf_counter()
         with torch.no_grad():
             c = prepare_cond_all(gen, c, mask=mask, batch_size=gb.x_T.shape[0]) if isinstance(gen, torch.nn.Module) else c
-            x = gen.generate(gb.x_T.to(device), int(steps), mask=mask, cond=c, generator=gens, noise_scale=noise_scale)
+            kw = {} if noise_scale is None else {"noise_scale": float(noise_scale)}  # None: the generator's own default
+            x = gen.generate(gb.x_T.to(device), int(steps), mask=mask, cond=c, generator=gens, **kw)
         secs += time.perf_counter() - t0
         parts.append(Batch(x=x.cpu(), mask=gb.mask, cond=gb.cond))
     return _cat_batches(parts), {"nfe": int(gen.nfe(int(steps))), "seconds": secs}

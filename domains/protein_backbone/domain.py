@@ -36,16 +36,12 @@ Self-conditioning at sampling time goes through the backbone's ``prepare_cond`` 
 network call of matching batch size), so every sampler and distilled generator uses it
 without knowing about it.
 
-Distillation (SiD with multistep sampling and noise modulation, Xie et al. 2025)::
-
-    distill(dom, method="sid", student_steps=8,
-            method_options={"alpha": 1.0, "init_sigma": 999.0})
-    sample_generator(dom, gen, steps=8, n=16, seed=0, noise_scale=0.45)
-
-``init_sigma=999`` starts the generator at ``t = 0.999`` (pure noise up to 0.1%): the core's
-consistency output divides by ``alpha(t)``, which is 0 at ``t = 1`` for the rectified flow, and
-SiD's default ``init_sigma = 2.5`` (``t = 0.71``) would start from under-scaled noise with no
-signal.
+Distillation (SiD with multistep sampling and noise modulation): the shipped students
+``checkpoints/sid_student_k8.safetensors`` / ``_k16`` come from
+``python -m domains.protein_backbone.distill_sid`` (:mod:`domains.protein_backbone.distill_sid`:
+``method="sid"`` with ``{"alpha": 1.0, "train_noise_scale": 0.8}``); their spec records the
+noise scale, so ``sample_generator(dom, gen, steps=8, n=16, seed=0)`` samples at 0.8 unless
+``noise_scale`` is given. One step fails (many clashes), as reported for SiD-distilled Proteina.
 """
 from __future__ import annotations
 

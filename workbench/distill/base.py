@@ -137,7 +137,7 @@ class FewStepGenerator(nn.Module):
     kind = "consistency"
 
     def __init__(self, student: nn.Module, process: GaussianProcess, *, prediction: Optional[str] = None,
-                 parameterization: str = "x0", sigma_data: float = 0.5, timesteps=None):
+                 parameterization: str = "x0", sigma_data: float = 0.5, timesteps=None, noise_scale: float = 1.0):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; valid: {', '.join(PARAMETERIZATIONS)}")
@@ -148,6 +148,8 @@ class FewStepGenerator(nn.Module):
         self.sigma_data = float(sigma_data)
         #: default sampling grid ``[K + 1]`` (``None``: uniform in ``t`` with the requested steps)
         self.timesteps = None if timesteps is None else torch.as_tensor(timesteps, dtype=torch.float64).flatten()
+        #: default inference noise scale (the one the generator was trained with, e.g. SiD's ``train_noise_scale``)
+        self.noise_scale = float(noise_scale)
 
     def nfe(self, steps: Optional[int] = None) -> int:
         """Network evaluations of :meth:`generate` with ``steps`` steps (one per step)."""
@@ -164,7 +166,7 @@ class FewStepGenerator(nn.Module):
         return self.consistency(x, t, 0.0, mask=mask, cond=cond)
 
     def generate(self, x_T: Tensor, steps: Optional[int] = None, *, timesteps=None, mask: Optional[Tensor] = None, cond: Any = None,
-                 generator: Generator = None, noise_scale: float = 1.0) -> Tensor:
+                 generator: Generator = None, noise_scale: Optional[float] = None) -> Tensor:
         """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
 
         Args:
@@ -180,7 +182,8 @@ class FewStepGenerator(nn.Module):
             noise_scale: scale of the fresh noise re-injected between steps (inference-time
                 noise modulation as used for protein backbones with SiD; ``1`` is the
                 consistency-model sampler, ``0`` a deterministic DDIM-like jump with
-                ``eps = 0``).
+                ``eps = 0``); ``None`` (default) uses ``self.noise_scale``, the scale the
+                generator was trained with (SiD's ``train_noise_scale``; 1 otherwise).
         Returns:
             ``[B, ...]`` the sample (the x0 of the last step), projected.
         """
@@ -210,7 +213,7 @@ class FewStepGenerator(nn.Module):
             a = append_dims(p.alpha(t_next).to(x.dtype), x.ndim)
             s = append_dims(p.sigma(t_next).to(x.dtype), x.ndim)
             z = p.project(randn_like(x, generator), mask)
-            x = p.project(a * x0 + s * float(noise_scale) * z, mask)
+            x = p.project(a * x0 + s * float(self.noise_scale if noise_scale is None else noise_scale) * z, mask)
         return p.project(x0, mask)
 
     def generate_segments(self, x_T: Tensor, boundaries, *, mask: Optional[Tensor] = None, cond: Any = None) -> Tensor:

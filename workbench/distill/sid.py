@@ -214,10 +214,10 @@ def sid_recipe(ctx: RecipeContext, *, alpha: float = 1.2, t_min: float = 0.02, t
     nets = {"student": make_student(ctx, sspec), "teacher": ctx.teacher,
             "fake_score": make_student(ctx, student_spec(ctx.teacher, ctx.domain))}
     spec = {"kind": "consistency", "student": sspec, "parameterization": "x0", "sigma_data": 0.5,
-            "timesteps": [float(t) for t in grid]}
+            "timesteps": [float(t) for t in grid], "noise_scale": float(train_noise_scale)}
 
-    def make_generator(n):
-        return FewStepGenerator(n["student"], ctx.process, parameterization="x0", timesteps=grid)
+    def make_generator(n):  # samples by default with the noise scale it was trained with
+        return FewStepGenerator(n["student"], ctx.process, parameterization="x0", timesteps=grid, noise_scale=train_noise_scale)
 
     # Adam without momentum (beta1 = 0) for both nets, as the authors' code
     return DistillSetup(obj, nets, ["student", "fake_score"], ["student"], spec, make_generator,
