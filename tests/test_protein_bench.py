@@ -139,7 +139,8 @@ def test_backbone_acceptance_rules():
     assert B.backbone_acceptance(teacher, better)["meets"] is True
     assert B.backbone_acceptance(teacher, {**ok, "designable_fraction": None})["meets"] is None  # designability not run
     zero = B.backbone_acceptance({**teacher, "designable_fraction": 0.0}, {**ok, "designable_fraction": 0.0})
-    assert zero["designable_fraction_ok"] is True and zero["meets"] is True
+    assert zero["designable_fraction_ok"] is None and zero["meets"] is None  # teacher never designable: not assessable
+    assert B.backbone_acceptance({**teacher, "designable_fraction": 0.0}, {**ok, "nfe": 16})["meets"] is False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -243,7 +243,9 @@ def backbone_acceptance(teacher: dict, student: dict, *, nfe_factor: float = BAC
       it (only a relative worsening counts: :func:`relative_change`).
 
     Returns ``{"nfe_ratio", "nfe_ok", "<metric>_rel" (relative worsening), "<metric>_ok",
-    "meets"}``; ``meets`` is ``None`` when a metric is missing (e.g. designability not run)."""
+    "meets"}``; ``meets`` is ``False`` when any criterion fails, else ``None`` when one cannot
+    be assessed (a metric is missing, e.g. designability not run, or the teacher has no
+    designable sample, so "within 10% of zero" would hold vacuously), else ``True``."""
     out: dict = {}
     tn, sn = teacher.get("nfe"), student.get("nfe")
     out["nfe_ratio"] = (float(tn) / float(sn)) if (tn and sn) else None
@@ -254,7 +256,11 @@ def backbone_acceptance(teacher: dict, student: dict, *, nfe_factor: float = BAC
         out[f"{key}_rel"] = rel
         out[f"{key}_ok"] = None if rel is None else bool(rel <= tol)
         oks.append(out[f"{key}_ok"])
-    out["meets"] = None if any(o is None for o in oks) else all(oks)
+    vacuous = teacher.get("designable_fraction") is not None and float(teacher["designable_fraction"]) <= 0.0
+    if vacuous:
+        out["designable_fraction_ok"] = None
+        oks.append(None)
+    out["meets"] = False if any(o is False for o in oks) else (None if any(o is None for o in oks) else True)
     return out
 
 
