@@ -83,7 +83,7 @@ def test_cache_is_private_to_each_network(dom, net):
 @pytest.mark.parametrize("sampler,opts", [("af3_edm", {}), ("af3_edm", {"gamma0": 0.0, "step_scale_eta": 1.0}), ("heun", {})])
 def test_zero_com_and_padding_after_sampling(dom, net, sampler, opts):
     gb = dom.generation_batch(3, generator=per_sample_generators(5, 3))
-    assert gb.mask.sum(1).tolist() == [float(len(s)) for s in SEQS]
+    assert gb.mask.sum(1).tolist() == [float(len(SEQS[s % len(SEQS)])) for s in (5, 6, 7)]  # seed s folds target s mod T
     with torch.no_grad():
         x = workbench.sample(net, dom.process(), gb.x_T, sampler=sampler, steps=8, prediction="x0", mask=gb.mask, cond=gb.cond,
                              generator=per_sample_generators(5, 3), **opts)
@@ -261,3 +261,15 @@ def test_shipped_checkpoint():
     assert ours > base + 0.05, (ours, base)
     with pytest.raises(CheckpointError):
         StructurePredictionDomain(sequence_encoder="plm").load_teacher()
+
+
+def test_default_targets_follow_the_sample_seed_not_the_chunk():
+    """With ``cond=None`` the sample seeded ``s`` folds target ``s mod T``: generating in chunks
+    (the runner's batch_size) gives every sample the same target as one big batch."""
+    from workbench.runner import generation_batches
+
+    d = tiny()
+    T = len(d.targets())
+    whole = next(iter(generation_batches(d, T + 2, 0, T + 2)))[0].info["names"]
+    chunks = [n for gb, _ in generation_batches(d, T + 2, 0, 2) for n in gb.info["names"]]
+    assert chunks == whole and whole[T] == whole[0]

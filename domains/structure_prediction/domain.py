@@ -315,11 +315,12 @@ class StructurePredictionDomain(Domain):
             self._known = {k: v for k, v in known.items() if k not in ambiguous}
         return self._known
 
-    def _cond_sequences(self, n: int, cond: Any) -> tuple[list[str], list[str], Optional[int]]:
-        """``(names, sequences, pad length)`` of ``n`` generation samples for ``cond``."""
+    def _cond_sequences(self, n: int, cond: Any, index: Optional[list] = None) -> tuple[list[str], list[str], Optional[int]]:
+        """``(names, sequences, pad length)`` of ``n`` generation samples for ``cond``; with
+        ``cond=None`` sample ``i`` folds target ``index[i] mod T`` (default ``index[i] = i``)."""
         if cond is None:
             tg = self.targets()
-            pick = [tg[i % len(tg)] for i in range(n)]
+            pick = [tg[int(j) % len(tg)] for j in (range(n) if index is None else index)]
             return [p[0] for p in pick], [p[1] for p in pick], max(len(t[1]) for t in tg)
         if isinstance(cond, str):
             cond = [cond]
@@ -344,11 +345,14 @@ class StructurePredictionDomain(Domain):
 
     def generation_batch(self, n: int, *, generator=None, cond: Any = None) -> GenerationBatch:
         """Noise ``[n, N, 3]`` at ``sigma_max`` (zero CoM over each sequence's residues) for the
-        sequences of ``cond`` (None: the configured targets, sample ``i`` folds target ``i mod
-        T``, padded to the longest target; a list of one-letter sequences; or a cond dict). The
+        sequences of ``cond`` (None: the configured targets; with per-sample generators the
+        sample seeded ``s`` folds target ``s mod T``, so the runner's chunking does not change
+        which target a sample folds; else sample ``i`` folds target ``i mod T``; padded to the
+        longest target; a list of one-letter sequences; or a cond dict). The
         noise of sample ``i`` is drawn as ``[L_i, 3]`` from its own generator, so it depends only
         on its seed and sequence, not on the padding or its batch mates."""
-        names, seqs, n_pad = self._cond_sequences(int(n), cond)
+        index = [g.initial_seed() for g in generator] if isinstance(generator, (list, tuple)) else None
+        names, seqs, n_pad = self._cond_sequences(int(n), cond, index)
         c, mask = encode_sequences(seqs, n_pad)
         proc = self.process()
         gens = generator if isinstance(generator, (list, tuple)) else [generator] * int(n)
