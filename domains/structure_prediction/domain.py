@@ -24,6 +24,10 @@ Config keys (hydra ``domain.*``; unknown keys raise a ValueError listing these):
 * ``source``: training chains ``real`` (default; PDB files shipped by installed packages),
   ``ideal`` (procedural) or ``mixed`` (:func:`domains.proteins.data.dataset_chains`);
   ``root``: a directory of your own PDB/mmCIF files instead;
+* ``designed``: a file of synthetic (ProteinMPNN sequence, ideal backbone) pairs
+  (:mod:`.designed`, ``python -m domains.structure_prediction.designed --out PATH``) mixed
+  into the training crops: each crop comes from it with probability ``designed_weight``
+  (default 0.5), else from the ``source`` chains (training split only);
 * ``crop``: training crop length (default 64);
 * ``sequence_encoder``: ``onehot`` (default), ``plm`` (the project's small protein language
   model) or ``esm`` (needs fair-esm + ``encoder_options={"weights": PATH}``);
@@ -73,7 +77,8 @@ AMINO = "ARNDCQEGHILKMFPSTWYV"
 
 DEFAULTS = dict(source="real", root=None, crop=64, sequence_encoder="onehot", encoder_options=None, recycles=1, net=None,
                 sigma_data=16.0, p_mean=-1.2, p_std=1.5, diffusion_samples=4, lddt_weight=1.0, align=True, bond_weight=0.0, sequences=None,
-                fasta=None, max_length=None, steps=200, sampler="af3_edm", sampler_options=None, batch_size=16, checkpoint=None)
+                fasta=None, max_length=None, steps=200, sampler="af3_edm", sampler_options=None, batch_size=16, checkpoint=None,
+                designed=None, designed_weight=0.5)
 
 #: :class:`workbench.training.TrainConfig` of the shipped checkpoint (one CPU thread, ~15 min)
 TRAIN_DEFAULTS = dict(steps=1200, batch_size=8, lr=1e-3, warmup=50, schedule="cosine", grad_clip=1.0, ema_decay=0.995,
@@ -192,6 +197,9 @@ class StructurePredictionDomain(Domain):
             raise ValueError(f"max_length must be None or an integer >= 3, got {full['max_length']!r}")
         if full["sequences"] is not None and full["fasta"] is not None:
             raise ValueError("give either sequences=[...] or fasta=FILE, not both")
+        w = full["designed_weight"]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
+            raise ValueError(f"designed_weight must be a number in [0, 1], got {w!r}")
         net = full["net"] or {}
         bad = sorted(set(net) - set(ARCH))
         if bad:
@@ -216,7 +224,13 @@ class StructurePredictionDomain(Domain):
     def train_data(self, split: str = "train"):
         from domains.proteins.data import CropSampler
 
-        return CropSampler(self.chains(split), n_max=int(self.opts["crop"]), rotate=True, scale=1.0 / self.unit)
+        sampler = CropSampler(self.chains(split), n_max=int(self.opts["crop"]), rotate=True, scale=1.0 / self.unit)
+        if split != "train" or self.opts["designed"] is None:
+            return sampler
+        from .designed import MixtureSampler, load_pairs
+
+        pairs = CropSampler(load_pairs(self.opts["designed"]), n_max=int(self.opts["crop"]), rotate=True, scale=1.0 / self.unit)
+        return MixtureSampler(sampler, pairs, float(self.opts["designed_weight"]))
 
     @property
     def unit(self) -> float:

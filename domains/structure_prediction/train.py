@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="training steps (default: the domain's train_defaults)")
     ap.add_argument("--batch-size", type=int, help="crops per step (default: train_defaults)")
     ap.add_argument("--source", default="real", choices=["real", "ideal", "mixed"])
+    ap.add_argument("--designed", help="synthetic pairs file (python -m domains.structure_prediction.designed) mixed into training")
+    ap.add_argument("--designed-weight", type=float, default=0.5, help="fraction of training crops from --designed")
     ap.add_argument("--sequence-encoder", default="onehot", choices=["onehot", "plm", "esm"])
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--recycles", type=int, default=1)
@@ -95,6 +97,8 @@ def main(argv=None) -> int:
     info.update({"torch": torch.__version__, "machine": f"{platform.machine()}, {args.threads} threads"})
     config = dict(source=args.source, sequence_encoder=args.sequence_encoder, crop=args.crop, recycles=args.recycles,
                   diffusion_samples=args.diffusion_samples, bond_weight=args.bond_weight)
+    if args.designed:
+        config.update(designed=args.designed, designed_weight=args.designed_weight)
     steps = [args.only] if args.only else ["train", "eval"]
 
     if "train" in steps:
