@@ -100,9 +100,9 @@ def _domain_kwargs(cfg) -> tuple[str, dict]:
     d = OmegaConf.to_container(cfg.domain, resolve=True)
     name = d.pop("name")
     for k in DOMAIN_INPUTS:
-        v = OmegaConf.to_container(cfg, resolve=True).get(k)
+        v = cfg.get(k)
         if v is not None:
-            d[k] = v
+            d[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
     return name, d
 
 

@@ -95,7 +95,9 @@ class ESMFoldFolder:
         try:
             from esm.esmfold.v1.esmfold import ESMFold
 
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)  # the user's own official ESMFold file
+            # weights_only=True: a user-supplied file is never unpickled as code. The official file keeps its
+            # config as plain containers; one that needs arbitrary objects is refused with the reason below.
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
             model = ESMFold(esmfold_config=ckpt["cfg"]["model"])
             model.load_state_dict(ckpt["model"], strict=False)
         except Exception as e:  # openfold missing, incompatible checkpoint, ...

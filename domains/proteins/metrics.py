@@ -32,6 +32,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .geometry import kabsch  # one Kabsch for the package (P @ R.T + t ~= Q)
+
 #: lDDT distance-difference thresholds (Angstrom), Mariani et al. 2013
 LDDT_THRESHOLDS = (0.5, 1.0, 2.0, 4.0)
 #: ideal virtual CA-CA bond length (trans peptide) and the tolerance used by :func:`ca_ca_stats`
@@ -78,23 +80,6 @@ def _tm_sequence(seq: Optional[str], n: int) -> str:
 # --------------------------------------------------------------------------------------------
 # superposition and RMSD
 # --------------------------------------------------------------------------------------------
-def kabsch(P, Q) -> tuple[np.ndarray, np.ndarray]:
-    """Optimal rotation ``R`` ``[3, 3]`` and translation ``t`` ``[3]`` with
-    ``P @ R.T + t ~= Q`` in the least-squares sense (Kabsch 1976; SVD of the covariance with the
-    determinant correction that excludes reflections). ``P``, ``Q``: ``[L, 3]`` with finite rows."""
-    P = np.asarray(P, dtype=np.float64)
-    Q = np.asarray(Q, dtype=np.float64)
-    if P.shape != Q.shape or P.ndim != 2 or P.shape[1] != 3:
-        raise ValueError(f"kabsch needs two [L, 3] arrays of equal shape, got {P.shape} and {Q.shape}")
-    pc, qc = P.mean(0), Q.mean(0)
-    H = (P - pc).T @ (Q - qc)
-    U, _, Vt = np.linalg.svd(H)
-    d = np.sign(np.linalg.det(Vt.T @ U.T))
-    D = np.diag([1.0, 1.0, d if d != 0 else 1.0])
-    R = Vt.T @ D @ U.T
-    return R, qc - pc @ R.T
-
-
 def ca_rmsd(P, Q, *, superpose: bool = True) -> float:
     """CA root-mean-square deviation ``sqrt(1/L sum_i |R p_i + t - q_i|^2)`` between two traces
     of the same length ``L`` (residue ``i`` corresponds to residue ``i``), after optimal
