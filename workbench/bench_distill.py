@@ -144,10 +144,18 @@ def plot(rows: list, path: Path, dom: Domain, metric: str) -> Path:
     best = sorted((r for r in rows if r["method"] == "teacher" and r.get("best")), key=lambda r: r["nfe"])
     if best:
         ax.plot([r["nfe"] for r in best], [r["metric"] for r in best], "k--", marker="s", label="teacher (best sampler)")
-    for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "teacher"):
+    # 14+ methods: cycle colours (tab20) and markers so no two lines look alike; log y keeps the
+    # near-teacher methods apart when one method is far off
+    markers = "os^vDP*Xph<>"
+    cmap = plt.get_cmap("tab20")
+    for i, m in enumerate(dict.fromkeys(r["method"] for r in rows if r["method"] != "teacher")):
         rr = sorted((r for r in rows if r["method"] == m), key=lambda r: r["nfe"])
-        ax.plot([r["nfe"] for r in rr], [r["metric"] for r in rr], marker="o", ms=4, label=m)
+        ax.plot([r["nfe"] for r in rr], [r["metric"] for r in rr], marker=markers[i % len(markers)], ms=4, color=cmap(i % 20),
+                label=m)
     ax.set_xscale("log")
+    vals = [r["metric"] for r in rows if math.isfinite(r["metric"])]
+    if vals and min(vals) > 0 and max(vals) / min(vals) > 20:
+        ax.set_yscale("log")
     ax.set_xlabel("NFE")
     ax.set_ylabel(metric)
     ax.set_title(f"{dom.name}: distilled generators vs teacher")
