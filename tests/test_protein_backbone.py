@@ -262,6 +262,27 @@ def test_train_teacher_and_load(tmp_path):
         tiny_domain(net={**TINY_NET, "dim": 48}).load_teacher(str(tmp_path / "teacher.safetensors"))
 
 
+def test_train_teacher_init_starts_from_the_given_weights(tmp_path):
+    """``train_teacher(init=...)`` (a later training stage) starts from those weights: with a
+    zero learning rate the exported teacher equals them; a checkpoint of another size fails."""
+    from workbench.checkpoint import load_weights
+    from workbench.domain import train_teacher
+
+    dom = tiny_domain()
+    cfg = {"steps": 2, "batch_size": 2, "progress": False, "warmup": 0}
+    train_teacher(dom, cfg, tmp_path / "a")
+    first, _ = load_weights(tmp_path / "a" / "teacher.safetensors")
+    train_teacher(dom, {**cfg, "lr": 0.0}, tmp_path / "b", init=tmp_path / "a" / "teacher.safetensors")
+    second, meta = load_weights(tmp_path / "b" / "teacher.safetensors")
+    assert meta["init"].endswith("teacher.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    train_teacher(dom, {**cfg, "lr": 0.0}, tmp_path / "c")  # no init: a fresh network differs
+    fresh, _ = load_weights(tmp_path / "c" / "teacher.safetensors")
+    assert not all(torch.equal(first[k], fresh[k]) for k in first)
+    with pytest.raises(CheckpointError):
+        train_teacher(tiny_domain(net={**TINY_NET, "dim": 48}), cfg, tmp_path / "d", init=tmp_path / "a" / "teacher.safetensors")
+
+
 def test_shipped_teacher_loads():
     dom = ProteinBackboneDomain(lengths=[40], novelty_reference=2)
     teacher = dom.load_teacher()

@@ -217,19 +217,28 @@ def check_domain(domain: Domain, *, n: int = 4, steps: int = 3, tmpdir: Optional
     return {"domain": domain.name, "metrics": sorted(metrics), "files": len(paths)}
 
 
-def train_teacher(domain: Domain, cfg=None, out_dir=None, *, resume: bool = True):
+def train_teacher(domain: Domain, cfg=None, out_dir=None, *, resume: bool = True, init=None):
     """Train the domain's teacher with the shared loop and export ``teacher.safetensors``
     (EMA weights; metadata records the domain name and config). Returns the
-    :class:`~workbench.training.TrainResult`; the weights land in ``out_dir``."""
+    :class:`~workbench.training.TrainResult`; the weights land in ``out_dir``.
+
+    ``init``: a safetensors file (e.g. the shipped teacher) the network starts from, for a
+    later training stage (fine-tuning, more steps on other data); loaded with
+    :func:`~workbench.checkpoint.load_into` (strict: keys and shapes must match). A resumed run
+    (``out_dir/state.pt``) takes its weights from the training state instead."""
     from dataclasses import replace
 
-    from .checkpoint import save_weights
+    from .checkpoint import load_into, save_weights
     from .training import TrainConfig, train
 
     base = TrainConfig(**domain.train_defaults)
     cfg = base if cfg is None else (replace(base, **cfg) if isinstance(cfg, dict) else cfg)
     meta = {"domain": domain.name, "config": domain.config, "prediction": domain.prediction}
-    res = train(domain.objective(), {"model": domain.build_backbone()}, domain.train_data("train"), cfg,
+    net = domain.build_backbone()
+    if init is not None:
+        load_into(net, init)
+        meta["init"] = str(init)
+    res = train(domain.objective(), {"model": net}, domain.train_data("train"), cfg,
                 out_dir=out_dir, resume=resume, meta=meta)
     if out_dir is not None:
         save_weights(Path(out_dir) / "teacher.safetensors", res.ema["model"], {**meta, "steps": res.step})

@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="training steps (default: the domain's train_defaults)")
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float)
+    ap.add_argument("--init", help="start from these weights (a later training stage, e.g. the shipped teacher)")
     ap.add_argument("--data", default="real", choices=["real", "ideal", "mixed"])
     ap.add_argument("--root", help="user directory of PDB/mmCIF files")
     ap.add_argument("--n-max", type=int, default=128)
@@ -100,12 +101,14 @@ def main(argv=None) -> int:
             if getattr(args, k) is not None:
                 cfg[k] = getattr(args, k)
         t0 = time.time()
-        res = train_teacher(domain, cfg, out_dir=args.work_dir, resume=not args.no_resume)
+        res = train_teacher(domain, cfg, out_dir=args.work_dir, resume=not args.no_resume, init=args.init)
         seconds = time.time() - t0
         shutil.copyfile(Path(args.work_dir) / "teacher.safetensors", out / "teacher.safetensors")
         curve = [{"step": h["step"], "loss": h["main"]} for h in res.history if "main" in h]
         print(f"teacher: {res.step} steps in {seconds:.0f} s; loss {curve[0]['loss'] if curve else None} -> {curve[-1]['loss'] if curve else None}")
-        info["teacher"] = {"steps": res.step, "seconds_this_run": seconds, "train_config": {**domain.train_defaults, **cfg},
+        if args.init and "teacher" in info:  # keep the earlier stages' record
+            info.setdefault("previous_stages", []).append(info["teacher"])
+        info["teacher"] = {"init": args.init, "steps": res.step, "seconds_this_run": seconds, "train_config": {**domain.train_defaults, **cfg},
                            "domain_config": domain.config, "net": domain.net_config(), "loss_curve": curve, "command": command}
         write_json(info_path, info)
 

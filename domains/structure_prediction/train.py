@@ -112,20 +112,9 @@ def main(argv=None) -> int:
             cfg["batch_size"] = args.batch_size
         if args.lr is not None:
             cfg["lr"] = args.lr
-        if args.init:  # a later stage: the shared loop builds the net through build_backbone
-            from workbench.checkpoint import load_into
-
-            init, build = Path(args.init), domain.build_backbone
-
-            def build_from_init(**kw):
-                net = build(**kw)
-                load_into(net, init)
-                return net
-
-            domain.build_backbone = build_from_init
         work = Path(args.work_dir)
         t0 = time.time()
-        res = train_teacher(domain, cfg, out_dir=work, resume=not args.no_resume)
+        res = train_teacher(domain, cfg, out_dir=work, resume=not args.no_resume, init=args.init)
         seconds = time.time() - t0
         tmp = ckpt.with_suffix(".tmp")
         shutil.copyfile(work / "teacher.safetensors", tmp)
