@@ -47,9 +47,19 @@ def test_training_data_units_and_lengths():
     assert int(sizes.max()) <= 24 and abs(float(probs.sum()) - 1) < 1e-9
 
 
-@pytest.mark.parametrize("prediction", ["x0", "velocity"])
-def test_padding_does_not_change_real_residues(prediction):
-    net = tiny_model(prediction=prediction).double()
+def relative_head_model(seed=0, **kw):
+    """A tiny model with ``coord_head="relative"`` whose (zero-initialised) head output layer is
+    randomised, so the head actually contributes."""
+    model = tiny_model(seed=seed, net={**TINY_NET, "coord_head": "relative"}, **kw)
+    with torch.no_grad():
+        for prm in model.backbone.rel_head.out.parameters():
+            prm.copy_(0.5 * torch.randn(prm.shape, generator=torch.Generator().manual_seed(seed + 9)))
+    return model
+
+
+@pytest.mark.parametrize("prediction,head", [("x0", "linear"), ("velocity", "linear"), ("velocity", "relative")])
+def test_padding_does_not_change_real_residues(prediction, head):
+    net = (tiny_model(prediction=prediction) if head == "linear" else relative_head_model(prediction=prediction)).double()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 12, 3, generator=g, dtype=torch.float64)
     mask = torch.ones(2, 12, dtype=torch.float64)
@@ -71,8 +81,9 @@ def test_padding_does_not_change_real_residues(prediction):
     assert torch.allclose(net(x4, torch.cat([t, t[:1]]), mask=m4)[:2, :12], ref, atol=1e-10)
 
 
-def test_translation_invariance_and_zero_com():
-    model = tiny_model().double()
+@pytest.mark.parametrize("head", ["linear", "relative"])
+def test_translation_invariance_and_zero_com(head):
+    model = (tiny_model() if head == "linear" else relative_head_model()).double()
     g = torch.Generator().manual_seed(2)
     mask = torch.ones(3, 10, dtype=torch.float64)
     mask[1, 7:] = 0
@@ -95,6 +106,40 @@ def test_not_rotation_equivariant_by_construction():
     R = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64))[0]
     t = torch.tensor([0.5], dtype=torch.float64)
     assert not torch.allclose(model(x @ R.T, t) , model(x, t) @ R.T, atol=1e-6)
+
+
+def test_relative_coord_head_is_equivariant_and_starts_at_zero():
+    """The head's update rotates with its coordinate inputs (features held fixed), only sees
+    sequence neighbours within its window, and a ``relative`` network loaded from a ``linear``
+    one (missing head keys) computes the same function until the head is trained."""
+    from domains.protein_backbone.nets import RelativeCoordHead
+
+    g = torch.Generator().manual_seed(5)
+    head = RelativeCoordHead(16, 8, hidden=8, window=2).double()
+    with torch.no_grad():
+        for prm in head.out.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=g, dtype=torch.float64))
+    h = torch.randn(1, 9, 16, generator=g, dtype=torch.float64)
+    pair = torch.randn(1, 9, 9, 8, generator=g, dtype=torch.float64)
+    x, s = torch.randn(2, 1, 9, 3, generator=g, dtype=torch.float64)
+    mask = torch.ones(1, 9, dtype=torch.float64)
+    R = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))[0]
+    out = head(h, pair, x, s, mask)
+    assert out.abs().max() > 1e-3
+    assert torch.allclose(head(h, pair, x @ R.T, s @ R.T, mask), out @ R.T, atol=1e-10)
+    far = x.clone()
+    far[0, 8] += 5.0  # residue 8 is 4 positions from residue 4: outside the window of 2
+    assert torch.allclose(head(h, pair, far, s, mask)[0, 4], out[0, 4], atol=1e-12)
+    assert not torch.allclose(head(h, pair, far, s, mask)[0, 7], out[0, 7], atol=1e-6)
+
+    lin, rel = tiny_model(seed=3), tiny_model(seed=4, net={**TINY_NET, "coord_head": "relative"})
+    missing, unexpected = rel.load_state_dict(lin.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(".rel_head." in k for k in missing)
+    xt = torch.randn(2, 10, 3, generator=g)
+    t = torch.tensor([0.2, 0.7])
+    assert torch.allclose(rel(xt, t), lin(xt, t), atol=1e-6)
+    with pytest.raises(ValueError, match="coord_head"):
+        tiny_model(net={**TINY_NET, "coord_head": "egnn"})
 
 
 @pytest.mark.parametrize("prediction", ["x0", "velocity"])

@@ -217,14 +217,16 @@ def check_domain(domain: Domain, *, n: int = 4, steps: int = 3, tmpdir: Optional
     return {"domain": domain.name, "metrics": sorted(metrics), "files": len(paths)}
 
 
-def train_teacher(domain: Domain, cfg=None, out_dir=None, *, resume: bool = True, init=None):
+def train_teacher(domain: Domain, cfg=None, out_dir=None, *, resume: bool = True, init=None, init_strict: bool = True):
     """Train the domain's teacher with the shared loop and export ``teacher.safetensors``
     (EMA weights; metadata records the domain name and config). Returns the
     :class:`~workbench.training.TrainResult`; the weights land in ``out_dir``.
 
     ``init``: a safetensors file (e.g. the shipped teacher) the network starts from, for a
     later training stage (fine-tuning, more steps on other data); loaded with
-    :func:`~workbench.checkpoint.load_into` (strict: keys and shapes must match). A resumed run
+    :func:`~workbench.checkpoint.load_into` (strict: keys and shapes must match; with
+    ``init_strict=False`` modules the checkpoint lacks keep their fresh initialisation, e.g. a
+    zero-initialised head added to a trained network). A resumed run
     (``out_dir/state.pt``) takes its weights from the training state instead."""
     from dataclasses import replace
 
@@ -236,7 +238,7 @@ def train_teacher(domain: Domain, cfg=None, out_dir=None, *, resume: bool = True
     meta = {"domain": domain.name, "config": domain.config, "prediction": domain.prediction}
     net = domain.build_backbone()
     if init is not None:
-        load_into(net, init)
+        load_into(net, init, strict=init_strict)
         meta["init"] = str(init)
     res = train(domain.objective(), {"model": net}, domain.train_data("train"), cfg,
                 out_dir=out_dir, resume=resume, meta=meta)

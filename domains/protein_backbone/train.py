@@ -65,6 +65,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--init", help="start from these weights (a later training stage, e.g. the shipped teacher)")
+    ap.add_argument("--init-partial", action="store_true", help="--init may lack modules (they keep their fresh initialisation)")
+    ap.add_argument("--coord-head", choices=["linear", "relative"], help="read-out (nets.COORD_HEADS; default: the domain's)")
     ap.add_argument("--data", default="real", choices=["real", "ideal", "mixed"])
     ap.add_argument("--root", help="user directory of PDB/mmCIF files")
     ap.add_argument("--n-max", type=int, default=128)
@@ -91,6 +93,8 @@ def main(argv=None) -> int:
     config = {"data": args.data, "n_max": args.n_max, "prediction": args.prediction}
     if args.root:
         config["root"] = args.root
+    if args.coord_head:
+        config["net"] = {"coord_head": args.coord_head}
     domain = ProteinBackboneDomain(**config)
 
     if "train" in steps:
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
             if getattr(args, k) is not None:
                 cfg[k] = getattr(args, k)
         t0 = time.time()
-        res = train_teacher(domain, cfg, out_dir=args.work_dir, resume=not args.no_resume, init=args.init)
+        res = train_teacher(domain, cfg, out_dir=args.work_dir, resume=not args.no_resume, init=args.init, init_strict=not args.init_partial)
         seconds = time.time() - t0
         shutil.copyfile(Path(args.work_dir) / "teacher.safetensors", out / "teacher.safetensors")
         curve = [{"step": h["step"], "loss": h["main"]} for h in res.history if "main" in h]
