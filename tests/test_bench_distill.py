@@ -43,3 +43,14 @@ def test_bench_distill_unknown_method(capsys, tmp_path):
     assert main(["bench", "distill", f"out={tmp_path}", "bench_distill.methods=[nope]"]) == 2
     err = capsys.readouterr().err
     assert "unknown distillation method(s) ['nope']; valid:" in err and len(err.strip().splitlines()) == 1
+
+
+def test_setup_seconds_counts_the_recipes_recorded_setup():
+    """Reflow / SlimFlow record the time of their teacher couplings and stage 1 in ``info``;
+    the benchmark adds them (numbers and per-round lists) and ignores other entries."""
+    from workbench.bench_distill import setup_seconds
+
+    meta = {"info": {"pair_seconds": 300.5, "stage1_seconds": 24.0, "round_seconds": [10.0, 5.5], "search_cost": 12.7,
+                     "student_params": 1000, "bad_seconds": float("nan")}}
+    assert setup_seconds(meta) == 340.0
+    assert setup_seconds({"info": {}}) == 0.0 and setup_seconds({}) == 0.0

@@ -58,6 +58,19 @@ def teacher_rows(dom: Domain, teacher, *, nfes=(4, 8, 50), n: int, seed: int, ba
     return rows
 
 
+def setup_seconds(meta: dict) -> float:
+    """Seconds a recipe spent before the shared training loop, as it records them in the
+    generator's ``info`` (``*_seconds`` numbers and ``round_seconds`` lists: teacher couplings
+    of reflow / SlimFlow, SlimFlow's stage-1 reflow, k-rectified rounds). 0 when none."""
+    info = meta.get("info") or {}
+    total = 0.0
+    for k, v in info.items():
+        if k.endswith("_seconds"):
+            vals = v if isinstance(v, (list, tuple)) else [v]
+            total += sum(float(x) for x in vals if isinstance(x, (int, float)) and math.isfinite(float(x)))
+    return total
+
+
 def bench_distill(domain: Union[str, Domain], *, methods: Optional[list] = None, student_steps=(1, 2, 4), teacher_nfes=(4, 8, 50),
                   out_dir: Union[str, Path] = "outputs/bench_distill", train: Optional[dict] = None, method_options: Optional[dict] = None,
                   n: int = 2000, seed: int = 0, batch_size: int = 512, domain_config: Optional[dict] = None, teacher: Optional[str] = None,
@@ -99,7 +112,8 @@ def bench_distill(domain: Union[str, Domain], *, methods: Optional[list] = None,
             x, info = sample_generator(dom, gen, steps=K, n=n, seed=seed, batch_size=batch_size, device=device)
             mm = {kk: float(v) for kk, v in dom.evaluate(x).items()}
             rows.append({"method": m, "sampler": f"{m} ({meta['spec']['kind']})", "steps": K, "nfe": info["nfe"], "metric": mm.get(metric, math.nan),
-                         "ms_per_sample": 1e3 * info["seconds"] / n, "train_seconds": train_s, "train_steps": int(meta.get("steps", 0)),
+                         "ms_per_sample": 1e3 * info["seconds"] / n, "train_seconds": train_s, "setup_seconds": setup_seconds(meta),
+                         "train_steps": int(meta.get("steps", 0)),
                          "metrics": mm, "best": False})
             write_json(out / "rows.json", rows)  # progress survives a kill
     res = write_outputs(rows, out, dom, metric, n)
@@ -109,10 +123,10 @@ def bench_distill(domain: Union[str, Domain], *, methods: Optional[list] = None,
 def write_outputs(rows: list, out: Path, dom: Domain, metric: str, n: int) -> dict:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["method", "sampler", "steps", "nfe", metric, "ms_per_sample", "train_seconds", "best_teacher"])
+    w.writerow(["method", "sampler", "steps", "nfe", metric, "ms_per_sample", "train_seconds", "setup_seconds", "best_teacher"])
     for r in rows:
         w.writerow([r["method"], r["sampler"], r["steps"], r["nfe"], f"{r['metric']:.6g}", f"{r['ms_per_sample']:.4g}",
-                    f"{r['train_seconds']:.1f}", int(bool(r.get("best")))])
+                    f"{r['train_seconds']:.1f}", f"{r.get('setup_seconds', 0.0):.1f}", int(bool(r.get("best")))])
     csv_path = write_text(out / "distill.csv", buf.getvalue())
     write_json(out / "rows.json", rows)
     md = markdown(rows, dom, metric, n)
@@ -125,12 +139,14 @@ def markdown(rows: list, dom: Domain, metric: str, n: int) -> str:
     best = [r for r in rows if r["method"] == "teacher" and r.get("best")]
     lines = [f"Domain `{dom.name}` ({dom.config}); `{metric}` of {n} samples (same noise for every row; "
              f"{'lower' if _lower_is_better(metric) else 'higher'} is better); wall time per sample on this machine.", "",
-             "| generator | steps | NFE | " + metric + " | ms / sample | training (s) |", "|---|---|---|---|---|---|"]
+             "| generator | steps | NFE | " + metric + " | ms / sample | training (s) | + setup (s) |", "|---|---|---|---|---|---|---|"]
     for r in best:
-        lines.append(f"| teacher, {r['sampler']} | {r['steps']} | {r['nfe']} | {r['metric']:.4g} | {r['ms_per_sample']:.3g} | - |")
+        lines.append(f"| teacher, {r['sampler']} | {r['steps']} | {r['nfe']} | {r['metric']:.4g} | {r['ms_per_sample']:.3g} | - | - |")
     for r in rows:
         if r["method"] != "teacher":
-            lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['metric']:.4g} | {r['ms_per_sample']:.3g} | {r['train_seconds']:.0f} |")
+            setup = r.get("setup_seconds", 0.0)
+            lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['metric']:.4g} | {r['ms_per_sample']:.3g} | "
+                         f"{r['train_seconds']:.0f} | {f'{setup:.0f}' if setup else '-'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -164,4 +180,4 @@ def plot(rows: list, path: Path, dom: Domain, metric: str) -> Path:
     return save_figure(fig, path, dpi=110)
 
 
-__all__ = ["bench_distill", "teacher_rows", "TEACHER_SAMPLERS"]
+__all__ = ["bench_distill", "setup_seconds", "teacher_rows", "TEACHER_SAMPLERS"]
