@@ -142,11 +142,11 @@ def markdown(rows: list, dom: Domain, metric: str, n: int) -> str:
              "| generator | steps | NFE | " + metric + " | ms / sample | training (s) | + setup (s) |", "|---|---|---|---|---|---|---|"]
     for r in best:
         lines.append(f"| teacher, {r['sampler']} | {r['steps']} | {r['nfe']} | {r['metric']:.4g} | {r['ms_per_sample']:.3g} | - | - |")
-    for r in rows:
-        if r["method"] != "teacher":
-            setup = r.get("setup_seconds", 0.0)
-            lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['metric']:.4g} | {r['ms_per_sample']:.3g} | "
-                         f"{r['train_seconds']:.0f} | {f'{setup:.0f}' if setup else '-'} |")
+    order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
+    for r in sorted((r for r in rows if r["method"] != "teacher"), key=lambda r: (order[r["method"]], r["steps"])):
+        setup = r.get("setup_seconds", 0.0)
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['metric']:.4g} | {r['ms_per_sample']:.3g} | "
+                     f"{r['train_seconds']:.0f} | {f'{setup:.0f}' if setup else '-'} |")
     return "\n".join(lines) + "\n"
 
 
