@@ -195,6 +195,13 @@ def test_best_design_per_backbone_and_threshold(files, tmp_path):
     assert by_len[la]["sc_tm"] > by_len[lb]["sc_tm"]
     # the summary's threshold is applied to the stored best scRMSDs
     assert D.summarize(list(recs.values()), threshold=100.0)["designable_fraction"] == 1.0
+    # the looser scTM criterion counts best scTM > 0.5 on the same records
+    tms = [r["sc_tm"] for r in recs.values()]
+    assert rep["threshold_sc_tm"] == 0.5 and rep["n_designable_sc_tm"] == sum(t > 0.5 for t in tms)
+    assert rep["designable_fraction_sc_tm"] == pytest.approx(rep["n_designable_sc_tm"] / 3)
+    mid = sorted(tms)[1]
+    assert D.summarize(list(recs.values()), tm_threshold=mid)["n_designable_sc_tm"] == 1  # strictly above
+    assert D.summarize(list(recs.values()), tm_threshold=-1.0)["designable_fraction_sc_tm"] == 1.0
 
 
 def test_chain_inputs_and_real_proteinmpnn(ubq, tmp_path):

@@ -18,6 +18,10 @@ from workbench.utils import per_sample_generators
 
 torch.set_num_threads(1)
 
+#: the tiny network with the plain (Proteina) linear coordinate head; TINY_NET alone gets the
+#: domain default (``DEFAULT_NET["coord_head"]``, the relative head)
+LINEAR_NET = {**TINY_NET, "coord_head": "linear"}
+
 
 def tiny_domain(**kw) -> ProteinBackboneDomain:
     cfg = {"net": dict(TINY_NET), "data": "ideal", "n_max": 24, "lengths": [10, 16], "novelty_reference": 4}
@@ -59,7 +63,7 @@ def relative_head_model(seed=0, **kw):
 
 @pytest.mark.parametrize("prediction,head", [("x0", "linear"), ("velocity", "linear"), ("velocity", "relative")])
 def test_padding_does_not_change_real_residues(prediction, head):
-    net = (tiny_model(prediction=prediction) if head == "linear" else relative_head_model(prediction=prediction)).double()
+    net = (tiny_model(prediction=prediction, net=LINEAR_NET) if head == "linear" else relative_head_model(prediction=prediction)).double()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 12, 3, generator=g, dtype=torch.float64)
     mask = torch.ones(2, 12, dtype=torch.float64)
@@ -132,7 +136,7 @@ def test_relative_coord_head_is_equivariant_and_starts_at_zero():
     assert torch.allclose(head(h, pair, far, s, mask)[0, 4], out[0, 4], atol=1e-12)
     assert not torch.allclose(head(h, pair, far, s, mask)[0, 7], out[0, 7], atol=1e-6)
 
-    lin, rel = tiny_model(seed=3), tiny_model(seed=4, net={**TINY_NET, "coord_head": "relative"})
+    lin, rel = tiny_model(seed=3, net=LINEAR_NET), tiny_model(seed=4, net={**TINY_NET, "coord_head": "relative"})
     missing, unexpected = rel.load_state_dict(lin.state_dict(), strict=False)
     assert unexpected == [] and missing and all(".rel_head." in k for k in missing)
     xt = torch.randn(2, 10, 3, generator=g)
@@ -303,8 +307,43 @@ def test_train_teacher_and_load(tmp_path):
     assert teacher.prediction == "velocity" and not teacher.training
     with pytest.raises(CheckpointError):
         dom.load_teacher(str(tmp_path / "missing.safetensors"))
-    with pytest.raises(CheckpointError):  # a checkpoint of another architecture
-        tiny_domain(net={**TINY_NET, "dim": 48}).load_teacher(str(tmp_path / "teacher.safetensors"))
+    # the checkpoint's architecture wins over the domain's: a domain configured for another
+    # size builds the checkpoint's network (and so do its later build_backbone calls)
+    other = tiny_domain(net={**TINY_NET, "dim": 48})
+    assert other.load_teacher(str(tmp_path / "teacher.safetensors")).backbone.cfg.dim == TINY_NET["dim"]
+    assert other.config["net"]["dim"] == TINY_NET["dim"] and other.build_backbone().backbone.cfg.dim == TINY_NET["dim"]
+
+
+def test_checkpoint_architecture_is_read_from_header_and_weights(tmp_path):
+    """A teacher saved before the header recorded ``coord_head`` (its ``net`` has sizes only,
+    the old linear-head default) loads as linear; one whose header contradicts its weights fails
+    with a CheckpointError; a distilled generator adopts its teacher's architecture too."""
+    from workbench.checkpoint import load_weights, save_weights
+    from workbench.distill.recipes import build_generator
+    from workbench.runner import load_generator
+
+    torch.manual_seed(0)
+    lin = tiny_domain(net=LINEAR_NET).build_backbone()
+    old_cfg = {**tiny_domain().config, "net": dict(TINY_NET)}  # sizes only, no coord_head
+    save_weights(tmp_path / "old.safetensors", lin, {"domain": "protein_backbone", "config": old_cfg})
+    dom = tiny_domain(net=dict(TINY_NET))
+    assert dom.config["net"]["coord_head"] == "relative"
+    t = dom.load_teacher(str(tmp_path / "old.safetensors"))
+    assert t.backbone.rel_head is None and dom.config["net"]["coord_head"] == "linear"
+    state, _ = load_weights(tmp_path / "old.safetensors")
+    assert all(torch.equal(v, t.state_dict()[k]) for k, v in state.items())
+
+    lying = {"domain": "protein_backbone", "config": {**old_cfg, "net": {**LINEAR_NET, "dim": 48}}}
+    save_weights(tmp_path / "lying.safetensors", lin, lying)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        tiny_domain().load_teacher(str(tmp_path / "lying.safetensors"))
+
+    spec = {"kind": "consistency", "student": {"backbone": {}, "prediction": "velocity", "two_time": False},
+            "parameterization": "x0", "timesteps": [1.0, 0.0]}
+    gen = build_generator(tiny_domain(net=LINEAR_NET), spec)
+    save_weights(tmp_path / "gen.safetensors", gen, {"kind": "generator", "domain": "protein_backbone", "config": old_cfg, "spec": spec})
+    loaded, _ = load_generator(tiny_domain(), tmp_path / "gen.safetensors")
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in gen.state_dict().items())
 
 
 def test_train_teacher_init_starts_from_the_given_weights(tmp_path):

@@ -141,6 +141,13 @@ def test_backbone_acceptance_rules():
     zero = B.backbone_acceptance({**teacher, "designable_fraction": 0.0}, {**ok, "designable_fraction": 0.0})
     assert zero["designable_fraction_ok"] is None and zero["meets"] is None  # teacher never designable: not assessable
     assert B.backbone_acceptance({**teacher, "designable_fraction": 0.0}, {**ok, "nfe": 16})["meets"] is False
+    # the secondary check judges the scTM > 0.5 fraction in place of the scRMSD one
+    t2 = {**teacher, "designable_fraction": 0.0, "designable_fraction_sc_tm": 0.5}
+    sec = B.backbone_acceptance(t2, {**ok, "designable_fraction": 0.0, "designable_fraction_sc_tm": 0.46},
+                                designable_key="designable_fraction_sc_tm")
+    assert sec["meets"] is True and sec["designable_fraction_sc_tm_rel"] == pytest.approx(0.08)
+    assert "designable_fraction_rel" not in sec
+    assert B.backbone_acceptance(t2, {**ok, "designable_fraction_sc_tm": 0.4}, designable_key="designable_fraction_sc_tm")["meets"] is False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,12 +255,15 @@ def test_bench_backbone_end_to_end(tmp_path, tiny_generator, capsys):
     for r in rows:
         assert len(list((out / "rows").glob("*/designability/results.jsonl"))) == 3
         assert 0.0 <= r["designable_fraction"] <= 1.0 and r["n_designable"] == round(r["designable_fraction"] * 2)
+        assert r["designable_fraction_sc_tm"] in (0.0, 0.5, 1.0) and 0.0 <= r["mean_best_sc_tm"] <= 1.0
         assert r["seconds_per_sample"] > 0 and r["ca_ca_mean"] > 0 and r["novelty_max_tm_mean"] is not None
         if r["n_designable"]:
             assert r["seconds_per_designable"] == pytest.approx(r["seconds_total"] / r["n_designable"])
     for r in rows[1:]:  # acceptance columns recomputed from the numbers in the row
         again = B.backbone_acceptance(rows[0], r)
-        assert r["nfe_ratio"] == 2.0 and r["meets"] is False  # 2x fewer NFE is not 20x
+        assert r["nfe_ratio"] == 2.0 and r["meets"] is False and r["meets_sc_tm"] is False  # 2x fewer NFE is not 20x
+        sec = B.backbone_acceptance(rows[0], r, designable_key="designable_fraction_sc_tm")
+        assert r["designable_fraction_sc_tm_rel"] == pytest.approx(sec["designable_fraction_sc_tm_rel"])
         for k in ("designable_fraction_rel", "diversity_cluster_fraction_rel", "novelty_max_tm_mean_rel"):
             assert r[k] == pytest.approx(again[k])
     # same seed -> same lengths in every row (the written CA-only PDBs have the same residue counts)
@@ -263,7 +273,7 @@ def test_bench_backbone_end_to_end(tmp_path, tiny_generator, capsys):
             for d in (out / "rows").iterdir()}
     assert len(set(map(tuple, lens.values()))) == 1 and set(next(iter(lens.values()))) <= {28, 32}
     md = (out / "backbone.md").read_text()
-    assert "NFE at least 20x fewer" in md and md.count("| no |") == 2
+    assert "NFE at least 20x fewer" in md and md.count("| no | no |") == 2 and "scTM > 0.5" in md
     csv_rows = read_csv(out / "backbone.csv")
     assert [r["meets"] for r in csv_rows] == ["", "False", "False"]
 

@@ -76,6 +76,16 @@ class Domain(ABC):
     def train_data(self, split: str = "train"):
         """A pure batch sampler ``f(batch_size, generator) -> Batch`` over ``split``."""
 
+    def adopt_checkpoint_architecture(self, meta: dict, keys) -> None:
+        """Make :meth:`build_backbone` build the architecture a checkpoint was saved with.
+
+        Called with the checkpoint's header ``meta`` (its ``"config"`` is the domain config it
+        was trained with) and its state-dict ``keys`` before the network is built, by
+        :meth:`load_teacher` implementations and :func:`workbench.runner.load_generator`, so a
+        checkpoint trained with another (e.g. an older default) architecture still loads, and
+        students distilled from it (``domain.build_backbone()``) match it. Default: no-op
+        (domains with one architecture)."""
+
     def default_teacher_path(self) -> Optional[Path]:
         """Path of the shipped teacher checkpoint for the current config (or ``None``)."""
         return None

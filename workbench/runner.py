@@ -228,13 +228,14 @@ def load_generator(domain: Domain, path: PathLike, *, device="cpu"):
     from .checkpoint import CheckpointError, load_into, load_weights
     from .distill.recipes import build_generator
 
-    _, meta = load_weights(path)
+    state, meta = load_weights(path)
     if meta.get("kind") != "generator":
         raise CheckpointError(f"{path} is not a distilled generator (written by 'workbench distill'); for a teacher use teacher=PATH")
     if meta.get("domain") != domain.name:
         raise CheckpointError(f"{path} was distilled for domain {meta.get('domain')!r}, not {domain.name!r}")
     if "spec" not in meta:
         raise CheckpointError(f"{path} has no generator spec in its header; re-export it with this version's 'workbench distill'")
+    domain.adopt_checkpoint_architecture(meta, state.keys())
     gen = build_generator(domain, meta["spec"])
     load_into(gen, path, device=device)
     return gen.to(device).eval(), meta

@@ -15,8 +15,11 @@ Config keys (``domain.*``):
 * ``n_max``: crop / padding length (default 128);
 * ``lengths``: list of lengths to generate (each sample draws one uniformly from its own seed);
   default: drawn from the training crop-length histogram (lengths ``min(L, n_max)``);
-* ``net``: dict of :class:`~domains.protein_backbone.nets.ProteinTransformer` sizes
-  (default :data:`~domains.protein_backbone.nets.DEFAULT_NET`, the shipped teacher);
+* ``net``: dict of :class:`~domains.protein_backbone.nets.ProteinTransformer` options, merged
+  over :data:`~domains.protein_backbone.nets.DEFAULT_NET` (the shipped teacher's network, with
+  the relative coordinate head). Loading a checkpoint replaces it with the checkpoint's
+  architecture (:meth:`ProteinBackboneDomain.adopt_checkpoint_architecture`), so teachers and
+  students saved with other sizes or the earlier linear head still load;
 * ``self_conditioning``: bool (default True); ``prediction``: ``velocity`` (default; the flow
   velocity ``eps - x0``) or ``x0``. Measured on CPU (about 700 steps / 200 s each, crops of 64,
   velocity-space loss): velocity prediction gave lower x0 errors at every noise level and
@@ -52,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from workbench.checkpoint import CheckpointError, load_into
+from workbench.checkpoint import CheckpointError, load_into, load_weights
 from workbench.domain import Domain, GenerationBatch
 from workbench.losses import Batch
 from workbench.model import Denoiser
@@ -103,6 +106,9 @@ class ProteinBackboneDomain(Domain):
         net = self.config.get("net") or {}
         if not isinstance(net, dict):
             raise ValueError(f"net must be a dict of ProteinTransformer sizes, got {type(net).__name__}")
+        # the full architecture goes into every checkpoint header written from this config, so a
+        # later change of DEFAULT_NET cannot make today's checkpoints unloadable
+        self.config["net"] = {**DEFAULT_NET, **net}
         self._process = RectifiedFlow(zero_com=True)
         self._chains: dict = {}
         self._hist = None
@@ -160,12 +166,29 @@ class ProteinBackboneDomain(Domain):
         if not p.exists():
             raise CheckpointError(f"checkpoint not found: {p} (the shipped protein_backbone teacher; regenerate it with "
                                   f"'python -m domains.protein_backbone.train')")
-        model = self.build_backbone()
-        meta = load_into(model, p, device=device)
+        state, meta = load_weights(p)
         dom = meta.get("domain") if isinstance(meta, dict) else None
         if dom is not None and dom != self.name:
             raise CheckpointError(f"checkpoint {p} was trained for domain {dom!r}, not {self.name!r}")
+        self.adopt_checkpoint_architecture(meta, state.keys())
+        model = self.build_backbone()
+        load_into(model, p, device=device)
         return model.to(device).eval()
+
+    def adopt_checkpoint_architecture(self, meta: dict, keys) -> None:
+        """Build the checkpoint's network from now on: its header's ``config["net"]``,
+        ``self_conditioning`` and ``prediction`` replace this domain's. Headers written before
+        ``coord_head`` existed (the linear-head teacher of earlier releases) get it from the
+        weights: ``relative`` when they hold ``rel_head`` parameters, else ``linear``."""
+        cfg = meta.get("config") if isinstance(meta, dict) else None
+        cfg = cfg if isinstance(cfg, dict) else {}
+        net = dict(cfg.get("net") or {})
+        if "coord_head" not in net:
+            net["coord_head"] = "relative" if any(".rel_head." in k or k.startswith("rel_head.") for k in keys) else "linear"
+        self.config["net"] = {**DEFAULT_NET, **net}
+        for k in ("self_conditioning", "prediction"):
+            if k in cfg:
+                self.config[k] = cfg[k]
 
     # -- data --------------------------------------------------------------------------------
     def chains(self, split: str = "train") -> list:

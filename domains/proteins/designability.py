@@ -48,6 +48,8 @@ from .metrics import ca_rmsd, tm_score
 
 #: designability threshold on the best scRMSD (Angstrom)
 SC_RMSD_THRESHOLD = 2.0
+#: the secondary, looser criterion: best scTM above this (Yim et al. 2023, FrameDiff, Sec. 5.1)
+SC_TM_THRESHOLD = 0.5
 FOLDERS = ("default", "esmfold")
 INVERSE_FOLDERS = ("proteinmpnn_ca", "proteinmpnn")
 DEFAULT_FOLDER_NOTE = ("The folder is the project's small in-repo structure-prediction model (the structure_prediction "
@@ -469,9 +471,11 @@ def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_se
     return report
 
 
-def summarize(records: Sequence[dict], *, threshold: float = SC_RMSD_THRESHOLD) -> dict:
+def summarize(records: Sequence[dict], *, threshold: float = SC_RMSD_THRESHOLD, tm_threshold: float = SC_TM_THRESHOLD) -> dict:
     """Aggregate per-backbone records: counts, designable fraction (best scRMSD < ``threshold``
-    over the evaluated backbones), mean/median best scRMSD and scTM, compute time per
+    over the evaluated backbones; the main criterion, as Proteina and RFdiffusion), the
+    looser scTM-designable fraction (best scTM > ``tm_threshold``, FrameDiff's criterion,
+    reported beside it), mean/median best scRMSD and scTM, compute time per
     backbone and per designable backbone (summed over the records' own timings, so resumed runs
     count the time they originally took), and the list of errors."""
     ok = [r for r in records if r.get("status") == "ok"]
@@ -479,6 +483,7 @@ def summarize(records: Sequence[dict], *, threshold: float = SC_RMSD_THRESHOLD) 
     rmsd = np.asarray([r["sc_rmsd"] if r.get("sc_rmsd") is not None else np.nan for r in ok], dtype=np.float64)
     tm = np.asarray([r["sc_tm"] if r.get("sc_tm") is not None else np.nan for r in ok], dtype=np.float64)
     designable = int((rmsd < threshold).sum()) if len(ok) else 0
+    tm_designable = int((tm > tm_threshold).sum()) if len(ok) else 0
     compute = float(sum(r.get("seconds", 0.0) for r in ok))
 
     def f(x):
@@ -493,6 +498,9 @@ def summarize(records: Sequence[dict], *, threshold: float = SC_RMSD_THRESHOLD) 
             "threshold_sc_rmsd": float(threshold),
             "n_designable": designable,
             "designable_fraction": designable / len(ok) if ok else None,
+            "threshold_sc_tm": float(tm_threshold),
+            "n_designable_sc_tm": tm_designable,
+            "designable_fraction_sc_tm": tm_designable / len(ok) if ok else None,
             "mean_best_sc_rmsd": f(np.nanmean(rmsd)) if len(ok) else None,
             "median_best_sc_rmsd": f(np.nanmedian(rmsd)) if len(ok) else None,
             "mean_best_sc_tm": f(np.nanmean(tm)) if len(ok) else None,
@@ -519,6 +527,8 @@ def format_report(report: dict) -> str:
         f"{report.get('n_resumed', 0)} taken from an earlier run)",
         f"- Designable (best scRMSD < {num(report.get('threshold_sc_rmsd'), '{:g}')} A): {report.get('n_designable')} "
         f"= {num(report.get('designable_fraction'))}",
+        f"- Designable by scTM (best scTM > {num(report.get('threshold_sc_tm'), '{:g}')}, the looser FrameDiff criterion): "
+        f"{report.get('n_designable_sc_tm')} = {num(report.get('designable_fraction_sc_tm'))}",
         f"- Best scRMSD: mean {num(report.get('mean_best_sc_rmsd'))} A, median {num(report.get('median_best_sc_rmsd'))} A",
         f"- Best scTM: mean {num(report.get('mean_best_sc_tm'))}",
         f"- Wall time (this run): {num(report.get('wall_seconds'), '{:.1f}')} s; compute over all evaluated backbones: "
