@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from domains.proteins.chain import AMINO_ACIDS, Chain
 from domains.proteins import designability as D
@@ -74,6 +75,18 @@ class CycleInverseFolder:
     def design(self, chains, n_seq=8, temperature=0.1, generator=None):
         self.designed += len(chains)
         return [["".join(AMINO_ACIDS[(i + j) % 20] for i in range(len(c))) for j in range(n_seq)] for c in chains]
+
+
+class DrawInverseFolder(CycleInverseFolder):
+    """TEST DOUBLE: records one draw of the generator it is given per call."""
+
+    def __init__(self):
+        super().__init__()
+        self.draws = []
+
+    def design(self, chains, n_seq=8, temperature=0.1, generator=None):
+        self.draws.append(float(torch.rand(1, generator=generator)))
+        return super().design(chains, n_seq=n_seq, temperature=temperature, generator=generator)
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +285,26 @@ def test_backbone_rejected_by_folder_is_recorded_and_batch_continues(files, tmp_
                               batch_size=3, progress=False)
     assert rep["n_evaluated"] == 2 and rep["n_errors"] == 1
     assert rep["errors"][0]["key"].endswith("a.pdb#A") and "longer than 70" in rep["errors"][0]["error"]
+
+
+def test_seeds_depend_on_coordinates_not_on_file_locations(files, tmp_path):
+    """The same backbones copied elsewhere (another folder, other names) get the same random
+    streams; other coordinates or another seed get different ones."""
+    import shutil
+
+    paths, chains = files
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    for i, p in enumerate(paths):
+        shutil.copy(p, other / f"renamed_{i}{p.suffix}")
+    runs = []
+    for src, out, seed in ((paths[0].parent, "o1", 0), (other, "o2", 0), (paths[0].parent, "o3", 1)):
+        inv = DrawInverseFolder()
+        D.run_designability(src, tmp_path / out, inverse_folder=inv, folder=EchoFolder(chains), n_seq=2, batch_size=1,
+                            progress=False, seed=seed)
+        runs.append(sorted(inv.draws))
+    assert runs[0] == runs[1] and len(set(runs[0])) == 3
+    assert runs[2] != runs[0]
+    moved = Chain("m", chains[1].sequence, chains[1].ca + 1e-2)
+    a, b = D._batch_generator(0, [chains[1]]), D._batch_generator(0, [moved])
+    assert float(torch.rand(1, generator=a)) != float(torch.rand(1, generator=b))

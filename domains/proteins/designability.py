@@ -306,8 +306,13 @@ def evaluate_backbone(backbone: Chain, sequences: Sequence[str], refolded: Seque
     }
 
 
-def _batch_generator(seed: int, keys: Sequence[str]) -> torch.Generator:
-    h = zlib.crc32("\n".join(keys).encode())
+def _batch_generator(seed: int, chains: Sequence[Chain]) -> torch.Generator:
+    """The generator of one batch, seeded from ``seed`` and the batch's CA coordinates (rounded
+    to 1e-3 A), not from file paths or names: the same backbones give the same designs and
+    folds wherever their files are."""
+    h = 0
+    for c in chains:
+        h = zlib.crc32(np.round(np.asarray(c.ca, dtype=np.float64), 3).astype("<f8").tobytes(), h)
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + h) % (2**63 - 1))
 
 
@@ -338,7 +343,8 @@ def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_se
         batch_size: backbones per batch (one ``design`` and one ``fold`` call; results are saved
             after every batch).
         seed: designs (and folds, for folders taking a ``generator``) use a generator seeded from
-            ``seed`` and the batch's keys, so a run is a pure function of its inputs and settings.
+            ``seed`` and the batch's coordinates, so a run is a pure function of its inputs and
+            settings, wherever the files are.
         threshold: designable iff best scRMSD < ``threshold`` (2 A).
         resume: skip backbones already in ``results.jsonl`` with the same inverse folder, folder,
             ``n_seq``, ``temperature`` and ``seed``; ``False`` recomputes everything.
@@ -393,8 +399,7 @@ def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_se
             bar = None
     def process(batch) -> list[dict]:
         """Design, fold and score one batch of backbones -> one record each."""
-        keys = [b[0] for b in batch]
-        gen = _batch_generator(seed, keys)
+        gen = _batch_generator(seed, [b[1] for b in batch])
         t0 = time.perf_counter()
         designs = inverse_folder.design([b[1] for b in batch], n_seq=int(n_seq), temperature=float(temperature), generator=gen)
         t1 = time.perf_counter()
