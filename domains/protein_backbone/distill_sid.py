@@ -1,8 +1,8 @@
 """Distil the shipped ``protein_backbone`` teacher with SiD into a K-step generator (the shipped
 ``checkpoints/sid_student_k{K}.safetensors``) and measure it next to the teacher.
 
-    python -m domains.protein_backbone.distill_sid --out runs/protein_backbone/sid_k8 --steps 500 --student-steps 8 --teacher-steps 100,200
-    python -m domains.protein_backbone.distill_sid --out runs/protein_backbone/sid_k16 --steps 300 --student-steps 16
+    python -m domains.protein_backbone.distill_sid --out runs/protein_backbone/sid_k8 --steps 2000 --student-steps 8 --teacher-steps 100,200
+    python -m domains.protein_backbone.distill_sid --out runs/protein_backbone/sid_k16 --steps 1000 --student-steps 16 --teacher-steps 100,200
     python -m domains.protein_backbone.distill_sid --out runs/protein_backbone/sid_k8 --only eval
 
 The recipe (:data:`METHOD_OPTIONS`, :data:`TRAIN`) is SiD (Zhou et al. 2024, "Score identity
@@ -19,10 +19,12 @@ scale it is then sampled with (:data:`NOISE_SCALE`;
 training with scale 1 and sampling with 0.8 or 0.6 shrank the backbones (K = 8, 200 steps:
 CA-CA 2.78 / 2.34 A, 53 / 67 clashes); training and sampling at 0.8 kept them at the teacher's
 bond length (3.41 A), and starting from ``t = 1`` (``init_sigma=None``) was worse than from
-``t = 0.714`` at equal training (outliers 0.911 vs 0.894, 49 vs 39 clashes at scale 1). The
-shipped K = 8 student (500 steps, 13 min) at scale 0.8: CA-CA 3.60 A, outlier fraction 0.889,
-42 clashes per backbone, vs the teacher's 100-step Euler ODE 3.57 A, 0.888, 46 (see
-``checkpoints/sid_student_k8_quality.json``); one step of the same student gives 84 clashes.
+``t = 0.714`` at equal training (outliers 0.911 vs 0.894, 49 vs 39 clashes at scale 1); these
+ablations used the first release's linear-head teacher. The shipped K = 8 student (2000
+steps, 42 min, from the relative-head teacher) at scale 0.8: CA-CA 3.73 A, outlier fraction
+0.781, 14.7 clashes per backbone, vs the teacher's 100-step Euler ODE 3.65 A, 0.512, 8.6 (see
+``checkpoints/sid_student_k8_quality.json``); 500 steps gave 0.802 and 14.1, and one step of
+the student fails (``docs/benchmarks.md``: 28 clashes).
 
 ``train`` copies ``--out/generator.safetensors`` to ``--checkpoint`` (default
 ``checkpoints/sid_student_k{K}.safetensors``); ``eval`` samples ``--eval-n`` backbones (seed
