@@ -44,6 +44,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from domains.proteins.layers import AdaLN
 from workbench.model import sinusoidal_embedding
 
 #: the domain's default network, that of the shipped teacher: the Proteina-like trunk with the
@@ -84,22 +85,6 @@ class SelfCondState:
 
     def __repr__(self) -> str:
         return f"SelfCondState(batch_size={self.batch_size}, calls={self.calls}, has_x0={self.x0 is not None})"
-
-
-class AdaLN(nn.Module):
-    """Adaptive layer norm: ``LN(h) * sigmoid(W_s LN(c) + b_s) + W_b LN(c)`` (AF3 Algorithm 26,
-    as Proteina). ``h [B, N, dim]``, ``c [B, N, dim_cond]``."""
-
-    def __init__(self, dim: int, dim_cond: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
-        self.cnorm = nn.LayerNorm(dim_cond, bias=False)
-        self.scale = nn.Linear(dim_cond, dim)
-        self.shift = nn.Linear(dim_cond, dim, bias=False)
-
-    def forward(self, h: Tensor, c: Tensor) -> Tensor:
-        c = self.cnorm(c)
-        return self.norm(h) * torch.sigmoid(self.scale(c)) + self.shift(c)
 
 
 class OutputScale(nn.Module):

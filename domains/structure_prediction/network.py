@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from domains.proteins.layers import AdaLN
+
 #: default architecture (the shipped checkpoint's); ``net={...}`` in the domain config overrides
 ARCH = dict(c_s=64, c_z=16, heads=4, trunk_depth=2, diffusion_depth=3, c_opm=8, relpos_max=32, transition=2, fourier_dim=32)
 
@@ -67,21 +69,6 @@ class RelPos(nn.Module):
     def forward(self, residue_index: Tensor) -> Tensor:
         d = (residue_index[:, :, None] - residue_index[:, None, :]).clamp(-self.r_max, self.r_max) + self.r_max
         return self.proj(d.long())
-
-
-class AdaLN(nn.Module):
-    """Adaptive LayerNorm (AF3 Suppl. Alg. 26): ``sigmoid(Linear(LN(s))) * LN(a) + Linear(LN(s))``."""
-
-    def __init__(self, c: int, c_s: int):
-        super().__init__()
-        self.norm_a = nn.LayerNorm(c, elementwise_affine=False)
-        self.norm_s = nn.LayerNorm(c_s, bias=False)
-        self.scale = nn.Linear(c_s, c)
-        self.shift = nn.Linear(c_s, c, bias=False)
-
-    def forward(self, a: Tensor, s: Tensor) -> Tensor:
-        s = self.norm_s(s)
-        return torch.sigmoid(self.scale(s)) * self.norm_a(a) + self.shift(s)
 
 
 class Transition(nn.Module):
