@@ -60,13 +60,19 @@ def load_into(module: nn.Module, path: PathLike, *, device="cpu", strict: bool =
     """Load safetensors weights into ``module``; returns the metadata. Shape/key mismatches
     raise :class:`CheckpointError` naming the first offending keys."""
     state, meta = load_weights(path, device=device)
+    load_state_into(module, state, path, strict=strict)
+    return meta
+
+
+def load_state_into(module: nn.Module, state: dict, path: PathLike, *, strict: bool = True) -> None:
+    """:func:`load_into` for a ``state`` already read with :func:`load_weights` (callers that
+    inspect the header or keys first, so the file is read once); ``path`` names it in errors."""
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not fit {type(module).__name__}: {str(e).splitlines()[0]}") from None
     if strict and (missing or unexpected):
         raise CheckpointError(f"checkpoint {path} does not fit {type(module).__name__}: missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
-    return meta
 
 
 def save_state(path: PathLike, state: dict) -> Path:

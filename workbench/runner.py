@@ -225,10 +225,10 @@ def distill(domain: Union[str, Domain], *, method: str = "consistency", student_
 def load_generator(domain: Domain, path: PathLike, *, device="cpu"):
     """``(generator, meta)`` from a ``generator.safetensors`` written by :func:`distill`: the
     module is rebuilt from the spec in the header and the domain's backbone."""
-    from .checkpoint import CheckpointError, load_into, load_weights
+    from .checkpoint import CheckpointError, load_state_into, load_weights
     from .distill.recipes import build_generator
 
-    state, meta = load_weights(path)
+    state, meta = load_weights(path, device=device)
     if meta.get("kind") != "generator":
         raise CheckpointError(f"{path} is not a distilled generator (written by 'workbench distill'); for a teacher use teacher=PATH")
     if meta.get("domain") != domain.name:
@@ -237,7 +237,7 @@ def load_generator(domain: Domain, path: PathLike, *, device="cpu"):
         raise CheckpointError(f"{path} has no generator spec in its header; re-export it with this version's 'workbench distill'")
     domain.adopt_checkpoint_architecture(meta, state.keys())
     gen = build_generator(domain, meta["spec"])
-    load_into(gen, path, device=device)
+    load_state_into(gen, state, path)
     return gen.to(device).eval(), meta
 
 

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from workbench.checkpoint import CheckpointError, load_into, load_weights
+from workbench.checkpoint import CheckpointError, load_state_into, load_weights
 from workbench.domain import Domain, GenerationBatch
 from workbench.losses import Batch
 from workbench.model import Denoiser
@@ -167,13 +167,13 @@ class ProteinBackboneDomain(Domain):
         if not p.exists():
             raise CheckpointError(f"checkpoint not found: {p} (the shipped protein_backbone teacher; regenerate it with "
                                   f"'python -m domains.protein_backbone.train')")
-        state, meta = load_weights(p)
+        state, meta = load_weights(p, device=device)
         dom = meta.get("domain") if isinstance(meta, dict) else None
         if dom is not None and dom != self.name:
             raise CheckpointError(f"checkpoint {p} was trained for domain {dom!r}, not {self.name!r}")
         self.adopt_checkpoint_architecture(meta, state.keys())
         model = self.build_backbone()
-        load_into(model, p, device=device)
+        load_state_into(model, state, p)
         return model.to(device).eval()
 
     def adopt_checkpoint_architecture(self, meta: dict, keys) -> None:

@@ -25,7 +25,7 @@ Design (after the paper's non-equivariant transformer, at a CPU-friendly size):
 * **Read-out**: ``LayerNorm`` + linear to 3 coordinates (Proteina's ``coors_3d_decoder``),
   masked; with ``coord_head="relative"`` plus :class:`RelativeCoordHead`, an E(n)-GNN-style
   update along difference vectors of sequence neighbours (an addition of this project, not
-  Proteina's; off in the shipped teacher).
+  Proteina's; on in :data:`DEFAULT_NET` and the shipped teacher).
 
 The network is *not* rotation-equivariant (Proteina isn't either; the data sampler applies
 random rotations). It is exactly translation invariant (inputs are centred on the masked

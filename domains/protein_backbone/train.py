@@ -27,6 +27,7 @@ import torch
 from workbench.utils import per_sample_generators, write_json
 
 from .domain import CHECKPOINT_DIR, ProteinBackboneDomain
+from .nets import COORD_HEADS
 
 
 def _fmt(m: dict) -> str:
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--init", help="start from these weights (a later training stage, e.g. the shipped teacher)")
     ap.add_argument("--init-partial", action="store_true", help="--init may lack modules (they keep their fresh initialisation)")
-    ap.add_argument("--coord-head", choices=["linear", "relative"], help="read-out (nets.COORD_HEADS; default: the domain's)")
+    ap.add_argument("--coord-head", choices=COORD_HEADS, help="coordinate read-out (default: the domain's, DEFAULT_NET)")
     ap.add_argument("--data", default="real", choices=["real", "ideal", "mixed"])
     ap.add_argument("--root", help="user directory of PDB/mmCIF files")
     ap.add_argument("--n-max", type=int, default=128)

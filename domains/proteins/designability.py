@@ -48,7 +48,7 @@ from .metrics import ca_rmsd, tm_score
 
 #: designability threshold on the best scRMSD (Angstrom)
 SC_RMSD_THRESHOLD = 2.0
-#: the secondary, looser criterion: best scTM above this (Yim et al. 2023, FrameDiff, Sec. 5.1)
+#: the secondary, looser criterion: best scTM above this (as in Yim et al. 2023, FrameDiff)
 SC_TM_THRESHOLD = 0.5
 FOLDERS = ("default", "esmfold")
 INVERSE_FOLDERS = ("proteinmpnn_ca", "proteinmpnn")

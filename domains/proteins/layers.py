@@ -11,8 +11,8 @@ class AdaLN(nn.Module):
 
     ``forward(h [..., dim], c [..., dim_cond]) -> [..., dim]``; ``LN(h)`` has no affine
     parameters, ``LN(c)`` a scale only. Parameters: ``cnorm.weight``, ``scale.{weight,bias}``,
-    ``shift.weight``; checkpoints written before the protein domains shared this layer named
-    ``cnorm`` ``norm_s`` (``structure_prediction``) and still load."""
+    ``shift.weight``. ``structure_prediction`` checkpoints written before the two domains
+    shared this layer call ``cnorm`` ``norm_s``; they still load (``_load_from_state_dict``)."""
 
     #: earlier parameter names -> current ones (read by ``_load_from_state_dict``)
     _RENAMED = {"norm_s.weight": "cnorm.weight"}
