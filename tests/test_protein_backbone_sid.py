@@ -76,3 +76,17 @@ def test_tiny_sid_distillation_end_to_end(tmp_path):
 def test_distill_student_rejects_bad_steps(tmp_path):
     with pytest.raises(ValueError, match="student_steps"):
         distill_student(tmp_path, student_steps=0, steps=1, checkpoint=False)
+
+
+def test_teacher_domain_config_reads_the_teachers_chain_set(tmp_path):
+    from domains.protein_backbone.distill_sid import teacher_domain_config
+    from workbench.checkpoint import save_weights
+
+    assert teacher_domain_config() == {}
+    assert teacher_domain_config(data="mixed") == {"data": "mixed"}
+    path = save_weights(tmp_path / "t.safetensors", {"w": torch.zeros(1)},
+                        meta={"domain": "protein_backbone", "config": {"data": "ideal", "n_max": 128}})
+    assert teacher_domain_config(str(path)) == {"data": "ideal"}  # the teacher's own chain set
+    assert teacher_domain_config(str(path), "real") == {"data": "real"}  # an explicit choice wins
+    bare = save_weights(tmp_path / "bare.safetensors", {"w": torch.zeros(1)})
+    assert teacher_domain_config(str(bare)) == {}

@@ -64,6 +64,8 @@ def test_parse_options_errors_are_one_line(argv, needle):
     (B.backbone_main, ["student_step=[1]"], "valid: out, n, lengths, teacher_steps, teacher, generators"),
     (B.backbone_main, ["generators=/nonexistent/generator.safetensors"], "generator not found"),
     (B.backbone_main, ["noise_scales=[-1]"], "noise_scales must be finite numbers >= 0"),
+    (B.backbone_main, ["teacher_sampler=heun"], "unknown teacher_sampler 'heun'; valid: euler, sde"),
+    (B.backbone_main, ["teacher_sampler=sde", "teacher_temperature=1.5"], "teacher_temperature must be in [0, 1]"),
 ])
 def test_mains_report_bad_options_in_one_line(main, argv, needle, capsys, tmp_path):
     assert main(argv + [f"out={tmp_path / 'o'}"]) == 2
@@ -250,15 +252,20 @@ def test_bench_backbone_end_to_end(tmp_path, tiny_generator, capsys):
         assert (out / name).is_file()
     assert (out / "backbone.png").read_bytes()[:8] == PNG
     rows = json.loads((out / "backbone.json").read_text())["rows"]
-    assert [r["kind"] for r in rows] == ["teacher", "student", "student"]
-    assert [r["nfe"] for r in rows] == [4, 2, 2] and [r["noise_scale"] for r in rows] == [None, 1.0, 0.5]
+    assert [r["kind"] for r in rows] == ["teacher", "reference", "student", "student"]
+    assert [r["nfe"] for r in rows] == [4, None, 2, 2] and [r["noise_scale"] for r in rows] == [None, None, 1.0, 0.5]
+    assert len(list((out / "rows").glob("*/designability/results.jsonl"))) == 4
     for r in rows:
-        assert len(list((out / "rows").glob("*/designability/results.jsonl"))) == 3
         assert 0.0 <= r["designable_fraction"] <= 1.0 and r["n_designable"] == round(r["designable_fraction"] * 2)
         assert r["designable_fraction_sc_tm"] in (0.0, 0.5, 1.0) and 0.0 <= r["mean_best_sc_tm"] <= 1.0
-        assert r["seconds_per_sample"] > 0 and r["ca_ca_mean"] > 0 and r["novelty_max_tm_mean"] is not None
+        assert r["ca_ca_mean"] > 0 and r["novelty_max_tm_mean"] is not None
+        if r["kind"] == "reference":  # held-out real chains: native bond lengths, no sampling cost, no acceptance
+            assert r["seconds_per_sample"] is None and "meets" not in r and abs(r["ca_ca_mean"] - 3.8) < 0.1
+            continue
+        assert r["seconds_per_sample"] > 0
         if r["n_designable"]:
             assert r["seconds_per_designable"] == pytest.approx(r["seconds_total"] / r["n_designable"])
+    rows = [rows[0]] + rows[2:]
     for r in rows[1:]:  # acceptance columns recomputed from the numbers in the row
         again = B.backbone_acceptance(rows[0], r)
         assert r["nfe_ratio"] == 2.0 and r["meets"] is False and r["meets_sc_tm"] is False  # 2x fewer NFE is not 20x
@@ -274,12 +281,54 @@ def test_bench_backbone_end_to_end(tmp_path, tiny_generator, capsys):
     assert len(set(map(tuple, lens.values()))) == 1 and set(next(iter(lens.values()))) <= {28, 32}
     md = (out / "backbone.md").read_text()
     assert "NFE at least 20x fewer" in md and md.count("| no | no |") == 2 and "scTM > 0.5" in md
+    assert "| held-out chains (reference) | - | - |" in md
     csv_rows = read_csv(out / "backbone.csv")
-    assert [r["meets"] for r in csv_rows] == ["", "False", "False"]
+    assert [r["meets"] for r in csv_rows] == ["", "", "False", "False"]
+
+
+def test_heldout_batch_is_centred_crops_of_heldout_chains():
+    from domains.protein_backbone import ProteinBackboneDomain
+
+    dom = ProteinBackboneDomain(n_max=40)
+    lengths = [30, 55, 30]
+    b = B.heldout_batch(dom, lengths)
+    N = max(40, 55)
+    assert b.x.shape == (3, N, 3) and torch.equal(b.mask.sum(1), torch.tensor(lengths, dtype=torch.float32))
+    real = b.mask > 0.5
+    assert float(b.x[~real].abs().max()) == 0.0
+    com = (b.x * b.mask[..., None]).sum(1) / b.mask.sum(1, keepdim=True)
+    assert float(com.abs().max()) < 1e-5
+    held = {c.name for c in dom.chains("test")} | {c.name for c in dom.chains("val")}
+    train = {c.name for c in dom.chains("train")}
+    assert held and not held & train  # split by protein: never a training chain
+    # each row is the central window of a held-out chain (same internal distances, in nm)
+    pool = dom.chains("test") + dom.chains("val")
+    for i, L in enumerate(lengths):
+        x = b.x[i, :L].double()
+        d = torch.cdist(x, x)
+        hits = []
+        for c in pool:
+            if len(c) >= L:
+                s0 = (len(c) - L) // 2
+                ca = torch.as_tensor(c.ca[s0:s0 + L], dtype=torch.float64) * 0.1
+                hits.append(float((torch.cdist(ca, ca) - d).abs().max()) < 1e-5)
+        assert any(hits)
+    assert not torch.equal(b.x[0], b.x[2])  # the second length-30 row uses the next chain
+    with pytest.raises(ValueError, match="no held-out"):
+        B.heldout_batch(dom, [5000])
 
 
 def test_bench_backbone_teacher_only_without_designability(tmp_path):
-    res = B.bench_backbone(tmp_path / "t", n=2, lengths=[20], teacher_steps=3, designability=False, progress=False)
-    (row,) = res["rows"]
+    res = B.bench_backbone(tmp_path / "t", n=2, lengths=[20], teacher_steps=3, designability=False, reference=False,
+                           progress=False)
+    (row,) = res["rows"]  # reference=false: the teacher row only
     assert row["nfe"] == 3 and row["designable_fraction"] is None and row["seconds_per_designable"] is None
     assert "designability=false" in (tmp_path / "t" / "backbone.md").read_text()
+    # the low-temperature SDE teacher: same lengths and initial noise, other samples; temperature 0 is deterministic
+    a = B.bench_backbone(tmp_path / "s", n=2, lengths=[20], teacher_steps=3, designability=False, reference=False, progress=False,
+                         teacher_sampler="sde", teacher_temperature=0.0)
+    b = B.bench_backbone(tmp_path / "s2", n=2, lengths=[20], teacher_steps=3, designability=False, reference=False, progress=False,
+                         teacher_sampler="sde", teacher_temperature=0.0)
+    assert a["rows"][0]["name"] == "teacher sde T0 3" and a["rows"][0]["nfe"] == 3
+    assert a["rows"][0]["ca_ca_mean"] == b["rows"][0]["ca_ca_mean"] != row["ca_ca_mean"]
+    assert "reverse SDE (`sde`, noise scaling temperature 0)" in (tmp_path / "s" / "backbone.md").read_text()

@@ -49,7 +49,7 @@ import torch
 
 from workbench.utils import write_json
 
-from .domain import CHECKPOINT_DIR, ProteinBackboneDomain
+from .domain import CHECKPOINT_DIR, DATA_SOURCES, ProteinBackboneDomain
 
 #: SiD options of the shipped students (``method_options`` of :func:`workbench.runner.distill`)
 METHOD_OPTIONS = {"alpha": 1.0, "train_noise_scale": 0.8}
@@ -94,18 +94,38 @@ def distill_student(out_dir, *, student_steps: int = 8, steps: int = 500, checkp
     return res
 
 
+def teacher_domain_config(teacher: Optional[str] = None, data: Optional[str] = None) -> dict:
+    """Domain options to distil ``teacher`` with: its checkpoint header's ``data`` (the chain
+    set it was trained on, which sets the generation length histogram and the novelty
+    reference), overridden by ``data``; ``{}`` for the shipped teacher with no override."""
+    cfg: dict = {}
+    if teacher is not None:
+        from workbench.checkpoint import load_weights
+
+        meta = load_weights(teacher)[1]
+        src = (meta.get("config") or {}).get("data")
+        if src is not None:
+            cfg["data"] = src
+    if data is not None:
+        cfg["data"] = data
+    return cfg
+
+
 def _summary(m: dict) -> dict:
     return {k: float(m[k]) for k in SUMMARY_KEYS if k in m}
 
 
 def evaluate_student(generator_path, *, student_steps: int, noise_scales=(1.0, 0.8, 0.6), n: int = 16, seed: int = 0,
-                     teacher_steps=(100,), lengths=None, log=print) -> dict:
+                     teacher_steps=(100,), lengths=None, domain_config: Optional[dict] = None, teacher: Optional[str] = None,
+                     log=print) -> dict:
     """Metrics of ``n`` samples of the generator at ``generator_path`` (``student_steps``
-    steps, each noise scale) and of the shipped teacher's Euler ODE (each of
-    ``teacher_steps``), same seeds and lengths."""
+    steps, each noise scale) and of the teacher's Euler ODE (each of ``teacher_steps``), same
+    seeds and lengths. ``domain_config``: the :class:`ProteinBackboneDomain` options the
+    student was distilled with (e.g. ``{"data": "ideal"}``; default the real chains);
+    ``teacher``: the teacher checkpoint it was distilled from (default the shipped one)."""
     from workbench.runner import load_generator, sample_domain, sample_generator
 
-    dom = ProteinBackboneDomain(**({"lengths": list(lengths)} if lengths else {}))
+    dom = ProteinBackboneDomain(**{**(domain_config or {}), **({"lengths": list(lengths)} if lengths else {})})
     gen, meta = load_generator(dom, generator_path)
     out: dict = {"n": n, "seed": seed, "lengths": list(lengths) if lengths else "training histogram", "student_steps": int(student_steps),
                  "generator": {"train_steps": meta.get("steps"), "train_seconds": meta.get("train_seconds"), "options": meta.get("options")},
@@ -115,9 +135,9 @@ def evaluate_student(generator_path, *, student_steps: int, noise_scales=(1.0, 0
         m = {**_summary(dom.evaluate(x)), "nfe": info["nfe"], "seconds": info["seconds"]}
         out["student"][f"noise_scale_{float(s):g}"] = m
         log(f"student K={student_steps} noise_scale={s:g}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()))
-    teacher = dom.load_teacher()
+    teacher_net = dom.load_teacher(teacher)
     for ts in teacher_steps:
-        x, info = sample_domain(dom, teacher, sampler="euler", steps=int(ts), n=n, seed=seed, progress=False)
+        x, info = sample_domain(dom, teacher_net, sampler="euler", steps=int(ts), n=n, seed=seed, progress=False)
         m = {**_summary(dom.evaluate(x)), "nfe": info["nfe"], "seconds": info["seconds"]}
         out["teacher"][f"euler_{int(ts)}"] = m
         log(f"teacher euler {ts}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()))
@@ -140,6 +160,9 @@ def main(argv=None) -> int:
     ap.add_argument("--noise-scales", default="1.0,0.8,0.6")
     ap.add_argument("--teacher-steps", default="100", help="comma-separated Euler step counts of the teacher reference")
     ap.add_argument("--eval-lengths", help="comma-separated lengths (default: the training length histogram)")
+    ap.add_argument("--teacher", help="teacher checkpoint to distil (default: the shipped checkpoints/teacher.safetensors)")
+    ap.add_argument("--data", choices=DATA_SOURCES, help="training-chain set of the domain (novelty reference and length "
+                    "histogram); default: the teacher checkpoint's, else real")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
@@ -150,13 +173,14 @@ def main(argv=None) -> int:
     qpath = Path(args.quality) if args.quality else ckpt.with_name(ckpt.stem + "_quality.json")
     command = "python -m domains.protein_backbone.distill_sid " + " ".join(sys.argv[1:] if argv is None else argv)
     steps = [args.only] if args.only else ["train", "eval"]
+    dcfg = teacher_domain_config(args.teacher, args.data)
     info = json.loads(qpath.read_text()) if qpath.exists() else {}
     info.update({"torch": torch.__version__, "machine": f"{platform.machine()}, {args.threads} threads"})
     if "train" in steps:
         train = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
         t0 = time.time()
         res = distill_student(args.out, student_steps=K, steps=args.steps, checkpoint=ckpt, train=train, resume=not args.no_resume,
-                              device=args.device)
+                              device=args.device, teacher=args.teacher, domain_config=dcfg)
         print(f"SiD K={K}: {res['steps']} steps in {time.time() - t0:.0f} s; final loss {res['final_loss']}; wrote {ckpt}")
         info["distill"] = {"command": command, "method": "sid", "student_steps": K, "steps": res["steps"], "method_options": res["method_options"],
                            "train": res["train"], "train_seconds": res["seconds"], "size_bytes": ckpt.stat().st_size}
@@ -164,7 +188,8 @@ def main(argv=None) -> int:
         scales = [float(v) for v in args.noise_scales.split(",")]
         lengths = [int(v) for v in args.eval_lengths.split(",")] if args.eval_lengths else None
         info["quality"] = evaluate_student(ckpt, student_steps=K, noise_scales=scales, n=args.eval_n, seed=args.seed,
-                                           teacher_steps=[int(v) for v in args.teacher_steps.split(",")], lengths=lengths)
+                                           teacher_steps=[int(v) for v in args.teacher_steps.split(",")], lengths=lengths,
+                                           domain_config=dcfg, teacher=args.teacher)
         info["quality"]["command"] = command
         info["recommended_noise_scale"] = NOISE_SCALE
     write_json(qpath, info)

@@ -5,8 +5,9 @@
     workbench bench designability [out=DIR] [n=100] [length=100] [n_seq=8] [fold_steps=5] [source=ideal|real|DIR]
                                   [batch_size=8] [seed=0] [threads=1]
     workbench bench backbone [out=DIR] [n=16] [lengths=[60,80,100]] [teacher_steps=200] [teacher=PATH]
+                             [teacher_sampler=euler|sde] [teacher_temperature=1.0]
                              [generators=PATH,...] [student_steps=[1,8,16]] [noise_scales=[1.0]] [designability=true]
-                             [n_seq=8] [fold_steps=5] [seed=0] [threads=1]
+                             [n_seq=8] [fold_steps=5] [seed=0] [reference=true] [threads=1]
 
 ``structure``: the ``structure_prediction`` model on held-out test chains of its own split:
 AF3's 200-step sampler (``af3_edm`` with AF3's defaults; ``gamma_min`` = 1 A as the domain's
@@ -26,13 +27,16 @@ per minute, seconds per backbone split into inverse folding / folding / metrics 
 designable fraction. Resumable (the pipeline's ``results.jsonl``). Writes
 ``designability_bench.md`` / ``.json`` next to the pipeline's own report.
 
-``backbone``: the ``protein_backbone`` teacher (Euler, ``teacher_steps``) against distilled
+``backbone``: the ``protein_backbone`` teacher (Euler, or with ``teacher_sampler=sde`` the
+reverse SDE at Proteina's noise-scaling ``teacher_temperature``; ``teacher_steps``) against distilled
 generators (``generator.safetensors`` from ``workbench distill domain=protein_backbone
 method=sid ...``) at each student step count and noise scale (Xie et al. 2025, multistep SiD
 with noise modulation): NFE, wall time per sample, designable fraction of the written PDBs,
 diversity, novelty, CA-CA / clash / SSE metrics, wall time per designable sample, and for each
 student row the acceptance check "NFE at least 20x fewer and designable fraction, diversity and
-novelty each within 10% relative of the teacher's". Writes ``backbone.csv``, ``backbone.json``,
+novelty each within 10% relative of the teacher's"; plus a reference row of held-out chains of the
+teacher's own data set at the same lengths through the same metrics and designability check
+(``reference=false`` drops it). Writes ``backbone.csv``, ``backbone.json``,
 ``backbone.md`` and ``backbone.png``.
 
 Options are ``key=value``; lists are ``[a,b]`` or ``a,b``. Bad options give a one-line error
@@ -58,6 +62,9 @@ from workbench.utils import write_json, write_text
 STRUCTURE_TOL = 0.05
 BACKBONE_NFE_FACTOR = 20.0
 BACKBONE_TOL = 0.10
+#: teacher samplers of ``bench backbone``: the probability-flow ODE, or the reverse SDE with
+#: Proteina's noise scaling (``teacher_temperature`` < 1: low-temperature sampling)
+TEACHER_SAMPLERS = ("euler", "sde")
 
 
 # --------------------------------------------------------------------------------------------
@@ -660,10 +667,41 @@ BACKBONE_METRICS = ("ca_ca_mean", "ca_ca_std", "ca_ca_outlier_fraction", "clashe
                     "novelty_novel_fraction", "nonfinite_fraction")
 
 
+def heldout_batch(domain, lengths) -> "Batch":
+    """Held-out chains of ``domain``'s own data set cropped to ``lengths``: the reference row
+    of :func:`bench_backbone` (what the metrics and the designability check give on real data
+    of the same lengths). Sample ``i`` is the central window of ``lengths[i]`` residues of the
+    ``i``-th (cycling) chain of the test then validation split that is at least that long; CA
+    coordinates in nm with zero centre of mass, padded to ``domain.generation_size()``.
+    Returns a :class:`~workbench.losses.Batch` ``x [n, N, 3]``, ``mask [n, N]``."""
+    from workbench.losses import Batch
+
+    pool = sorted(list(domain.chains("test")) + list(domain.chains("val")), key=lambda c: (c.name not in
+                  {t.name for t in domain.chains("test")}, c.name))
+    lengths = [int(v) for v in lengths]
+    N = max([domain.generation_size()] + lengths)
+    x = torch.zeros(len(lengths), N, 3)
+    mask = torch.zeros(len(lengths), N)
+    used: dict = {}
+    for i, L in enumerate(lengths):
+        fits = [c for c in pool if len(c) >= L]
+        if not fits:
+            raise ValueError(f"no held-out (test or validation) chain has {L} residues; use shorter lengths")
+        j = used.get(L, 0)
+        used[L] = j + 1
+        c = fits[j % len(fits)]
+        start = (len(c) - L) // 2
+        ca = torch.as_tensor(np.asarray(c.ca[start:start + L], dtype=np.float32)) * 0.1  # Angstrom -> nm
+        x[i, :L] = ca - ca.mean(0)
+        mask[i, :L] = 1.0
+    return Batch(x=x, mask=mask)
+
+
 def bench_backbone(out_dir, *, n: int = 16, lengths: Sequence[int] = (60, 80, 100), teacher_steps: int = 200,
                    teacher: Optional[str] = None, generators: Sequence[str] = (), student_steps: Sequence[int] = (1, 8, 16),
                    noise_scales: Sequence[float] = (1.0,), designability: bool = True, n_seq: int = 8, fold_steps: int = 5,
-                   seed: int = 0, batch_size: int = 16, progress: bool = True, models=None) -> dict:
+                   seed: int = 0, batch_size: int = 16, reference: bool = True, teacher_sampler: str = "euler",
+                   teacher_temperature: float = 1.0, progress: bool = True, models=None) -> dict:
     """The ``protein_backbone`` teacher vs distilled generators.
 
     Every row draws the same ``n`` lengths (uniform over ``lengths``) and initial noises (sample
@@ -680,7 +718,10 @@ def bench_backbone(out_dir, *, n: int = 16, lengths: Sequence[int] = (60, 80, 10
     Per row: ``nfe``, ``seconds_per_sample`` (sampling wall time / n), the metrics of
     :data:`BACKBONE_METRICS`, ``designable_fraction``, ``seconds_per_designable`` (sampling
     wall time / number of designable samples) and, for generator rows, the acceptance columns of
-    :func:`backbone_acceptance`. Writes ``backbone.{csv,json,md,png}`` and per-row sample
+    :func:`backbone_acceptance`. With ``reference`` a row ``held-out chains`` (kind
+    ``reference``, :func:`heldout_batch` at the teacher row's lengths) goes through the same
+    metrics and designability check: the ceiling the folder allows on real data of these
+    lengths (no NFE, no acceptance). Writes ``backbone.{csv,json,md,png}`` and per-row sample
     directories."""
     from workbench.checkpoint import load_weights
     from workbench.runner import load_generator, sample_domain, sample_generator
@@ -689,6 +730,10 @@ def bench_backbone(out_dir, *, n: int = 16, lengths: Sequence[int] = (60, 80, 10
     _positive("lengths", list(lengths), 2)
     _positive("teacher_steps", teacher_steps)
     _positive("student_steps", list(student_steps))
+    if teacher_sampler not in TEACHER_SAMPLERS:
+        raise ValueError(f"unknown teacher_sampler {teacher_sampler!r}; valid: {', '.join(TEACHER_SAMPLERS)}")
+    if not (math.isfinite(float(teacher_temperature)) and 0.0 <= float(teacher_temperature) <= 1.0):
+        raise ValueError(f"teacher_temperature must be in [0, 1], got {teacher_temperature!r}")
     if any(not (math.isfinite(float(s)) and float(s) >= 0) for s in noise_scales):
         raise ValueError(f"noise_scales must be finite numbers >= 0, got {list(noise_scales)!r}")
     _positive("n_seq", n_seq)
@@ -726,16 +771,24 @@ def bench_backbone(out_dir, *, n: int = 16, lengths: Sequence[int] = (60, 80, 10
                         "designable_fraction_sc_tm": rep["designable_fraction_sc_tm"], "mean_best_sc_tm": rep["mean_best_sc_tm"]})
             nd = rep["n_designable"] or 0
             row["seconds_per_designable"] = seconds / nd if nd else None
-        _log(progress, f"bench backbone: {row['name']}: NFE {row['nfe']}, {row['seconds_per_sample']:.3f} s/sample, "
+        _log(progress, f"bench backbone: {row['name']}: NFE {row['nfe']}, {_fmt(row['seconds_per_sample'])} s/sample, "
                        f"designable {_fmt(row['designable_fraction'])}, diversity {_fmt(row['diversity_cluster_fraction'])}, "
                        f"novelty {_fmt(row['novelty_max_tm_mean'])}")
         return row
 
-    samples, info = sample_domain(dom, net, sampler="euler", steps=int(teacher_steps), n=int(n), seed=int(seed),
-                                  batch_size=int(batch_size), progress=False)
-    rows.append(finish({"name": f"teacher euler {int(teacher_steps)}", "kind": "teacher", "model": str(teacher or dom.default_teacher_path()),
+    topts = {"temperature": float(teacher_temperature)} if teacher_sampler == "sde" else {}
+    tname = "euler" if teacher_sampler == "euler" else f"sde T{float(teacher_temperature):g}"
+    samples, info = sample_domain(dom, net, sampler=teacher_sampler, steps=int(teacher_steps), n=int(n), seed=int(seed),
+                                  batch_size=int(batch_size), progress=False, options=topts)
+    rows.append(finish({"name": f"teacher {tname} {int(teacher_steps)}", "kind": "teacher", "model": str(teacher or dom.default_teacher_path()),
                         "method": "teacher", "steps": int(teacher_steps), "noise_scale": None}, samples, info["seconds"],
-                       info["nfe"], f"teacher_euler{int(teacher_steps)}"))
+                       info["nfe"], f"teacher_{tname.replace(' ', '_')}{int(teacher_steps)}"))
+    if reference:
+        ref_lengths = [int(v) for v in samples.mask.sum(1).round().long()]
+        rows.append(finish({"name": "held-out chains (reference)", "kind": "reference", "model": f"data={dom.config['data']}",
+                            "method": "reference", "steps": None, "noise_scale": None}, heldout_batch(dom, ref_lengths), 0.0, 0,
+                           "heldout_reference"))
+        rows[-1].update({"nfe": None, "seconds_total": None, "seconds_per_sample": None, "seconds_per_designable": None})
     for gi, p in enumerate(gen_paths):
         gmeta = load_weights(p)[1] or {}
         gdom = _backbone_domain(gmeta.get("config"), lengths)
@@ -750,6 +803,8 @@ def bench_backbone(out_dir, *, n: int = 16, lengths: Sequence[int] = (60, 80, 10
                                     "noise_scale": float(s)}, smp, sinfo["seconds"], sinfo["nfe"], tag))
     ref = rows[0]
     for r in rows[1:]:
+        if r["kind"] != "student":
+            continue
         r.update(backbone_acceptance(ref, r))
         sec = backbone_acceptance(ref, r, designable_key="designable_fraction_sc_tm")
         r.update({"designable_fraction_sc_tm_rel": sec["designable_fraction_sc_tm_rel"], "meets_sc_tm": sec["meets"]})
@@ -759,6 +814,7 @@ def bench_backbone(out_dir, *, n: int = 16, lengths: Sequence[int] = (60, 80, 10
             "meets", "designable_fraction_sc_tm_rel", "meets_sc_tm", "model"]
     csv_path = _write_csv(out / "backbone.csv", rows, cols)
     info = {"benchmark": "backbone", "n": int(n), "lengths": [int(v) for v in lengths], "teacher_steps": int(teacher_steps),
+            "teacher_sampler": teacher_sampler, "teacher_temperature": float(teacher_temperature), "reference": bool(reference),
             "generators": [str(p) for p in gen_paths], "student_steps": [int(k) for k in student_steps],
             "noise_scales": [float(s) for s in noise_scales], "designability": bool(designability), "n_seq": int(n_seq),
             "fold_steps": int(fold_steps), "seed": int(seed), "nfe_factor": BACKBONE_NFE_FACTOR, "tolerance": BACKBONE_TOL,
@@ -771,6 +827,12 @@ def bench_backbone(out_dir, *, n: int = 16, lengths: Sequence[int] = (60, 80, 10
     return {"rows": rows, "csv": str(csv_path), "json": str(json_path), "markdown": str(md_path), "plot": str(png), "text": md}
 
 
+def _teacher_sampler_text(info: dict) -> str:
+    if info.get("teacher_sampler", "euler") == "euler":
+        return "Euler (probability-flow ODE)"
+    return f"reverse SDE (`sde`, noise scaling temperature {info['teacher_temperature']:g})"
+
+
 def _backbone_markdown(info: dict) -> str:
     rows = info["rows"]
     lines = [
@@ -778,7 +840,7 @@ def _backbone_markdown(info: dict) -> str:
         "",
         f"- {info['n']} samples per row, lengths drawn uniformly from {info['lengths']}, seed {info['seed']} (same lengths and "
         "initial noise in every row).",
-        f"- Teacher: Euler (probability-flow ODE) with {info['teacher_steps']} steps. Students: "
+        f"- Teacher: {_teacher_sampler_text(info)} with {info['teacher_steps']} steps. Students: "
         f"{', '.join(info['generators']) or 'none given'}.",
         ("- Designability: ProteinMPNN CA-only, "
          f"{info['n_seq']} sequences per backbone, refolded by the small in-repo structure predictor ({info['fold_steps']}-step "
@@ -798,9 +860,11 @@ def _backbone_markdown(info: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for r in rows:
-        st = r is rows[0]
+        st = r["kind"] != "student"
         lines.append(
-            f"| {r['name']} | {r['nfe']} | {r['seconds_per_sample']:.3f} | {_fmt(r['designable_fraction'])} | "
+            f"| {r['name']} | {'-' if r['nfe'] is None else r['nfe']} | "
+            f"{'-' if r['seconds_per_sample'] is None else format(r['seconds_per_sample'], '.3f')} | "
+            f"{_fmt(r['designable_fraction'])} | "
             f"{_fmt(r['seconds_per_designable'], '{:.2f}')} | {_fmt(r.get('designable_fraction_sc_tm'))} | "
             f"{_fmt(r['diversity_cluster_fraction'])} | "
             f"{_fmt(r['novelty_max_tm_mean'])} | {_fmt(r['ca_ca_mean'], '{:.2f}')} | {_fmt(r['ca_ca_outlier_fraction'])} | "
@@ -825,8 +889,11 @@ def _plot_backbone(rows: list[dict], path: Path) -> Path:
     ref = rows[0]
     for ax, (k, label) in zip(axes, keys):
         for r in rows[1:]:
-            if r.get(k) is not None:
+            if r.get(k) is not None and r["kind"] == "student":
                 ax.scatter(r["nfe"], r[k], s=18, label=r["name"])
+        for r in rows[1:]:
+            if r.get(k) is not None and r["kind"] == "reference":
+                ax.axhline(r[k], color="C7", lw=0.8, ls=":", label=r["name"])
         if ref.get(k) is not None:
             ax.scatter(ref["nfe"], ref[k], marker="*", s=80, c="k", label=ref["name"])
             ax.axhline(ref[k], color="k", lw=0.6, ls="--")
@@ -845,7 +912,8 @@ BACKBONE_OPTIONS = {"out": (str, "outputs/bench_backbone"), "n": (int, 16), "len
                     "teacher_steps": (int, 200), "teacher": (str, None), "generators": (("list", str), []),
                     "student_steps": (("list", int), [1, 8, 16]), "noise_scales": (("list", float), [1.0]),
                     "designability": (bool, True), "n_seq": (int, 8), "fold_steps": (int, 5), "seed": (int, 0),
-                    "batch_size": (int, 16), "threads": (int, 1), "progress": (bool, True)}
+                    "batch_size": (int, 16), "reference": (bool, True), "teacher_sampler": (str, "euler"),
+                    "teacher_temperature": (float, 1.0), "threads": (int, 1), "progress": (bool, True)}
 
 
 def backbone_main(argv: Optional[list[str]] = None) -> int:
@@ -854,7 +922,8 @@ def backbone_main(argv: Optional[list[str]] = None) -> int:
         res = bench_backbone(o["out"], n=o["n"], lengths=o["lengths"], teacher_steps=o["teacher_steps"], teacher=o["teacher"],
                              generators=o["generators"], student_steps=o["student_steps"], noise_scales=o["noise_scales"],
                              designability=o["designability"], n_seq=o["n_seq"], fold_steps=o["fold_steps"], seed=o["seed"],
-                             batch_size=o["batch_size"], progress=o["progress"])
+                             batch_size=o["batch_size"], reference=o["reference"], teacher_sampler=o["teacher_sampler"],
+                             teacher_temperature=o["teacher_temperature"], progress=o["progress"])
         return res["text"] + f"\nwrote {res['csv']}, {res['json']}, {res['markdown']}, {res['plot']}"
 
     return _run_main("backbone", argv, BACKBONE_OPTIONS, "workbench bench backbone: protein_backbone teacher vs distilled "
@@ -863,6 +932,7 @@ def backbone_main(argv: Optional[list[str]] = None) -> int:
 
 __all__ = [
     "BACKBONE_CRITERIA", "backbone_acceptance", "backbone_main", "bench_backbone", "bench_designability", "bench_structure",
+    "heldout_batch",
     "designability_backbones", "designability_main", "load_designability_models", "parse_options", "relative_change",
     "structure_acceptance", "structure_main", "timed_designability",
 ]
