@@ -313,7 +313,11 @@ def test_heldout_batch_is_centred_crops_of_heldout_chains():
                 ca = torch.as_tensor(c.ca[s0:s0 + L], dtype=torch.float64) * 0.1
                 hits.append(float((torch.cdist(ca, ca) - d).abs().max()) < 1e-5)
         assert any(hits)
-    assert not torch.equal(b.x[0], b.x[2])  # the second length-30 row uses the next chain
+    assert not torch.equal(b.x[0, :30], b.x[2, :30])  # the second length-30 row uses another chain
+    many = B.heldout_batch(dom, [50] * len(pool))  # as many rows as held-out chains of >= 50: all distinct
+    n_long = sum(len(c) >= 50 for c in pool)
+    firsts = {tuple(np.round(many.x[i, 0].numpy(), 5)) for i in range(n_long)}
+    assert len(firsts) == n_long
     with pytest.raises(ValueError, match="no held-out"):
         B.heldout_batch(dom, [5000])
 

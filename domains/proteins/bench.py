@@ -670,26 +670,30 @@ BACKBONE_METRICS = ("ca_ca_mean", "ca_ca_std", "ca_ca_outlier_fraction", "clashe
 def heldout_batch(domain, lengths) -> "Batch":
     """Held-out chains of ``domain``'s own data set cropped to ``lengths``: the reference row
     of :func:`bench_backbone` (what the metrics and the designability check give on real data
-    of the same lengths). Sample ``i`` is the central window of ``lengths[i]`` residues of the
-    ``i``-th (cycling) chain of the test then validation split that is at least that long; CA
-    coordinates in nm with zero centre of mass, padded to ``domain.generation_size()``.
-    Returns a :class:`~workbench.losses.Batch` ``x [n, N, 3]``, ``mask [n, N]``."""
+    of the same lengths). The held-out pool is the test then the validation split; sample ``i``
+    is the central window of ``lengths[i]`` residues of the first chain of the pool that is at
+    least that long and not used yet (chains are reused only once every long-enough chain has
+    been used, so the row is as diverse as the held-out data allow); CA coordinates in nm with
+    zero centre of mass, padded to ``domain.generation_size()``. Returns a
+    :class:`~workbench.losses.Batch` ``x [n, N, 3]``, ``mask [n, N]``."""
     from workbench.losses import Batch
 
-    pool = sorted(list(domain.chains("test")) + list(domain.chains("val")), key=lambda c: (c.name not in
-                  {t.name for t in domain.chains("test")}, c.name))
+    pool = list(domain.chains("test")) + list(domain.chains("val"))
     lengths = [int(v) for v in lengths]
     N = max([domain.generation_size()] + lengths)
     x = torch.zeros(len(lengths), N, 3)
     mask = torch.zeros(len(lengths), N)
-    used: dict = {}
+    used: set = set()
     for i, L in enumerate(lengths):
-        fits = [c for c in pool if len(c) >= L]
+        fits = [j for j, c in enumerate(pool) if len(c) >= L]
         if not fits:
             raise ValueError(f"no held-out (test or validation) chain has {L} residues; use shorter lengths")
-        j = used.get(L, 0)
-        used[L] = j + 1
-        c = fits[j % len(fits)]
+        fresh = [j for j in fits if j not in used]
+        if not fresh:  # every long-enough chain used: start over
+            used -= set(fits)
+            fresh = fits
+        used.add(fresh[0])
+        c = pool[fresh[0]]
         start = (len(c) - L) // 2
         ca = torch.as_tensor(np.asarray(c.ca[start:start + L], dtype=np.float32)) * 0.1  # Angstrom -> nm
         x[i, :L] = ca - ca.mean(0)
