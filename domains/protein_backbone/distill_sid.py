@@ -4,6 +4,10 @@
     python -m domains.protein_backbone.distill_sid --out runs/protein_backbone/sid_k8 --steps 2000 --student-steps 8 --teacher-steps 100,200
     python -m domains.protein_backbone.distill_sid --out runs/protein_backbone/sid_k16 --steps 1000 --student-steps 16 --teacher-steps 100,200
     python -m domains.protein_backbone.distill_sid --out runs/protein_backbone/sid_k8 --only eval
+    python -m domains.protein_backbone.distill_sid --out runs/my_sid --teacher my_teacher.safetensors --checkpoint runs/my_sid/k8.safetensors
+
+``--teacher`` distils any ``protein_backbone`` teacher checkpoint, on the chain set recorded in
+its header (``--data`` overrides it: generation lengths and the novelty reference come from it).
 
 The recipe (:data:`METHOD_OPTIONS`, :data:`TRAIN`) is SiD (Zhou et al. 2024, "Score identity
 Distillation") with multistep generation and inference-time noise modulation as in

@@ -786,7 +786,7 @@ def bench_backbone(out_dir, *, n: int = 16, lengths: Sequence[int] = (60, 80, 10
                                   batch_size=int(batch_size), progress=False, options=topts)
     rows.append(finish({"name": f"teacher {tname} {int(teacher_steps)}", "kind": "teacher", "model": str(teacher or dom.default_teacher_path()),
                         "method": "teacher", "steps": int(teacher_steps), "noise_scale": None}, samples, info["seconds"],
-                       info["nfe"], f"teacher_{tname.replace(' ', '_')}{int(teacher_steps)}"))
+                       info["nfe"], f"teacher_{tname.replace(' ', '_')}_steps{int(teacher_steps)}"))
     if reference:
         ref_lengths = [int(v) for v in samples.mask.sum(1).round().long()]
         rows.append(finish({"name": "held-out chains (reference)", "kind": "reference", "model": f"data={dom.config['data']}",
