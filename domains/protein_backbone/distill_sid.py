@@ -25,10 +25,11 @@ CA-CA 2.78 / 2.34 A, 53 / 67 clashes); training and sampling at 0.8 kept them at
 bond length (3.41 A), and starting from ``t = 1`` (``init_sigma=None``) was worse than from
 ``t = 0.714`` at equal training (outliers 0.911 vs 0.894, 49 vs 39 clashes at scale 1); these
 ablations used the first release's linear-head teacher. The shipped K = 8 student (2000
-steps, 42 min, from the relative-head teacher) at scale 0.8: CA-CA 3.73 A, outlier fraction
-0.781, 14.7 clashes per backbone, vs the teacher's 100-step Euler ODE 3.65 A, 0.512, 8.6 (see
-``checkpoints/sid_student_k8_quality.json``); 500 steps gave 0.802 and 14.1, and one step of
-the student fails (``docs/benchmarks.md``: 28 clashes).
+steps, 25 min, from the stage-6 relative-head teacher) at scale 0.8: CA-CA 3.96 A, outlier
+fraction 0.807, 3.0 clashes per backbone, vs the teacher's 100-step Euler ODE 3.68 A, 0.461,
+6.3 on the same lengths (see ``checkpoints/sid_student_k8_quality.json``). From the stage-4
+teacher, 500 and 2000 steps gave outliers 0.802 and 0.781 (14.1 and 14.7 clashes), and one
+step of the student fails (``docs/benchmarks.md``).
 
 ``train`` copies ``--out/generator.safetensors`` to ``--checkpoint`` (default
 ``checkpoints/sid_student_k{K}.safetensors``); ``eval`` samples ``--eval-n`` backbones (seed

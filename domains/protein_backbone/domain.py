@@ -124,8 +124,8 @@ class ProteinBackboneDomain(Domain):
     @property
     def train_defaults(self) -> dict:  # type: ignore[override]
         """CPU-sized teacher training, one stage: 2700 steps of batch 8 crops of ``n_max``, AdamW
-        5e-4, cosine (about 18 min on one shared CPU core). The shipped teacher is four such
-        stages, 17,700 steps in all (``checkpoints/README.md``)."""
+        5e-4, cosine (about 18 min on one shared CPU core). The shipped teacher is six
+        stages, 29,700 steps in all (``checkpoints/README.md``)."""
         return {"steps": 2700, "batch_size": 8, "lr": 5e-4, "warmup": 200, "schedule": "cosine", "ema_decay": 0.999,
                 "ckpt_every": 250, "grad_clip": 1.0, "log_every": 25}
 
