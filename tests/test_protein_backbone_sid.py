@@ -73,6 +73,17 @@ def test_tiny_sid_distillation_end_to_end(tmp_path):
     assert float(com.abs().max()) < 1e-5
 
 
+def test_distill_student_method_options_override_the_recipe(tmp_path):
+    cfg = {"data": "ideal", "n_max": 16, "lengths": [9, 14], "novelty_reference": 2}
+    ckpt = tmp_path / "student.safetensors"
+    res = distill_student(tmp_path / "run", student_steps=2, steps=1, checkpoint=ckpt, domain_config=cfg, student=dict(TINY_NET),
+                          method_options={"alpha": 1.2}, train={"batch_size": 2, "progress": False, "ckpt_every": 1000})
+    _, meta = load_weights(ckpt)
+    assert meta["options"]["alpha"] == 1.2 == res["method_options"]["alpha"]
+    assert meta["options"]["train_noise_scale"] == METHOD_OPTIONS["train_noise_scale"]  # the rest of the recipe is kept
+    assert METHOD_OPTIONS["alpha"] == 1.0  # the module constant is not mutated
+
+
 def test_distill_student_rejects_bad_steps(tmp_path):
     with pytest.raises(ValueError, match="student_steps"):
         distill_student(tmp_path, student_steps=0, steps=1, checkpoint=False)

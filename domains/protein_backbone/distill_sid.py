@@ -73,9 +73,10 @@ def default_checkpoint(student_steps: int) -> Path:
 
 def distill_student(out_dir, *, student_steps: int = 8, steps: int = 500, checkpoint=None, domain_config: Optional[dict] = None,
                     teacher: Optional[str] = None, student: Optional[dict] = None, train: Optional[dict] = None, resume: bool = True,
-                    device: str = "cpu") -> dict:
+                    device: str = "cpu", method_options: Optional[dict] = None) -> dict:
     """Run the shipped recipe: :func:`workbench.runner.distill` with ``method="sid"``,
-    :data:`METHOD_OPTIONS` (plus ``student``: backbone sizes of a smaller student) and
+    :data:`METHOD_OPTIONS` (updated by ``method_options``, e.g. ``{"alpha": 1.2}``; plus
+    ``student``: backbone sizes of a smaller student) and
     :data:`TRAIN` (updated by ``train``) for ``steps`` steps into ``out_dir``, then copy
     ``out_dir/generator.safetensors`` to ``checkpoint`` (default :func:`default_checkpoint`;
     ``False``: no copy). Returns :func:`~workbench.runner.distill`'s dict plus ``checkpoint``."""
@@ -84,7 +85,7 @@ def distill_student(out_dir, *, student_steps: int = 8, steps: int = 500, checkp
     if int(student_steps) < 1 or int(steps) < 0:
         raise ValueError(f"need student_steps >= 1 and steps >= 0, got {student_steps}, {steps}")
     dom = ProteinBackboneDomain(**(domain_config or {}))
-    opts = dict(METHOD_OPTIONS)
+    opts = {**METHOD_OPTIONS, **(method_options or {})}
     if student is not None:
         opts["student"] = dict(student)
     cfg = {**TRAIN, "steps": int(steps), "device": device, **(train or {})}
@@ -168,6 +169,9 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", help="teacher checkpoint to distil (default: the shipped checkpoints/teacher.safetensors)")
     ap.add_argument("--data", choices=DATA_SOURCES, help="training-chain set of the domain (novelty reference and length "
                     "histogram); default: the teacher checkpoint's, else real")
+    ap.add_argument("--alpha", type=float, help=f"SiD alpha (default {METHOD_OPTIONS['alpha']})")
+    ap.add_argument("--train-noise-scale", type=float,
+                    help=f"noise scale re-injected between steps in training (default {METHOD_OPTIONS['train_noise_scale']})")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
@@ -184,8 +188,9 @@ def main(argv=None) -> int:
     if "train" in steps:
         train = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
         t0 = time.time()
+        sid = {k: v for k, v in (("alpha", args.alpha), ("train_noise_scale", args.train_noise_scale)) if v is not None}
         res = distill_student(args.out, student_steps=K, steps=args.steps, checkpoint=ckpt, train=train, resume=not args.no_resume,
-                              device=args.device, teacher=args.teacher, domain_config=dcfg)
+                              device=args.device, teacher=args.teacher, domain_config=dcfg, method_options=sid)
         print(f"SiD K={K}: {res['steps']} steps in {time.time() - t0:.0f} s; final loss {res['final_loss']}; wrote {ckpt}")
         info["distill"] = {"command": command, "method": "sid", "student_steps": K, "steps": res["steps"], "method_options": res["method_options"],
                            "train": res["train"], "train_seconds": res["seconds"], "size_bytes": ckpt.stat().st_size}
