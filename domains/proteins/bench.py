@@ -887,11 +887,18 @@ def _plot_backbone(rows: list[dict], path: Path) -> Path:
 
     from workbench.utils import save_figure
 
-    keys = [("designable_fraction", "designable fraction"), ("diversity_cluster_fraction", "diversity (clusters / sample)"),
-            ("novelty_max_tm_mean", "novelty: max TM to train")]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    # the acceptance metrics (top row), then the folder-limited continuous proxy and local geometry
+    keys = [("designable_fraction", "designable fraction (scRMSD < 2 A)"), ("diversity_cluster_fraction", "diversity (clusters / sample)"),
+            ("novelty_max_tm_mean", "novelty: max TM to train (lower = more novel)"), ("mean_best_sc_tm", "mean best scTM"),
+            ("ca_ca_outlier_fraction", "CA-CA outlier fraction (lower = better)"), ("seconds_per_sample", "s / sample")]
+    fig, axes = plt.subplots(2, 3, figsize=(11, 6.4))
+    axes = axes.ravel()
     ref = rows[0]
     for ax, (k, label) in zip(axes, keys):
+        if k == "seconds_per_sample":
+            ax.set_yscale("log")
+        elif k in ("designable_fraction", "diversity_cluster_fraction"):
+            ax.set_ylim(-0.05, 1.05)  # fractions: a readable axis even when every row sits at 0 or 1
         for r in rows[1:]:
             if r.get(k) is not None and r["kind"] == "student":
                 ax.scatter(r["nfe"], r[k], s=18, label=r["name"])
@@ -904,9 +911,9 @@ def _plot_backbone(rows: list[dict], path: Path) -> Path:
         ax.set_xscale("log")
         ax.set_xlabel("NFE")
         ax.set_title(label, fontsize=9)
-    handles, labels = axes[1].get_legend_handles_labels()
+    handles, labels = axes[4].get_legend_handles_labels()
     if handles:
-        axes[1].legend(fontsize=6)
+        axes[4].legend(fontsize=6)
     fig.suptitle("protein_backbone: teacher vs distilled generators", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
