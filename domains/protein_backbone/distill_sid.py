@@ -100,6 +100,16 @@ def distill_student(out_dir, *, student_steps: int = 8, steps: int = 500, checkp
     return res
 
 
+def generator_noise_scale(checkpoint) -> float:
+    """The inference noise scale a SiD generator checkpoint samples with by default: the
+    ``noise_scale`` of its spec (its ``train_noise_scale``), else :data:`NOISE_SCALE`."""
+    from workbench.checkpoint import load_weights
+
+    meta = load_weights(checkpoint)[1] or {}
+    value = (meta.get("spec") or {}).get("noise_scale")
+    return float(value) if value is not None else NOISE_SCALE
+
+
 def teacher_domain_config(teacher: Optional[str] = None, data: Optional[str] = None) -> dict:
     """Domain options to distil ``teacher`` with: its checkpoint header's ``data`` (the chain
     set it was trained on, which sets the generation length histogram and the novelty
@@ -169,9 +179,10 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", help="teacher checkpoint to distil (default: the shipped checkpoints/teacher.safetensors)")
     ap.add_argument("--data", choices=DATA_SOURCES, help="training-chain set of the domain (novelty reference and length "
                     "histogram); default: the teacher checkpoint's, else real")
-    ap.add_argument("--alpha", type=float, help=f"SiD alpha (default {METHOD_OPTIONS['alpha']})")
+    ap.add_argument("--alpha", type=float, help=f"SiD alpha (training only; default {METHOD_OPTIONS['alpha']})")
     ap.add_argument("--train-noise-scale", type=float,
-                    help=f"noise scale re-injected between steps in training (default {METHOD_OPTIONS['train_noise_scale']})")
+                    help="noise scale re-injected between steps in training, and the generator's default at inference "
+                         f"(training only; default {METHOD_OPTIONS['train_noise_scale']})")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
@@ -201,7 +212,7 @@ def main(argv=None) -> int:
                                            teacher_steps=[int(v) for v in args.teacher_steps.split(",")], lengths=lengths,
                                            domain_config=dcfg, teacher=args.teacher)
         info["quality"]["command"] = command
-        info["recommended_noise_scale"] = NOISE_SCALE
+        info["recommended_noise_scale"] = generator_noise_scale(ckpt)
     write_json(qpath, info)
     print(f"wrote {qpath}")
     return 0
