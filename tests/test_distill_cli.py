@@ -23,6 +23,13 @@ def test_distill_then_generate_and_resume(capsys, tmp_path):
     code, _, err = run(capsys, *args, "train.steps=6")  # resumes from state.pt
     assert code == 0, err
     assert json.loads((out / "history.json").read_text())[-1]["step"] == 6
+    # resuming under another recipe is refused with the differing option named; nothing is overwritten
+    before = (out / "generator.safetensors").read_bytes()
+    code, _, err = run(capsys, *args[:-1], "distill.skip=3", "train.steps=9")
+    assert code == 2 and "other settings (options.skip: 2 -> 3)" in err and "resume=false" in err
+    assert (out / "generator.safetensors").read_bytes() == before
+    code, _, err = run(capsys, *args[:-1], "distill.skip=3", "train.steps=3", "resume=false")  # starts afresh
+    assert code == 0, err
     gen = out / "generator.safetensors"
     code, _, err = run(capsys, "generate", "domain=toy", f"generator={gen}", "steps=2", "n=16", f"out={tmp_path / 'g'}")
     assert code == 0, err

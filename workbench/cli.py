@@ -147,7 +147,7 @@ def cmd_train(cfg) -> int:
 
     name, kw = _domain_kwargs(cfg)
     tr = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if v is not None}
-    res = train_domain_teacher(name, cfg.out, train=tr, domain_config=kw)
+    res = train_domain_teacher(name, cfg.out, train=tr, domain_config=kw, resume=bool(cfg.resume))
     print(f"trained {name} teacher for {res['steps']} steps in {res['seconds']:.1f} s -> {res['checkpoint']}")
     return 0
 
@@ -160,7 +160,8 @@ def cmd_distill(cfg) -> int:
     name, kw = _domain_kwargs(cfg)
     tr = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if v is not None}
     res = distill(name, method=cfg.method, student_steps=cfg.student_steps, out_dir=cfg.out, train=tr, teacher=cfg.teacher,
-                  method_options=OmegaConf.to_container(cfg.distill, resolve=True) or {}, domain_config=kw, device=cfg.device)
+                  method_options=OmegaConf.to_container(cfg.distill, resolve=True) or {}, domain_config=kw, device=cfg.device,
+                  resume=bool(cfg.resume))
     print(f"distilled {name} with {cfg.method} for {res['steps']} steps in {res['seconds']:.1f} s -> {res['generator']}")
     return 0
 

@@ -102,6 +102,20 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     return 1.0
 
 
+def _settings_diff(old, new, prefix: str = "") -> list[str]:
+    """``"key: old -> new"`` for every leaf where two JSON-like settings dicts differ (after a
+    JSON round trip, so tuples and lists compare equal)."""
+    import json
+
+    old, new = json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str))
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _settings_diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
 def _phases(objective, trainable: list[str]) -> list[tuple[str, list[str], int]]:
     phases = getattr(objective, "phases", None)
     if not phases:
@@ -117,23 +131,29 @@ def _phases(objective, trainable: list[str]) -> list[tuple[str, list[str], int]]
 
 def train(objective: Callable, nets: Union[nn.Module, dict], data: Callable[[int, torch.Generator], Batch], cfg: TrainConfig, *,
           out_dir: Optional[Union[str, Path]] = None, resume: bool = True, trainable: Optional[list[str]] = None,
-          ema: Optional[list[str]] = None, meta: Optional[dict] = None, on_step: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
+          ema: Optional[list[str]] = None, meta: Optional[dict] = None, settings: Optional[dict] = None,
+          on_step: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
     """Train ``nets`` on ``objective``; see the module docstring.
 
     Args:
         out_dir: where ``state.pt`` (resumable), ``<net>.safetensors`` (EMA weights, or raw
             weights for nets without EMA), ``history.json`` and ``loss.png`` go. ``None``
             keeps everything in memory.
-        resume: continue from ``out_dir/state.pt`` if it exists.
+        resume: continue from ``out_dir/state.pt`` if it exists (a ``ValueError`` if that run's
+            ``settings`` differ from this one's, e.g. other method options).
         trainable: names of nets to optimise (default: all).
         ema: names of nets to keep an EMA of (default: ``["model"]`` if present).
         meta: JSON metadata stored in exported safetensors headers (e.g. the backbone config).
+        settings: JSON settings that define the run (default: ``meta``); stored in ``state.pt``
+            and compared on resume, so a run is never continued under another recipe. Leave out
+            descriptive values that may change between invocations (timings).
         on_step: ``on_step(step, logs)`` after each step (tests use it to simulate a crash).
     Returns:
         :class:`TrainResult` with the nets, their EMA modules, the last step and the loss log.
     """
     if isinstance(nets, nn.Module):
         nets = {"model": nets}
+    settings = dict(meta or {}) if settings is None else dict(settings)
     device = torch.device(cfg.device)
     nets = {k: v.to(device) for k, v in nets.items()}
     trainable = list(nets) if trainable is None else list(trainable)
@@ -161,6 +181,11 @@ def train(objective: Callable, nets: Union[nn.Module, dict], data: Callable[[int
     state_path = out / "state.pt" if out is not None else None
     if resume and state_path is not None and state_path.exists():
         st = load_state(state_path)
+        diff = _settings_diff(st["settings"], settings) if st.get("settings") is not None else []
+        if diff:  # resuming would mix two recipes in one run and label the result with the second
+            raise ValueError(f"{state_path} was written by a run with other settings ({'; '.join(diff[:4])}"
+                             f"{'; ...' if len(diff) > 4 else ''}); rerun with the same settings, or start afresh with "
+                             "resume=False (CLI: resume=false, or --no-resume) or a new output directory")
         for n, sd in st["nets"].items():
             nets[n].load_state_dict(sd)
         for n, sd in st["ema"].items():
@@ -175,7 +200,7 @@ def train(objective: Callable, nets: Union[nn.Module, dict], data: Callable[[int
         if out is None:
             return
         save_state(state_path, {
-            "step": step, "history": history, "config": asdict(cfg),
+            "step": step, "history": history, "config": asdict(cfg), "settings": settings,
             "nets": {n: m.state_dict() for n, m in nets.items()},
             "ema": {n: e.module.state_dict() for n, e in emas.items()},
             "optims": {n: o.state_dict() for n, o in optims.items()},
