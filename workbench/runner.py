@@ -212,8 +212,9 @@ def distill(domain: Union[str, Domain], *, method: str = "consistency", student_
     cfg = replace(replace(TrainConfig(**dom.train_defaults), **setup.train_defaults), **user)
     meta = {"kind": "generator", "method": method, "domain": dom.name, "config": dom.config, "student_steps": int(student_steps),
             "spec": setup.spec, "options": method_options or {}, "info": setup.info}
-    # a resumed run must have the same recipe (``info`` is descriptive: it may hold timings)
-    settings = {k: v for k, v in meta.items() if k != "info"}
+    # a resumed run must have the same recipe; ``spec`` and ``info`` are derived from it (and may
+    # hold searched time steps or timings that vary in the last bits between invocations)
+    settings = {k: v for k, v in meta.items() if k not in ("spec", "info")}
     res = train_loop(setup.objective, setup.nets, setup.data or dom.train_data("train"), cfg, out_dir=out, resume=resume,
                      trainable=setup.trainable, ema=setup.ema, meta=meta, settings=settings)
     final = {n: res.ema.get(n, m) for n, m in res.nets.items()}
