@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from domains.protein_backbone.distill_sid import (METHOD_OPTIONS, NOISE_SCALE, default_checkpoint, distill_student,
-                                                  generator_noise_scale)
+                                                  evaluate_student)
 from domains.protein_backbone.nets import TINY_NET
 from workbench.checkpoint import load_weights
 from workbench.domain import get_domain
@@ -83,10 +83,11 @@ def test_distill_student_method_options_override_the_recipe(tmp_path):
     assert meta["options"]["alpha"] == 1.2 == res["method_options"]["alpha"]
     assert meta["options"]["train_noise_scale"] == METHOD_OPTIONS["train_noise_scale"]  # the rest of the recipe is kept
     assert METHOD_OPTIONS["alpha"] == 1.0  # the module constant is not mutated
-    assert generator_noise_scale(ckpt) == METHOD_OPTIONS["train_noise_scale"]
-    res = distill_student(tmp_path / "run2", student_steps=2, steps=1, checkpoint=ckpt, domain_config=cfg, student=dict(TINY_NET),
-                          method_options={"train_noise_scale": 0.5}, train={"batch_size": 2, "progress": False, "ckpt_every": 1000})
-    assert generator_noise_scale(ckpt) == 0.5  # the recommended inference scale follows the training scale
+    assert load_generator(get_domain("protein_backbone", **cfg), ckpt)[0].noise_scale == METHOD_OPTIONS["train_noise_scale"]
+    distill_student(tmp_path / "run2", student_steps=2, steps=1, checkpoint=ckpt, domain_config=cfg, student=dict(TINY_NET),
+                    method_options={"train_noise_scale": 0.5}, train={"batch_size": 2, "progress": False, "ckpt_every": 1000})
+    q = evaluate_student(ckpt, student_steps=2, noise_scales=(0.5,), n=2, teacher_steps=(), domain_config=cfg, log=lambda *a: None)
+    assert q["generator"]["noise_scale"] == 0.5  # the generator samples by default at the scale it was trained with
 
 
 def test_distill_student_rejects_bad_steps(tmp_path):

@@ -73,14 +73,15 @@ def test_resume_refuses_a_run_with_other_settings(tmp_path):
         if step == 12:  # after the checkpoint at step 10
             raise Crash
 
-    meta = {"kind": "generator", "options": {"alpha": 1.0}}
+    meta = {"kind": "generator", "options": {"alpha": 1.0, "grid": (0.5, 1.0)}}
     with pytest.raises(Crash):
         train(DenoisingLoss(p, "epsilon"), make(), data, cfg(), out_dir=tmp_path, meta=meta, on_step=crash)
     with pytest.raises(ValueError, match=r"other settings \(options\.alpha: 1\.0 -> 1\.2\).*resume=False"):
-        train(DenoisingLoss(p, "epsilon"), make(), data, cfg(), out_dir=tmp_path, meta={**meta, "options": {"alpha": 1.2}})
+        train(DenoisingLoss(p, "epsilon"), make(), data, cfg(), out_dir=tmp_path,
+              meta={**meta, "options": {**meta["options"], "alpha": 1.2}})
     # descriptive values left out of ``settings`` may change; tuples and lists compare equal
     res = train(DenoisingLoss(p, "epsilon"), make(), data, cfg(), out_dir=tmp_path,
-                meta={**meta, "seconds": 3.0}, settings={"kind": "generator", "options": {"alpha": 1.0}})
+                meta={**meta, "seconds": 3.0}, settings={"kind": "generator", "options": {"alpha": 1.0, "grid": [0.5, 1.0]}})
     assert res.step == 20
     fresh = train(DenoisingLoss(p, "epsilon"), make(), data, cfg(), out_dir=tmp_path, resume=False, meta={"options": {"alpha": 1.2}})
     assert fresh.step == 20  # resume=False starts afresh whatever was there

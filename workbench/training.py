@@ -22,6 +22,7 @@ loss curves as PNG + JSON, a tqdm progress bar.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -103,11 +104,8 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def _settings_diff(old, new, prefix: str = "") -> list[str]:
-    """``"key: old -> new"`` for every leaf where two JSON-like settings dicts differ (after a
-    JSON round trip, so tuples and lists compare equal)."""
-    import json
-
-    old, new = json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str))
+    """``"key: old -> new"`` for every leaf where two JSON settings (as :func:`train` stores
+    them: plain dicts, lists and scalars) differ."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for k in sorted(set(old) | set(new), key=str):
@@ -153,7 +151,9 @@ def train(objective: Callable, nets: Union[nn.Module, dict], data: Callable[[int
     """
     if isinstance(nets, nn.Module):
         nets = {"model": nets}
-    settings = dict(meta or {}) if settings is None else dict(settings)
+    # JSON round trip: tuples compare equal to lists, and ``state.pt`` holds only plain types
+    # (it is loaded with ``weights_only=True``)
+    settings = json.loads(json.dumps(meta or {} if settings is None else settings, default=str))
     device = torch.device(cfg.device)
     nets = {k: v.to(device) for k, v in nets.items()}
     trainable = list(nets) if trainable is None else list(trainable)

@@ -100,16 +100,6 @@ def distill_student(out_dir, *, student_steps: int = 8, steps: int = 500, checkp
     return res
 
 
-def generator_noise_scale(checkpoint) -> float:
-    """The inference noise scale a SiD generator checkpoint samples with by default: the
-    ``noise_scale`` of its spec (its ``train_noise_scale``), else :data:`NOISE_SCALE`."""
-    from workbench.checkpoint import load_weights
-
-    meta = load_weights(checkpoint)[1] or {}
-    value = (meta.get("spec") or {}).get("noise_scale")
-    return float(value) if value is not None else NOISE_SCALE
-
-
 def teacher_domain_config(teacher: Optional[str] = None, data: Optional[str] = None) -> dict:
     """Domain options to distil ``teacher`` with: its checkpoint header's ``data`` (the chain
     set it was trained on, which sets the generation length histogram and the novelty
@@ -144,7 +134,8 @@ def evaluate_student(generator_path, *, student_steps: int, noise_scales=(1.0, 0
     dom = ProteinBackboneDomain(**{**(domain_config or {}), **({"lengths": list(lengths)} if lengths else {})})
     gen, meta = load_generator(dom, generator_path)
     out: dict = {"n": n, "seed": seed, "lengths": list(lengths) if lengths else "training histogram", "student_steps": int(student_steps),
-                 "generator": {"train_steps": meta.get("steps"), "train_seconds": meta.get("train_seconds"), "options": meta.get("options")},
+                 "generator": {"train_steps": meta.get("steps"), "train_seconds": meta.get("train_seconds"), "options": meta.get("options"),
+                               "noise_scale": float(gen.noise_scale)},  # its default at inference (= train_noise_scale)
                  "student": {}, "teacher": {}}
     for s in noise_scales:
         x, info = sample_generator(dom, gen, steps=int(student_steps), n=n, seed=seed, noise_scale=float(s))
@@ -212,7 +203,7 @@ def main(argv=None) -> int:
                                            teacher_steps=[int(v) for v in args.teacher_steps.split(",")], lengths=lengths,
                                            domain_config=dcfg, teacher=args.teacher)
         info["quality"]["command"] = command
-        info["recommended_noise_scale"] = generator_noise_scale(ckpt)
+        info["recommended_noise_scale"] = info["quality"]["generator"]["noise_scale"]
     write_json(qpath, info)
     print(f"wrote {qpath}")
     return 0
