@@ -49,40 +49,136 @@ def test_reduces_to_euler(pname, steps):
     torch.testing.assert_close(gated, ref.x, rtol=1e-9, atol=1e-9)
 
 
-def test_clean_end_returns_last_x0():
+def test_clean_end_is_protenix_last_step():
+    """With eta = 1 the step into c = 0 gives the last data prediction; with eta != 1 it is
+    Protenix's over-shooting Euler step (1 - eta) x_noisy + eta x0^ (not x0^)."""
     proc = VE()
-    seen = []
-    out = workbench.run_sampler(GM.denoiser(proc), proc, _x1(proc), sampler="af3_edm", steps=7, prediction="x0",
-                                generator=torch.Generator().manual_seed(0), callback=lambda info: seen.append(info["x0"]))
-    assert len(seen) == out.nfe == 7
-    torch.testing.assert_close(out.x, seen[-1], rtol=0, atol=0)
+    for eta in (1.0, 1.5):
+        seen = []
+        out = workbench.run_sampler(GM.denoiser(proc), proc, _x1(proc), sampler="af3_edm", steps=7, prediction="x0",
+                                    step_scale_eta=eta, generator=torch.Generator().manual_seed(0),
+                                    callback=lambda info: seen.append((info["x"], info["x0"])))
+        assert len(seen) == out.nfe == 7
+        x_noisy, x0 = seen[-1]
+        torch.testing.assert_close(out.x, (1.0 - eta) * x_noisy + eta * x0, rtol=1e-12, atol=1e-12)
+        if eta != 1.0:
+            assert float((out.x - x0).abs().max()) > 1e-6
 
 
-def test_verbatim_algorithm_18_on_ve():
-    """A literal transcription of AF3 Alg. 18 (VE: x = x0 + c eps; noise levels c = sigma_max t)
-    with the same noise draws gives the same trajectory (grid started below t = 1 so no churn
-    level is clamped; the step into c = 0 returns x0^ by the package contract)."""
-    proc = VE(sigma_max=80.0)
-    den = GM.denoiser(proc)
+def _equivariant_denoiser(sigma_max):
+    """An E(3)-equivariant, nonlinear x0-denoiser on point sets ``[B, N, 3]`` (masked):
+    D_i = c + sum_j w_ij (x_j - c) / 2, w = softmax_j(-|x_i - x_j|^2 / (1 + sigma^2)), c the
+    centroid of the real points: D(R x + T) = R D(x) + T."""
+    def den(x, t, mask=None):
+        m = torch.ones(x.shape[:2], dtype=x.dtype) if mask is None else mask.to(x.dtype)
+        c = (x * m[..., None]).sum(1, keepdim=True) / m.sum(1, keepdim=True)[..., None]
+        sig = (t * sigma_max).to(x.dtype)[:, None, None]
+        d2 = ((x[:, :, None, :] - x[:, None, :, :]) ** 2).sum(-1)
+        logits = -d2 / (1.0 + sig**2) + torch.log(m[:, None, :].clamp_min(1e-300))
+        w = torch.softmax(logits, dim=-1)
+        return (c + 0.5 * torch.einsum("bij,bjd->bid", w, x - c)) * m[..., None]
+    return den
+
+
+def _protenix_augment(x, g, s_trans, mask=None):
+    """Protenix centre_random_augmentation (AF3 Alg. 19) re-derived, with the sampler's draw
+    order (Gaussian quaternion [B, 4], then translation [B, 3], from the same generator)."""
+    B = x.shape[0]
+    q = torch.randn((B, 4), generator=g, dtype=torch.float64)
+    tr = torch.randn((B, 3), generator=g, dtype=torch.float64)
+    q = q / q.norm(dim=-1, keepdim=True)
+    R = []
+    for w, a, b, c in q.tolist():  # unit quaternion (w, a, b, c) -> rotation matrix
+        R.append([[w * w + a * a - b * b - c * c, 2 * (a * b - w * c), 2 * (a * c + w * b)],
+                  [2 * (a * b + w * c), w * w - a * a + b * b - c * c, 2 * (b * c - w * a)],
+                  [2 * (a * c - w * b), 2 * (b * c + w * a), w * w - a * a - b * b + c * c]])
+    R = torch.tensor(R, dtype=torch.float64)
+    m = torch.ones(x.shape[:2], dtype=x.dtype) if mask is None else mask.to(x.dtype)
+    centre = (x * m[..., None]).sum(1, keepdim=True) / m.sum(1, keepdim=True)[..., None]
+    return (torch.einsum("bij,bnj->bni", R, x - centre) + s_trans * tr[:, None, :]) * m[..., None]
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_verbatim_protenix_sample_diffusion(augment):
+    """Protenix ``sample_diffusion`` (AF3 Alg. 18/19) transcribed on the VE process (x = x0 + c
+    eps, c = sigma_max t) with the same draws: augmentation (when on), churn noise, denoiser,
+    Euler step with eta = 1.5 on every step, the last (into c = 0) included. Churn is on for
+    the first steps (c_tau > gamma_min) and gated off after."""
+    smax = 80.0
+    proc = VE(sigma_max=smax)
+    den = _equivariant_denoiser(smax)
     ts = torch.tensor([0.5, 0.2, 0.05, 0.01, 0.004, 0.0], dtype=torch.float64)
-    x1 = _x1(proc, n=16) * 0.5
-    g0, lam, eta, gmin = 0.8, 1.003, 1.5, 1.0
+    x1 = torch.randn((3, 5, 3), generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 10.0
+    g0, lam, eta, gmin, s_trans = 0.8, 1.003, 1.5, 1.0, 0.7
     out = workbench.sample(den, proc, x1, sampler="af3_edm", timesteps=ts, prediction="x0", generator=torch.Generator().manual_seed(7),
-                           gamma0=g0, noise_scale_lambda=lam, step_scale_eta=eta, gamma_min=gmin)
+                           gamma0=g0, noise_scale_lambda=lam, step_scale_eta=eta, gamma_min=gmin, augment=augment, s_trans=s_trans)
     g = torch.Generator().manual_seed(7)
-    c = (ts * 80.0).tolist()
+    c = (ts * smax).tolist()
     x = x1.clone()
     for c_prev, c_tau in zip(c[:-1], c[1:]):
+        if augment:
+            x = _protenix_augment(x, g, s_trans)
         gamma = g0 if c_tau > gmin else 0.0
         t_hat = c_prev * (gamma + 1)
         xi = lam * math.sqrt(t_hat**2 - c_prev**2) * torch.randn(x.shape, generator=g, dtype=x.dtype) if gamma > 0 else 0.0
         x_noisy = x + xi
-        x_den = den(x_noisy, torch.full((x.shape[0],), t_hat / 80.0, dtype=torch.float64))
-        if c_tau == 0.0:
-            x = x_den
-            break
-        x = x_noisy + eta * (c_tau - t_hat) * (x_noisy - x_den) / t_hat
-    torch.testing.assert_close(out, x, rtol=1e-9, atol=1e-9)
+        x_den = den(x_noisy, torch.full((x.shape[0],), t_hat / smax, dtype=torch.float64))
+        delta = (x_noisy - x_den) / t_hat
+        x = x_noisy + eta * (c_tau - t_hat) * delta
+    assert float((out - x).abs().max()) < 1e-6
+
+
+def _kabsch_residual(a, b, mask):
+    """Largest per-sample RMSD of ``b`` after its best rigid superposition onto ``a`` ([B, N, 3])."""
+    out = []
+    for ai, bi, mi in zip(a, b, mask):
+        ai, bi = ai[mi > 0], bi[mi > 0]
+        ca, cb = ai.mean(0), bi.mean(0)
+        u, _, vt = torch.linalg.svd((bi - cb).T @ (ai - ca))
+        d = torch.sign(torch.det(u @ vt))
+        rot = u @ torch.diag(torch.tensor([1.0, 1.0, float(d)], dtype=a.dtype)) @ vt
+        out.append(float(((bi - cb) @ rot + ca - ai).pow(2).sum(-1).mean().sqrt()))
+    return max(out)
+
+
+@pytest.mark.parametrize("zero_com", [False, True])
+def test_augmentation_is_a_rigid_motion_with_equivariant_denoiser(zero_com):
+    """With an E(3)-equivariant denoiser and no churn noise, the augmented sampler's output is
+    the unaugmented one moved by a proper rigid motion, per sample, padding zero; and that
+    motion is not the identity."""
+    smax = 80.0
+    proc = VE(sigma_max=smax, zero_com=zero_com)
+    den = _equivariant_denoiser(smax)
+    mask = torch.ones(3, 6, dtype=torch.float64)
+    mask[1, 4:] = 0
+    x1 = proc.prior((3, 6, 3), generator=torch.Generator().manual_seed(0), mask=mask, dtype=torch.float64) * 0.1
+    kw = dict(sampler="af3_edm", steps=6, prediction="x0", gamma0=0.0)
+    ref = workbench.sample(den, proc, x1, mask=mask, augment=False, generator=per_sample_generators(0, 3), **kw)
+    aug = workbench.sample(den, proc, x1, mask=mask, generator=per_sample_generators(0, 3), **kw)
+    assert float(aug[mask == 0].abs().max()) == 0.0
+    scale = float(ref.abs().max())
+    assert scale > 1e-3
+    assert _kabsch_residual(ref, aug, mask) < 1e-9 * scale
+    assert float((aug - ref).abs().max()) > 0.1 * scale  # the augmentation really moved the samples
+    com_ref = (ref * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    com_aug = (aug * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    if zero_com:  # the process's projection removes the translation
+        assert float(com_aug.abs().max()) < 1e-10
+    else:  # AF3's random translation moves the centroid
+        assert float((com_aug - com_ref).norm(dim=-1).min()) > 0.1 * scale
+    # reproducible per seed, and each sample depends only on its own generator
+    again = workbench.sample(den, proc, x1[:2], mask=mask[:2], generator=per_sample_generators(0, 2), **kw)
+    torch.testing.assert_close(again, aug[:2], rtol=0, atol=1e-12)
+
+
+def test_augmentation_skipped_off_point_sets():
+    """States that are not [B, N, 3] have nothing to rotate: augment on == augment off."""
+    proc = VE()
+    x1 = _x1(proc, n=8, d=1)
+    kw = dict(sampler="af3_edm", steps=5, prediction="x0")
+    a = workbench.sample(GM.denoiser(proc), proc, x1, generator=torch.Generator().manual_seed(0), **kw)
+    b = workbench.sample(GM.denoiser(proc), proc, x1, generator=torch.Generator().manual_seed(0), augment=False, **kw)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_stochastic_and_reproducible_per_sample():
@@ -137,7 +233,7 @@ def test_masks_and_zero_com_preserved():
 
 
 @pytest.mark.parametrize("opt", [{"gamma0": -0.1}, {"noise_scale_lambda": float("nan")}, {"step_scale_eta": 0.0},
-                                 {"gamma_min": -1.0}])
+                                 {"gamma_min": -1.0}, {"s_trans": -1.0}, {"augment": "yes"}])
 def test_bad_options(opt):
     proc = VE()
     with pytest.raises(ValueError) as e:

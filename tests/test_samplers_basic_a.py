@@ -15,7 +15,7 @@ from workbench import timegrids
 from workbench.processes import VE, RectifiedFlow, VPCosine, VPDiscrete, VPLinear, from_diffusers
 from workbench.samplers import get
 
-SAMPLERS = ["dpm_solver_pp_2s", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "deis_1", "deis_2", "deis_3",
+SAMPLERS = ["dpm_solver_pp_2s", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "deis_1", "deis_2", "deis_3", "deis_logrho_2", "deis_logrho_3",
             "unipc_1", "unipc_2", "unipc_3", "ipndm"]
 
 M, S = 0.7, 0.3  # data distribution N(M, S^2 I)

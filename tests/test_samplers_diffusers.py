@@ -21,7 +21,7 @@ Coinciding pairs:
   * ``unipc_1/2/3`` <-> ``UniPCMultistepScheduler`` (``predict_x0=True``, bh2 and bh1).
   * ``unipc_*`` bh1 only on grids ending at sigma_min: diffusers' bh1 returns NaN on the step
     into sigma = 0 (``B(h) = h = -inf`` times an empty correction).
-  * ``deis_1/2/3`` <-> ``DEISMultistepScheduler`` (``logrho``); the cosine-schedule case on
+  * ``deis_logrho_1/2/3`` <-> ``DEISMultistepScheduler`` (``logrho``); the cosine-schedule case on
     float64 schedules (see ``test_deis``).
   * ``dpm_solver_pp_2s`` <-> ``DPMSolverSinglestepScheduler`` (order 2, midpoint,
     ``lower_order_final=False``, ``final_sigmas_type="sigma_min"``) run on ``2 n`` sub-steps
@@ -198,13 +198,13 @@ def test_deis(order, prediction):
     cosine = BETAS[prediction]["beta_schedule"] == "squaredcos_cap_v2"
     for n in STEPS:
         sched = diffusers.DEISMultistepScheduler(solver_order=order, prediction_type=prediction, **BETAS[prediction])
-        _check(sched, f"deis_{order}", n, end_t0=False, same_schedule=cosine)
+        _check(sched, f"deis_logrho_{order}", n, end_t0=False, same_schedule=cosine)
 
 
 def test_deis_lower_order_final_off():
     for n in (6, 20):
         sched = diffusers.DEISMultistepScheduler(solver_order=3, lower_order_final=False)
-        _check(sched, "deis_3", n, end_t0=False, lower_order_final=False)
+        _check(sched, "deis_logrho_3", n, end_t0=False, lower_order_final=False)
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])

@@ -409,6 +409,7 @@ class StructurePredictionDomain(Domain):
         opts = dict(self.opts["sampler_options"] or {}) if options is None else dict(options)
         if sampler == "af3_edm":
             opts.setdefault("gamma_min", 1.0 / self.unit)  # AF3's 1 A in state units
+            opts.setdefault("s_trans", 1.0 / self.unit)  # AF3 Alg. 19's translation std, 1 A in state units
         net = model if model is not None else self.teacher()
         proc = self.process()
         ts = af3_grid(proc, steps) if isinstance(timesteps, str) and timesteps == "af3" else timesteps

@@ -7,7 +7,10 @@ checks shapes and finiteness, converts the declared parameterization to ``(x0, e
 applies the process's constraints (``project``: zeroed padding, zero centre of mass). A
 sampler must call ``model.project`` on every state it produces and, when the last grid
 point is the clean end ``t = 0``, return the data prediction of its last model call there
-(the exact limit of every first-order step into ``sigma = 0``).
+(the exact limit of every first-order step into ``sigma = 0``); the one exception is
+``af3_edm`` with ``step_scale_eta != 1``, which takes Protenix's over-shooting last step.
+The finiteness check of every model output costs one reduction (``sum``) per call; the
+elementwise check runs only when that sum is not finite, to confirm before raising.
 """
 from __future__ import annotations
 
@@ -68,6 +71,7 @@ class ModelFn:
         self.nfe = 0
         self._cache: dict = {}
         self._dcache: dict = {}
+        self._dpending: list = []
 
     # -- schedule scalars, computed once per time (float64) ---------------------------------
     def _sched(self, t: float) -> tuple:
@@ -80,15 +84,36 @@ class ModelFn:
         return hit
 
     def prime(self, ts: Tensor) -> None:
-        """Fill the schedule cache for a whole grid in one vectorised call."""
-        ts = torch.as_tensor(ts, dtype=torch.float64)
+        """Fill the schedule cache ``(alpha, sigma, lambda)`` for a whole grid ``[n + 1]`` in one
+        vectorised call, and remember the grid: the first derivative request
+        (:meth:`velocity`, the ``velocity`` parameterization) computes ``(alpha', sigma')`` for
+        every primed time in one vectorised call as well (no per-step autograd)."""
+        ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
         la, ls = self.process.log_alpha_sigma(ts)
-        for t, a_, s_ in zip(ts.tolist(), la.tolist(), ls.tolist()):
+        tl = ts.tolist()
+        for t, a_, s_ in zip(tl, la.tolist(), ls.tolist()):
             self._cache[t] = (math.exp(a_), math.exp(s_), math.inf if t <= 0.0 else a_ - s_)
+        self._dpending.extend(t for t in tl if t not in self._dcache)
+
+    def _prime_derivatives(self) -> None:
+        """``(alpha', sigma')`` of every primed time not yet cached, in one vectorised call."""
+        pending = sorted(set(self._dpending))
+        self._dpending = []
+        if not pending:
+            return
+        tt = torch.tensor(pending, dtype=torch.float64)
+        da, ds = self.process.d_alpha_sigma(tt)
+        da, ds = torch.as_tensor(da).reshape(-1), torch.as_tensor(ds).reshape(-1)
+        if da.shape == tt.shape and ds.shape == tt.shape:
+            for t, a_, s_ in zip(pending, da.tolist(), ds.tolist()):
+                self._dcache[t] = (a_, s_)
 
     def _deriv(self, t: float) -> tuple:
         """``(alpha'(t), sigma'(t))`` as floats, cached (only velocity needs them)."""
         hit = self._dcache.get(t)
+        if hit is None and self._dpending:
+            self._prime_derivatives()
+            hit = self._dcache.get(t)
         if hit is None:
             da, ds = self.process.d_alpha_sigma(torch.tensor(t, dtype=torch.float64))
             hit = self._dcache[t] = (float(da), float(ds))
@@ -110,20 +135,21 @@ class ModelFn:
         else:
             t = float(t)
             tb = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
-        kw = model_kwargs(self.mask, self.cond)
-        out = self.model(x, tb, **kw)
+        out = self.model(x, tb, **model_kwargs(self.mask, self.cond)) if (self.mask is not None or self.cond is not None) \
+            else self.model(x, tb)
         self.nfe += 1
         if not isinstance(out, Tensor):
             raise TypeError(f"model must return a tensor, got {type(out).__name__}")
         if out.shape != x.shape:
             raise ValueError(f"model returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}; a {self.prediction} prediction must match the input shape")
-        if not bool(torch.isfinite(out).all()):
+        if not _all_finite(out):
             where = f"t={t:.6g}" if not per_sample else f"per-sample t in [{float(t.min()):.4g}, {float(t.max()):.4g}]"
             raise FloatingPointError(f"model returned NaN/Inf at {where} (model call {self.nfe}); check the checkpoint, the input scale and the prediction type ({self.prediction!r})")
-        out = out.to(x.dtype)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
         if per_sample:
             x0, eps = self.process.to_x0_eps(out, self.prediction, x, t)
-            if not (bool(torch.isfinite(x0).all()) and bool(torch.isfinite(eps).all())):
+            if not (_all_finite(x0) and _all_finite(eps)):
                 raise FloatingPointError(f"converting the {self.prediction!r} prediction to x0/eps at per-sample times gives NaN/Inf")
         else:
             x0, eps = self._to_x0_eps(out, x, t)
@@ -153,21 +179,22 @@ class ModelFn:
                                       f"alpha={a:.3g}, sigma={s:.3g}); start the grid below t=1 or use an x0 / v / velocity model "
                                       "for processes with alpha(1)=0")
 
+        # (fused scalar ops: torch.sub(x, y, alpha=c) = x - c y, then in place on the fresh result)
         if p == "x0":
-            return out, ((x - a * out) * (1.0 / s) if s > 0 else torch.zeros_like(x))
+            return out, (torch.sub(x, out, alpha=a).mul_(1.0 / s) if s > 0 else torch.zeros_like(x))
         if p in ("epsilon", "score"):
             eps = out if p == "epsilon" else out * (-s)
             if a <= 0:
                 raise bad("alpha = 0")
-            return (x - s * eps) * (1.0 / a), eps
+            return torch.sub(x, eps, alpha=s).mul_(1.0 / a), eps
         if p == "v":
             n = a * a + s * s
-            return (a * x - s * out) * (1.0 / n), (s * x + a * out) * (1.0 / n)
+            return torch.mul(x, a / n).sub_(out, alpha=s / n), torch.mul(x, s / n).add_(out, alpha=a / n)
         da, ds = self._deriv(t)
         det = a * ds - s * da  # velocity u = a' x0 + s' eps
         if det == 0:
             raise bad("alpha sigma' - sigma alpha' = 0")
-        return (ds * x - s * out) * (1.0 / det), (a * out - da * x) * (1.0 / det)
+        return torch.mul(x, ds / det).sub_(out, alpha=s / det), torch.mul(out, a / det).sub_(x, alpha=da / det)
 
     # -- helpers every sampler uses ----------------------------------------------------------
     def project(self, x: Tensor) -> Tensor:
@@ -193,7 +220,20 @@ class ModelFn:
     def velocity(self, pred: Prediction) -> Tensor:
         """Probability-flow ODE drift ``alpha'(t) x0 + sigma'(t) eps`` of a prediction."""
         da, ds = self._deriv(pred.t)
-        return da * pred.x0 + ds * pred.eps
+        return torch.mul(pred.x0, da).add_(pred.eps, alpha=ds)
+
+
+def _all_finite(out: Tensor) -> bool:
+    """True if every entry of ``out`` is finite. One reduction (``sum``) decides the usual case;
+    only a non-finite sum (a NaN / inf entry, or a float overflow of the sum of finite entries)
+    runs the elementwise check, so an overflowing sum never raises a false error."""
+    if not out.is_floating_point():
+        return bool(torch.isfinite(out).all())
+    if out.numel() == 0:
+        return True
+    if math.isfinite(float(out.sum())):
+        return True
+    return bool(torch.isfinite(out).all())
 
 
 def is_clean(t) -> bool:

@@ -1,48 +1,68 @@
-"""DualFast on a DPM-Solver++ multistep base (Yu, Luo, Wang & Zhao 2025, "DualFast: Dual-Speedup
-Framework for Fast Sampling of Diffusion Models", arXiv:2506.13058).
+"""DualFast on a DDIM / DPM-Solver++ multistep base (Yu, Luo, Wang & Zhao 2025, "DualFast:
+Dual-Speedup Framework for Fast Sampling of Diffusion Models", arXiv:2506.13058).
 
-DualFast splits the sampling error into the *discretisation* error (reduced by the high-order
-base solver, here DPM-Solver++ 1/2M/3M, Lu et al. 2022b, Alg. 2 and its 3M extension) and the
-*approximation* error of the network's prediction, which the paper finds to shrink as the
-noise level grows. Without extra NFE it compensates the prediction that enters the
-first-order term of the base update with a cached prediction at a higher noise level
-``tau > t`` (the mixed prediction ``(1 + c_t) pred_t - c_t pred_tau``), written here in the
-data prediction of DPM-Solver++:
+The paper splits the sampling error into the *discretisation* error (what high-order solvers
+reduce) and the *approximation* error of the network, which its dual-error disentanglement
+finds to decrease as the step (noise level) grows. Without extra NFE it replaces, in the
+first-order term of the base solver, the noise prediction at the current step by a mixed
+prediction with a cached prediction at a higher-noise step ``tau > t``:
 
-    x0~_i = (1 + c_i) x0_i - c_i x0_ref,
-    x0_ref = x0 of the previous step (``reference="previous"``, tau = t_{i-1}) or of the
-             first step (``reference="first"``, tau = t_0),
-    c_i    = c i / (n' - 1)    (grows linearly towards low noise; n' = steps not ending at
-                                the clean end; c_0 = 0),
+    eps~_i = (1 + c_i) eps_i - c_i eps_tau,          c_i >= 0,                      (paper eq. 12)
 
-    1:   x_t = (sigma_t / sigma_s) x_s - alpha_t expm1(-h) x0~_i,     h = lambda_t - lambda_s,
-    2M:  x_t = (sigma_t / sigma_s) x_s - alpha_t expm1(-h) (x0~_i + D1 / 2),
-         D1 = (x0_i - x0_{i-1}) / r,  r = h_{i-1} / h,
-    3M:  x_t = (sigma_t / sigma_s) x_s - alpha_t phi1 x0~_i + alpha_t phi2 D1 - 2 alpha_t phi3 D2
-         (phi1 = expm1(-h), phi2 = phi1 / h + 1, phi3 = phi2 / h - 1/2; D1, D2 the first and
-         second monomial coefficients, in tau = (lambda - lambda_s) / h, of the quadratic
-         through the last three predictions; the factor 2 is the exact exponential integral
-         of tau^2 -- the reference DPM-Solver++(3M) code uses phi3 alone and is only second
-         order asymptotically, see ``dpm_solver_pp_3m``).
+i.e. the prediction is pushed *away* from the higher-noise one by ``c_i (eps_i - eps_tau)``
+(the sign the paper uses: the coefficient of ``eps_tau`` is ``-c_i <= 0`` with ``c_i >= 0``
+in its Fig. 8, as an ICLR 2025 reviewer of the submission points out; a negative ``c``
+here mixes *towards* ``eps_tau`` instead). On the data-prediction base the same substitution
+reads, with ``x0 = (x_s - sigma_s eps) / alpha_s`` at the current state ``x_s``:
+
+    x0~_i = x0_i - (sigma_s / alpha_s) c_i (eps_i - eps_tau)                         (space="eps")
+
+and enters only the first-order term (step ``s = t_i -> t = t_{i+1}``, ``h = lambda_t - lambda_s``):
+
+    1 (DDIM): x_t = (sigma_t / sigma_s) x_s - alpha_t expm1(-h) x0~_i
+              (= (alpha_t / alpha_s) x_s - sigma_t expm1(h) eps~_i, DDIM with eps~ exactly)
+    2M:       x_t = (sigma_t / sigma_s) x_s - alpha_t expm1(-h) (x0~_i + D1 / 2),
+              D1 = (x0_i - x0_{i-1}) / r,  r = h_{i-1} / h
+    3M:       x_t = (sigma_t / sigma_s) x_s - alpha_t phi1 x0~_i + alpha_t phi2 D1 - alpha_t phi3 D2  (official weight)
+              (phi1 = expm1(-h), phi2 = phi1 / h + 1, phi3 = phi2 / h - 1/2; D1, D2 the first and
+              second monomial coefficients of the quadratic through the last three
+              *uncompensated* predictions, as in ``dpm_solver_pp_3m``'s exact variant)
 
 The higher-order differences use the uncompensated predictions; the multistep history warms
-up at first order (and restarts at first order after a step from ``lambda = -inf``); the
-step into the clean end returns the (uncompensated) data prediction. ``c = 0`` is exactly
-DPM-Solver++(``order``M).
+up at first order (and restarts after a step from ``lambda = -inf``). Mixing coefficient
+(linear in the step index, 0 at the first step, ``c`` at the last):
 
-Convergence: with ``reference="previous"`` the compensation ``c_i (x0_i - x0_{i-1})`` is
-``O(h)`` and enters through the ``O(h)`` first-order weight, so the sampler is a consistent
-*first-order* method for any fixed ``c`` (the registered order; ``c = 0`` restores the base
-order). With ``reference="first"`` the compensation does not vanish as the steps shrink: a
-deliberate bias, no convergence order.
+    c_i = c * i / (n - 1),   i = 0 .. n - 1   (n steps; c_0 = 0, so step 0 is the plain base step)
 
-Provenance note: neither the paper's method section nor the authors' code was reachable
-when this was written; the mixed prediction ``(1 + c_t) pred_t - c_t pred_tau`` with a cached
-higher-noise ``tau`` and a coefficient growing towards low noise follows a secondary summary
-of the paper. The choice ``tau = t_{i-1}``, the linear schedule and the default ``c = 0.3``
-are this implementation's, to be checked against the authors' release. With an exact
-denoiser (no approximation error, e.g. :mod:`workbench.analytic`) any ``c > 0`` can only
-add error beyond a few steps; the compensation is meant for trained networks.
+The last step is compensated too: into the clean end ``t = 0`` the first-order term is the
+whole update, so the sampler returns ``x0~_{n-1}`` (not the raw data prediction). ``c = 0`` is
+exactly DPM-Solver++(``order``M) (``order = 1``: DDIM).
+
+Provenance -- what is from the paper and what is not (this is the README fidelity note):
+
+* From the paper (abstract; ICLR 2025 reviews of the submission; secondary notes of its
+  method section): the error decomposition, the mixed prediction
+  ``(1 + c) eps_t - c eps_tau`` with a cached ``tau > t`` (zero extra NFE), its sign
+  (``c >= 0``), its use in the first-order term of DDIM / DPM-Solver / DPM-Solver++ / UniPC.
+* NOT recoverable (the method section and the authors' code were not reachable; only the
+  abstract, reviews and summaries were): which ``tau`` (first step vs previous step), the
+  shape and scale of the ``c`` schedule, and how the mixing is written for a
+  data-prediction base. Choices made here: ``tau = t_0`` (the first grid time, the highest
+  noise, ``reference="first"``), eps-space mixing (``space="eps"``), the linear 0 -> ``c``
+  schedule and ``c = 0.15``; the last three follow a scaffold in the first author's public
+  code (``yuhuUSTC/Debias``, ``guided_diffusion/DPM_solver.py``: ``lamda =
+  torch.linspace(0, 0.15, steps)`` and the initial state ``x_T`` passed to every
+  DPM-Solver update; the mixing lines themselves were removed there). The UniPC base is
+  not implemented.
+* Options beyond the paper: ``reference="previous"`` (``tau = t_{i-1}``: the compensation is
+  ``O(h)``, a consistent first-order method for fixed ``c``); ``space="x0"`` (mix the data
+  predictions, ``(1 + c_i) x0_i - c_i x0_tau``: the workbench's earlier, invented variant,
+  with ``reference="previous", c=0.3`` close to its former default).
+
+Convergence: with ``reference="first"`` the compensation does not vanish as the steps shrink
+(a deliberate bias; no convergence order is registered). With an exact denoiser (no
+approximation error, e.g. :mod:`workbench.analytic`) there is nothing for the term to
+compensate; whatever it changes there acts on the discretisation error only.
 """
 from __future__ import annotations
 
@@ -53,48 +73,73 @@ from torch import Tensor
 from ._multistep import phi as _phi
 from .base import ModelFn, is_clean, register
 
+REFERENCES = ("first", "previous")
+SPACES = ("eps", "x0")
 
-@register("dualfast", nfe=lambda n: n, order=1, reference="Yu et al. 2025 (DualFast), arXiv:2506.13058; base Lu et al. 2022b (DPM-Solver++ multistep)")
-def dualfast(model: ModelFn, x: Tensor, ts: Tensor, *, c: float = 0.3, order: int = 2, reference: str = "previous") -> Tensor:
-    """DualFast-corrected DPM-Solver++ multistep sampler (one NFE per step).
+
+def mixing_coefficients(n: int, c: float) -> list[float]:
+    """``[c_0 .. c_{n-1}]``: the linear schedule ``c_i = c i / (n - 1)`` (all 0 for one step)."""
+    return [c * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+
+
+@register("dualfast", nfe=lambda n: n, order=None,
+          reference="Yu et al. 2025 (DualFast), arXiv:2506.13058; base Lu et al. 2022b (DPM-Solver++ multistep) / Song et al. 2021 (DDIM)")
+def dualfast(model: ModelFn, x: Tensor, ts: Tensor, *, c: float = 0.15, order: int = 2, reference: str = "first",
+             space: str = "eps") -> Tensor:
+    """DualFast-compensated DDIM / DPM-Solver++ multistep sampler (one NFE per step).
 
     Args:
         model: the wrapped model.
         x: ``[B, ...]`` state at ``ts[0]``.
         ts: ``[n + 1]`` decreasing float64 grid.
-        c: final mixing coefficient of the approximation-error compensation (0 = plain
-            DPM-Solver++); the coefficient grows linearly from 0 at the first step.
-        order: base multistep order, 1, 2 or 3.
-        reference: the higher-noise prediction mixed in: ``"previous"`` (the preceding
-            step's, consistent first-order method) or ``"first"`` (the first step's).
+        c: final mixing coefficient (``c_i`` grows linearly from 0 at the first step to ``c`` at
+            the last); ``0`` is the plain base solver, ``> 0`` the paper's direction.
+        order: base multistep order: 1 (DDIM), 2 (DPM-Solver++ 2M) or 3 (3M).
+        reference: the higher-noise step ``tau`` whose cached prediction is mixed in:
+            ``"first"`` (``ts[0]``) or ``"previous"`` (the preceding grid time).
+        space: ``"eps"`` (the paper's noise-prediction mixing) or ``"x0"`` (mix data predictions).
     Returns:
-        ``[B, ...]`` sample at ``ts[-1]`` (the data prediction if ``ts[-1] = 0``).
+        ``[B, ...]`` sample at ``ts[-1]`` (the compensated data prediction if ``ts[-1] = 0``).
     """
     if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order}")
-    if reference not in ("previous", "first"):
-        raise ValueError(f"reference must be 'previous' or 'first', got {reference!r}")
+        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+    if not math.isfinite(float(c)):
+        raise ValueError(f"c must be a finite number, got {c!r}")
     n = len(ts) - 1
-    n_inner = n - 1 if is_clean(ts[-1]) else n
+    cs = mixing_coefficients(n, float(c))
     lams: list[float] = []
     x0s: list[Tensor] = []
-    x0_ref = None
+    ref = None  # cached prediction at tau
+    prev = None
     for i in range(n):
         s, t = float(ts[i]), float(ts[i + 1])
         pred = model(x, s)
+        if reference == "first":
+            ref = ref if ref is not None else pred
+        else:
+            ref = prev if prev is not None else pred
+        prev = pred
+        c_i = cs[i]
+        m0 = pred.x0
+        a_s, s_s = model.coef(s)
+        if c_i == 0.0:
+            m0_tilde = m0
+        elif space == "x0":
+            m0_tilde = (1.0 + c_i) * m0 - c_i * ref.x0
+        else:
+            if a_s <= 0.0:
+                raise ValueError(f"eps-space mixing needs alpha(t) > 0 at t={s:.6g} (step {i}); use space='x0'")
+            m0_tilde = m0 - (s_s / a_s * c_i) * (pred.eps - ref.eps)
         if is_clean(t):
-            return model.project(pred.x0)
-        if reference == "previous":
-            x0_ref = x0s[-1] if x0s else pred.x0  # prediction of the preceding (noisier) step
-        elif x0_ref is None:
-            x0_ref = pred.x0  # prediction of the first step
+            return model.project(m0_tilde)
         lam_s, lam_t = model.lam(s), model.lam(t)
         lams.append(lam_s)
-        x0s.append(pred.x0)
+        x0s.append(m0)
         lams, x0s = lams[-3:], x0s[-3:]
-        c_i = c * i / (n_inner - 1) if n_inner > 1 else 0.0
-        m0 = pred.x0
-        m0_tilde = (1.0 + c_i) * m0 - c_i * x0_ref if c_i != 0.0 else m0
         # usable history: consecutive finite lambdas ending at the current point
         k = 0
         for v in reversed(lams):
@@ -103,7 +148,6 @@ def dualfast(model: ModelFn, x: Tensor, ts: Tensor, *, c: float = 0.3, order: in
             k += 1
         k = min(order, max(k, 1), i + 1)
         a_t, s_t = model.coef(t)
-        _, s_s = model.coef(s)
         h = lam_t - lam_s
         ratio = s_t / s_s
         if k == 1 or not math.isfinite(h):
@@ -122,6 +166,6 @@ def dualfast(model: ModelFn, x: Tensor, ts: Tensor, *, c: float = 0.3, order: in
             phi1 = math.expm1(-h)
             phi2 = h * _phi(2, -h)  # = expm1(-h) / h + 1
             phi3 = -h * _phi(3, -h)  # = phi2 / h - 1/2
-            x = ratio * x - (a_t * phi1) * m0_tilde + (a_t * phi2) * d1 - (2.0 * a_t * phi3) * d2
+            x = ratio * x - (a_t * phi1) * m0_tilde + (a_t * phi2) * d1 - (a_t * phi3) * d2  # official 3M weight
         x = model.project(x)
     return x

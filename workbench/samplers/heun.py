@@ -27,26 +27,32 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from .base import ModelFn, is_clean, register
 
 
-def _churn(model: ModelFn, x: Tensor, t: float, gamma: float, s_noise: float) -> tuple[Tensor, float]:
-    """Raise ``sigma~`` of ``x`` at ``t`` by the factor ``1 + gamma``; returns ``(x_hat, t_hat)``."""
+def _churn_time(model: ModelFn, t: float, gamma: float) -> float:
+    """The churned time ``t_hat`` with ``sigma~(t_hat) = (1 + gamma) sigma~(t)`` (clamped to 1), or
+    ``t`` itself when there is nothing to churn."""
     a, s = model.coef(t)
     if gamma <= 0 or a <= 0.0:
-        return x, t
-    sig = s / a
-    sig_hat = (1.0 + gamma) * sig
-    t_hat = min(1.0, model.t_of_lambda(-math.log(sig_hat)))
+        return t
+    t_hat = min(1.0, model.t_of_lambda(-math.log((1.0 + gamma) * (s / a))))
+    if model.coef(t_hat)[0] <= 0.0 or t_hat <= t:
+        return t
+    return t_hat
+
+
+def _churn(model: ModelFn, x: Tensor, t: float, t_hat: float, s_noise: float) -> Tensor:
+    """Raise the noise of ``x`` at ``t`` to the level of ``t_hat > t`` (EDM Alg. 2, lines 5-6)."""
+    a, s = model.coef(t)
     a_hat, s_hat = model.coef(t_hat)
-    if a_hat <= 0.0 or t_hat <= t:
-        return x, t
-    sig_hat = s_hat / a_hat  # exact noise level of the (possibly clamped) t_hat
+    sig, sig_hat = s / a, s_hat / a_hat  # exact noise level of the (possibly clamped) t_hat
     add = math.sqrt(max(0.0, sig_hat**2 - sig**2))
     x_hat = (a_hat / a) * x + (a_hat * add * s_noise) * model.noise_like(x)
-    return model.project(x_hat), t_hat
+    return model.project(x_hat)
 
 
 @register("heun", nfe=lambda n: max(1, 2 * n - 1), order=2, reference="Karras et al. 2022 (EDM), Alg. 1 & 2")
@@ -68,21 +74,31 @@ def heun(model: ModelFn, x: Tensor, ts: Tensor, *, s_churn: float = 0.0, s_tmin:
     if s_churn < 0 or s_noise < 0:
         raise ValueError(f"s_churn and s_noise must be >= 0, got {s_churn}, {s_noise}")
     n = len(ts) - 1
+    tl = [float(v) for v in ts]
     gamma_max = min(s_churn / max(n, 1), math.sqrt(2.0) - 1.0)
-    for i in range(n):
-        t_cur, t_next = float(ts[i]), float(ts[i + 1])
-        if gamma_max > 0:
-            a, s = model.coef(t_cur)
+    # the churned times depend only on the grid: compute them (and prime their schedule
+    # scalars and derivatives in one vectorised call) before the loop
+    t_hats = list(tl[:-1])
+    if gamma_max > 0:
+        for i in range(n):
+            a, s = model.coef(tl[i])
             sig = s / a if a > 0 else math.inf
             if math.isfinite(sig) and s_tmin <= sig <= s_tmax:
-                x, t_cur = _churn(model, x, t_cur, gamma_max, s_noise)
+                t_hats[i] = _churn_time(model, tl[i], gamma_max)
+        extra = [t for t, t0 in zip(t_hats, tl) if t != t0]
+        if extra:
+            model.prime(torch.tensor(extra, dtype=torch.float64))
+    for i in range(n):
+        t_cur, t_next = t_hats[i], tl[i + 1]
+        if t_cur != tl[i]:
+            x = _churn(model, x, tl[i], t_cur, s_noise)
         pred = model(x, t_cur)
         if is_clean(t_next):
             return model.project(pred.x0)
         d = model.velocity(pred)
         dt = t_next - t_cur
-        x_euler = model.project(x + dt * d)
+        x_euler = model.project(torch.add(x, d, alpha=dt))
         pred2 = model(x_euler, t_next)
         d2 = model.velocity(pred2)
-        x = model.project(x + (0.5 * dt) * (d + d2))
+        x = model.project(torch.add(x, d, alpha=0.5 * dt).add_(d2, alpha=0.5 * dt))
     return x

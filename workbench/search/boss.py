@@ -285,6 +285,38 @@ def _fine_grid(process: GaussianProcess, fine_steps: int, fine_grid) -> Tensor:
     return ts
 
 
+def _rows(v: Any, start: int, stop: int, n: int) -> Any:
+    """Rows ``start:stop`` of a per-sample value of a batch of ``n`` samples: a tensor with
+    leading dimension ``n`` is sliced along dim 0, a ``dict`` / ``list`` / ``tuple`` entry by
+    entry (dict-valued conditions), anything else (``None``, a scalar, a tensor without the
+    batch dimension) is passed unchanged."""
+    if isinstance(v, Tensor):
+        return v[start:stop] if v.ndim > 0 and v.shape[0] == n else v
+    if isinstance(v, dict):
+        return type(v)((k, _rows(x, start, stop, n)) for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        out = [_rows(x, start, stop, n) for x in v]
+        return type(v)(*out) if hasattr(v, "_fields") else type(v)(out)
+    return v
+
+
+def _cat_rows(parts: list, sizes: list) -> Any:
+    """Inverse of :func:`_rows`: join the per-batch values ``parts`` (batches of ``sizes``
+    samples) along dim 0, tensors inside dicts / lists / tuples included; a value without
+    the batch dimension is taken from the first batch."""
+    v = parts[0]
+    if isinstance(v, Tensor):
+        if v.ndim > 0 and all(isinstance(p, Tensor) and p.ndim > 0 and p.shape[0] == b for p, b in zip(parts, sizes)):
+            return torch.cat(parts)
+        return v
+    if isinstance(v, dict):
+        return type(v)((k, _cat_rows([p[k] for p in parts], sizes)) for k in v)
+    if isinstance(v, (list, tuple)):
+        out = [_cat_rows([p[i] for p in parts], sizes) for i in range(len(v))]
+        return type(v)(*out) if hasattr(v, "_fields") else type(v)(out)
+    return v
+
+
 @torch.no_grad()
 def boss_search(model, process: GaussianProcess, x_T: Tensor, *, mask: Optional[Tensor] = None, cond: Any = None,
                 prediction: Optional[str] = None, fine_steps: int = 100, fine_grid: Union[str, Tensor, list] = "uniform_t",
@@ -309,10 +341,12 @@ def boss_search(model, process: GaussianProcess, x_T: Tensor, *, mask: Optional[
     F = len(ts) - 1
     cost = torch.zeros(F + 1, F + 1, dtype=_F64)
     n = x_T.shape[0]
-    sub = lambda v, s: v[s:s + batch_size] if isinstance(v, Tensor) else v  # noqa: E731
-    for s in range(0, n, int(batch_size)):
-        traj, x0, ts_used = reference_trajectories(model, process, x_T[s:s + batch_size], timesteps=ts, prediction=prediction,
-                                                   sampler=sampler, mask=sub(mask, s), cond=sub(cond, s), options=options)
+    bs = int(batch_size)
+    for s in range(0, n, bs):
+        # every sub-batch gets its rows of mask and cond (each tensor of a dict-valued cond too)
+        traj, x0, ts_used = reference_trajectories(model, process, x_T[s:s + bs], timesteps=ts, prediction=prediction,
+                                                   sampler=sampler, mask=_rows(mask, s, s + bs, n),
+                                                   cond=_rows(cond, s, s + bs, n), options=options)
         _accumulate_cost(cost, process, traj.to(_F64).cpu(), x0.to(_F64).cpu(), ts_used)
     info = {"sampler": sampler, "fine_steps": F, "fine_grid": fine_grid if isinstance(fine_grid, str) else "custom"}
     return BossSearch(_finish_cost(cost / n), ts.clone(), n, info)
@@ -372,13 +406,24 @@ def boss_search_domain(domain, model, *, n: int = 256, seed: int = 0, fine_steps
         conds.append(gb.cond)
     x_T = torch.cat(xs).to(device)
     mask = torch.cat(masks).to(device) if masks[0] is not None else None
-    cond = torch.cat(conds).to(device) if isinstance(conds[0], Tensor) else conds[0]
+    cond = _to_device(_cat_rows(conds, [x.shape[0] for x in xs]), device)
     res = boss_search(model, domain.process(), x_T, mask=mask, cond=cond, prediction=getattr(model, "prediction", domain.prediction),
                       fine_steps=fine_steps, fine_grid=fine_grid, sampler=sampler, batch_size=batch_size)
     res.info["settings"] = settings
     if cache is not None:
         save_state(cache, res.state())
     return res
+
+
+def _to_device(v: Any, device) -> Any:
+    if isinstance(v, Tensor):
+        return v.to(device)
+    if isinstance(v, dict):
+        return type(v)((k, _to_device(x, device)) for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        out = [_to_device(x, device) for x in v]
+        return type(v)(*out) if hasattr(v, "_fields") else type(v)(out)
+    return v
 
 
 def boss_grid(domain, model, steps: int, *, n: int = 256, seed: int = 0, fine_steps: int = 100,
