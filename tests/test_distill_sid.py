@@ -227,3 +227,189 @@ def test_generator_samples_with_its_training_noise_scale_by_default():
         default, half, one = run(), run(noise_scale=0.5), run(noise_scale=1.0)
     torch.testing.assert_close(default, half)
     assert not torch.allclose(default, one)
+
+
+# -- Proteina-SiD options (Xie et al. 2025; authors' code mohammedehab2002/SiD_Protein d47253e) ---------------
+class InputRecorder(nn.Module):
+    """An x0 'student' that predicts 0 and records every input it is called with."""
+
+    prediction = "x0"
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def forward(self, x, t, **kw):
+        self.inputs.append(x.detach().clone())
+        return torch.zeros_like(x)
+
+
+def _official_grid(K, t_init=30, T=400):
+    """Re-derived from the authors' sid_training_loop.py / sid_utils.sample_t (Proteina time tau,
+    tau = 1 data), returned in this package's time 1 - tau, with the final 0."""
+    if K == 1:
+        taus = [0.37]
+    else:
+        s = torch.round(torch.linspace(float(t_init), float(T), K, dtype=torch.float64))
+        taus = [1.0 - 10.0 ** (-(float(si) / T) * 2.0) for si in s]
+    return torch.tensor([1.0 - tau for tau in taus] + [0.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("K", [1, 8, 16])
+def test_proteina_log_grid_is_the_published_grid(K):
+    from workbench.distill.sid import generator_grid, proteina_log_grid
+
+    g = proteina_log_grid(K)
+    torch.testing.assert_close(g, _official_grid(K), rtol=0, atol=1e-12)
+    torch.testing.assert_close(generator_grid(ToyDomain(dataset="gmm").process(), K, grid="proteina_log"), g)
+    if K == 8:  # the review's numbers: 0.708, 0.385, 0.209, ..., 0.010
+        assert [round(float(v), 3) for v in g[:3]] == [0.708, 0.385, 0.209] and round(float(g[-2]), 3) == 0.010
+    with pytest.raises(ValueError, match="unknown grid 'log'; valid: uniform, proteina_log"):
+        generator_grid(ToyDomain(dataset="gmm").process(), K, grid="log")
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.45])
+def test_scale_initial_noise_scales_every_noise_term(gamma):
+    """With ``scale_initial_noise`` every generator input is ``alpha(t_k) x0_{k-1} + gamma sigma(t_k) z``
+    with ``x0_{-1} = 0`` (authors' generator_step: interpolate(gamma eps, x_prev, tau)); the first
+    input's std is ``0.708 gamma`` at K = 8 on a rectified flow. Default (every other method):
+    only the re-injected noise is scaled, the first input is the unscaled prior part."""
+    from workbench.distill.base import FewStepGenerator
+    from workbench.distill.sid import proteina_log_grid
+    from workbench.processes import RectifiedFlow
+
+    p = RectifiedFlow()
+    grid = proteina_log_grid(8)
+    x_T = torch.randn(64, 512, generator=torch.Generator().manual_seed(0))
+    first = {}
+    for scaled in (True, False):
+        rec = InputRecorder()
+        gen = FewStepGenerator(rec, p, timesteps=grid, noise_scale=gamma, scale_initial_noise=scaled)
+        gen.generate(x_T, generator=torch.Generator().manual_seed(1))
+        first[scaled] = rec.inputs[0]
+        if scaled:
+            # official first input: (1 - tau_0) gamma eps + tau_0 * 0, 1 - tau_0 = 10^(-2*30/400)
+            torch.testing.assert_close(first[True], (10 ** (-0.15)) * gamma * x_T, rtol=1e-6, atol=1e-6)
+            assert abs(float(first[True].std()) - 0.708 * gamma) < 0.01
+            # later inputs (x0 = 0 here): gamma sigma(t_k) z, std 0.385 gamma at the second time
+            assert abs(float(rec.inputs[1].std()) - float(grid[1]) * gamma) < 0.01
+    torch.testing.assert_close(first[False], 10 ** (-0.15) * x_T, rtol=1e-6, atol=1e-6)  # unscaled by default
+    with pytest.raises(ValueError, match="scale_initial_noise must be True or False"):
+        FewStepGenerator(InputRecorder(), p, scale_initial_noise=1)
+
+
+def test_rollout_scales_the_initial_noise_only_when_asked():
+    from workbench.distill.score_distill import rollout
+    from workbench.losses import Batch
+    from workbench.processes import RectifiedFlow
+
+    p, grid = RectifiedFlow(), _official_grid(4)
+    b = Batch(x=torch.zeros(4, 256))
+    out = {}
+    for scaled in (True, False):
+        rec = InputRecorder()
+        rollout(rec, p, grid, b, torch.Generator().manual_seed(3), step=0, noise_scale=0.45, scale_initial_noise=scaled)
+        out[scaled] = rec.inputs[0]
+    torch.testing.assert_close(out[True], 0.45 * out[False])
+    torch.testing.assert_close(rollout(InputRecorder(), p, grid, b, torch.Generator().manual_seed(3), step=0)[1], out[False])
+
+
+def _official_generator_loss(x_g, y_real, y_fake, mask, alpha):
+    """SID_ProteinaLoss.generator_loss (authors' training/sid_loss.py), re-derived: x [B, N, 3], mask [B, N]."""
+    nres = mask.sum(-1)
+    with torch.no_grad():
+        wf = (abs((x_g - y_real) * mask[:, :, None])).sum(dim=[1, 2]).view(-1, 1, 1)
+    loss = (y_real - y_fake) * ((y_real - x_g) - alpha * (y_real - y_fake)) / wf
+    return (loss * mask[:, :, None]).sum(dim=[1, 2]) / nres
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.2])
+def test_per_residue_normaliser_is_the_official_protein_loss(alpha):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 3, generator=g, dtype=torch.float64)
+    f_r, f_f = torch.randn(3, 7, 3, generator=g, dtype=torch.float64), torch.randn(3, 7, 3, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[1.0] * 7, [1.0] * 4 + [0.0] * 3, [1.0] * 2 + [0.0] * 5], dtype=torch.float64)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ours = sid_loss(x1, f_r, f_f, alpha, mask, normaliser="per_residue")
+    ref = _official_generator_loss(x2, f_r, f_f, mask, alpha)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-14)
+    ours.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-12, atol=1e-14)
+    # the image form ("mean", the default) is nres times it
+    torch.testing.assert_close(sid_loss(x, f_r, f_f, alpha, mask), ref.detach() * mask.sum(-1), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="unknown normaliser 'sum'; valid: mean, per_residue"):
+        sid_loss(x, f_r, f_f, alpha, mask, normaliser="sum")
+
+
+def test_proteina_time_laws():
+    """Generator loss: s ~ U{0..400}, tau = 1 - 10^(-2 s/400) clamped to [0.02, 0.98]; fake score:
+    tau ~ Beta(1.9, 1) w.p. 0.98 else U[0, 1], clamped (authors' SID_ProteinaLoss); both returned
+    as t = 1 - tau."""
+    from workbench.distill.sid import proteina_beta_times, proteina_log_times
+
+    t = proteina_log_times(4000, torch.Generator().manual_seed(0), "cpu")
+    s = torch.randint(0, 401, (4000,), generator=torch.Generator().manual_seed(0)).double()
+    tau = (1.0 - 10 ** (-(s / 400) * 2.0)).clamp(0.02, 0.98)
+    torch.testing.assert_close(t, 1.0 - tau)
+    assert float(t.min()) >= 0.02 - 1e-12 and float(t.max()) <= 0.98 + 1e-12
+    tb = proteina_beta_times(40000, torch.Generator().manual_seed(1), "cpu")
+    taub = 1.0 - tb
+    assert float(taub.min()) >= 0.02 - 1e-12 and float(taub.max()) <= 0.98 + 1e-12
+    for x in (0.1, 0.3, 0.5, 0.7, 0.9):  # the mixture's CDF 0.98 x^1.9 + 0.02 x inside the clamp
+        assert abs(float((taub <= x).double().mean()) - (0.98 * x ** 1.9 + 0.02 * x)) < 0.01
+    with pytest.raises(ValueError, match="p2 = 1 only"):
+        proteina_beta_times(4, None, "cpu", p2=2.0)
+
+
+def test_proteina_fm_loss_is_compute_fm_loss():
+    from workbench.distill.sid import proteina_fm_loss
+
+    g = torch.Generator().manual_seed(0)
+    x1, x1p = torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 3, generator=g)
+    mask = torch.tensor([[1.0] * 5, [1.0] * 3 + [0.0] * 2])
+    tau = torch.tensor([0.3, 0.9], dtype=torch.float64)
+    # compute_fm_loss (authors' proteina_utils.py): sum err^2 / (3 nres) * 1 / ((1 - tau)^2 + 1e-5)
+    ref = ((x1 - x1p) * mask[..., None]).pow(2).sum(dim=(-1, -2)) / (mask.sum(-1) * 3) / ((1.0 - tau) ** 2 + 1e-5).float()
+    torch.testing.assert_close(proteina_fm_loss(x1, x1p, 1.0 - tau, mask), ref)
+
+
+def test_sid_proteina_options_in_the_recipe():
+    d, ctx = ctx_for("pointset", steps=8)
+    opts = {"student": SMALL["pointset"], "grid": "proteina_log", "t_sampling": "proteina_log", "fake_t_sampling": "proteina_beta",
+            "fake_loss": "proteina_fm", "normaliser": "per_residue", "scale_initial_noise": True, "train_noise_scale": 1.0,
+            "sample_noise_scale": 0.45, "generator_betas": (0.9, 0.999), "generator_loss_scale": 100.0}
+    setup = setup_method("sid", ctx, opts)
+    obj = setup.objective
+    torch.testing.assert_close(obj.grid, _official_grid(8))
+    assert setup.spec["noise_scale"] == 0.45 and setup.spec["scale_initial_noise"] is True
+    assert obj.phase_betas == {"generator": (0.9, 0.999)} and setup.train_defaults["betas"] == (0.0, 0.999)
+    gen = setup.make_generator(setup.nets)
+    assert gen.noise_scale == 0.45 and gen.scale_initial_noise and obj.train_noise_scale == 1.0
+    b = d.train_data()(4, torch.Generator().manual_seed(0))
+    for phase in ("fake", "generator"):
+        loss = obj(setup.nets, b, torch.Generator().manual_seed(1), phase=phase)
+        assert loss.shape == (4,) and torch.isfinite(loss).all()
+    # the image defaults leave the spec as it was (no scale_initial_noise key, gamma = train scale)
+    plain = setup_method("sid", ctx, {"student": SMALL["pointset"], "train_noise_scale": 0.8})
+    assert "scale_initial_noise" not in plain.spec and plain.spec["noise_scale"] == 0.8 and plain.objective.phase_betas == {}
+    for bad, msg in ((("fake_t_sampling", "beta"), "unknown fake_t_sampling 'beta'; valid: uniform, proteina_beta"),
+                     (("fake_loss", "fm"), "unknown fake_loss 'fm'; valid: denoising, proteina_fm"),
+                     (("generator_betas", (0.9,)), "generator_betas must be two numbers"),
+                     (("generator_loss_scale", 0.0), "generator_loss_scale must be a positive number"),
+                     (("sample_noise_scale", -1.0), "sample_noise_scale must be >= 0")):
+        with pytest.raises(ValueError, match=msg):
+            setup_method("sid", ctx, {bad[0]: bad[1]})
+
+
+def test_generator_loss_scale_multiplies_the_generator_loss():
+    d, ctx = ctx_for("pointset", steps=2)
+    b = d.train_data()(4, torch.Generator().manual_seed(0))
+    losses = []
+    for scale in (1.0, 100.0):
+        setup = setup_method("sid", ctx, {"student": SMALL["pointset"], "generator_loss_scale": scale})
+        torch.manual_seed(0)
+        for n in setup.nets["fake_score"].parameters():
+            n.data.add_(0.01 * torch.randn(n.shape, generator=torch.Generator().manual_seed(2)))
+        losses.append(setup.objective(setup.nets, b, torch.Generator().manual_seed(1), phase="generator").detach())
+    torch.testing.assert_close(losses[1], 100.0 * losses[0], rtol=1e-4, atol=1e-8)

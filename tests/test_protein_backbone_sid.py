@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from domains.protein_backbone.distill_sid import (METHOD_OPTIONS, NOISE_SCALE, default_checkpoint, distill_student,
+import inspect
+
+from domains.protein_backbone.distill_sid import (METHOD_OPTIONS, NOISE_SCALE, VARIANTS, default_checkpoint, distill_student,
                                                   evaluate_student)
 from domains.protein_backbone.nets import TINY_NET
 from workbench.checkpoint import load_weights
@@ -30,6 +32,53 @@ def _check_samples(x, mask, lengths):
     assert 0.1 < float(d.mean()) < 1.0
 
 
+def _json(d):
+    import json
+
+    return json.loads(json.dumps(d))
+
+
+def _effective(options):
+    """Every SiD recipe option: the recipe's defaults updated by ``options`` (JSON-normalised)."""
+    from workbench.distill.sid import sid_recipe
+
+    defaults = {k: p.default for k, p in inspect.signature(sid_recipe).parameters.items() if p.default is not inspect.Parameter.empty}
+    return _json({**defaults, **{k: v for k, v in options.items() if k != "student"}})
+
+
+def test_the_recipe_is_the_published_one():
+    """Defaults = Proteina-SiD (authors' run_sid_proteina.sh, sid_utils.py, sid_loss.py, README):
+    the log grid round(linspace(30, 400, K)), tau = 1 - 10^(-2 s / 400); training at gamma 1;
+    sampling at gamma 0.45 with every noise term scaled, so the first generator input of K = 8 is
+    0.708 * 0.45 times the prior noise."""
+    from workbench.distill import setup_method
+    from workbench.distill.recipes import RecipeContext
+
+    assert METHOD_OPTIONS["train_noise_scale"] == 1.0 and METHOD_OPTIONS["sample_noise_scale"] == 0.45
+    assert METHOD_OPTIONS["alpha"] == 1.0 and METHOD_OPTIONS["generator_betas"] == (0.9, 0.999)
+    dom = get_domain("protein_backbone", n_max=24, lengths=[20, 24])
+    setup = setup_method("sid", RecipeContext.for_domain(dom, student_steps=8), {**METHOD_OPTIONS, "student": dict(TINY_NET)})
+    s = torch.round(torch.linspace(30.0, 400.0, 8, dtype=torch.float64))
+    tau = 1.0 - 10.0 ** (-(s / 400) * 2.0)  # Proteina time, tau = 1 data
+    torch.testing.assert_close(torch.tensor(setup.spec["timesteps"], dtype=torch.float64), torch.cat([1.0 - tau, torch.zeros(1)]))
+    gen = setup.make_generator(setup.nets).eval()
+    seen = []
+
+    class Zero(torch.nn.Module):
+        prediction = "x0"
+
+        def forward(self, x, t, **kw):
+            seen.append(x.detach().clone())
+            return torch.zeros_like(x)
+
+    gen.student = Zero()
+    gb = dom.generation_batch(2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        gen.generate(gb.x_T, mask=gb.mask, generator=torch.Generator().manual_seed(1))
+    x0_ref = 0.45 * (1.0 - float(tau[0])) * gb.x_T / dom.process().prior_std()  # (1 - tau) gamma eps + tau * 0
+    torch.testing.assert_close(seen[0], x0_ref * gb.mask[..., None], rtol=1e-5, atol=1e-6)
+
+
 def test_a_student_is_shipped():
     assert default_checkpoint(8).exists(), "run: python -m domains.protein_backbone.distill_sid --student-steps 8 ..."
 
@@ -41,7 +90,8 @@ def test_shipped_student_generates_with_noise_modulation(K):
     dom = get_domain("protein_backbone", n_max=40, lengths=[21, 34])
     gen, meta = load_generator(dom, path)
     assert meta["method"] == "sid" and meta["student_steps"] == K
-    assert {k: meta["options"][k] for k in METHOD_OPTIONS} == METHOD_OPTIONS  # shipped with the recipe's options
+    # shipped with the published recipe or a named variant of it (every option resolved against the recipe's defaults)
+    assert any(_effective(meta["options"]) == _effective({**METHOD_OPTIONS, **v}) for v in VARIANTS.values()), meta["options"]
     assert gen.nfe(K) == K
     for steps in (8, 16):
         x, info = sample_generator(dom, gen, steps=steps, n=3, seed=0, noise_scale=NOISE_SCALE)
@@ -81,13 +131,18 @@ def test_distill_student_method_options_override_the_recipe(tmp_path):
                           method_options={"alpha": 1.2}, train={"batch_size": 2, "progress": False, "ckpt_every": 1000})
     _, meta = load_weights(ckpt)
     assert meta["options"]["alpha"] == 1.2 == res["method_options"]["alpha"]
-    assert meta["options"]["train_noise_scale"] == METHOD_OPTIONS["train_noise_scale"]  # the rest of the recipe is kept
+    assert {k: meta["options"][k] for k in METHOD_OPTIONS if k != "alpha"} == _json(
+        {k: v for k, v in METHOD_OPTIONS.items() if k != "alpha"})  # the rest of the recipe is kept
     assert METHOD_OPTIONS["alpha"] == 1.0  # the module constant is not mutated
-    assert load_generator(get_domain("protein_backbone", **cfg), ckpt)[0].noise_scale == METHOD_OPTIONS["train_noise_scale"]
-    distill_student(tmp_path / "run2", student_steps=2, steps=1, checkpoint=ckpt, domain_config=cfg, student=dict(TINY_NET),
-                    method_options={"train_noise_scale": 0.5}, train={"batch_size": 2, "progress": False, "ckpt_every": 1000})
     q = evaluate_student(ckpt, student_steps=2, noise_scales=(0.5,), n=2, teacher_steps=(), domain_config=cfg, log=lambda *a: None)
-    assert q["generator"]["noise_scale"] == 0.5  # the generator samples by default at the scale it was trained with
+    # the published recipe samples by default at gamma 0.45 with every noise term scaled
+    assert q["generator"]["noise_scale"] == METHOD_OPTIONS["sample_noise_scale"] == NOISE_SCALE == 0.45
+    assert q["generator"]["scale_initial_noise"] is True
+    distill_student(tmp_path / "run2", student_steps=2, steps=1, checkpoint=ckpt, domain_config=cfg, student=dict(TINY_NET),
+                    method_options=VARIANTS["uniform_grid_gamma08"], train={"batch_size": 2, "progress": False, "ckpt_every": 1000})
+    q = evaluate_student(ckpt, student_steps=2, noise_scales=(0.5,), n=2, teacher_steps=(), domain_config=cfg, log=lambda *a: None)
+    # the project's first recipe: trained and sampled at 0.8, only the re-injected noise scaled
+    assert q["generator"]["noise_scale"] == 0.8 and q["generator"]["scale_initial_noise"] is False
 
 
 def test_distill_student_rejects_bad_steps(tmp_path):

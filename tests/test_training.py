@@ -123,6 +123,24 @@ def test_phases_and_frozen_nets():
         train(TwoPhase(), {"a": a, "b": b}, data, cfg(steps=1), trainable=["a"])
 
 
+
+def test_phase_betas_reach_the_phase_optimizer(tmp_path):
+    """``phase_betas`` gives one phase its own Adam betas; the other phase keeps ``cfg.betas``.
+    Checked on the saved optimizer state (what a resume restores)."""
+    class TwoPhase:
+        phases = [("gen", ["a"], 1), ("critic", ["b"], 1)]
+        phase_betas = {"gen": (0.9, 0.999)}
+
+        def __call__(self, nets, batch, g, phase):
+            return (nets["a" if phase == "gen" else "b"](batch.x) ** 2).mean(1)
+
+    from workbench.checkpoint import load_state
+    train(TwoPhase(), {"a": nn.Linear(2, 2), "b": nn.Linear(2, 2)}, data, cfg(steps=2, betas=(0.0, 0.99)),
+          out_dir=tmp_path, ema=[])
+    st = load_state(tmp_path / "state.pt")
+    assert tuple(st["optims"]["gen"]["param_groups"][0]["betas"]) == (0.9, 0.999)
+    assert tuple(st["optims"]["critic"]["param_groups"][0]["betas"]) == (0.0, 0.99)
+
 def test_ema_targets_follow_their_source():
     """An objective's ``ema_targets`` make the loop move a target net towards its source."""
     class WithTarget:

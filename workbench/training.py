@@ -9,7 +9,8 @@
   reproducible and resumable from the saved generator state;
 * phases: an objective may declare ``phases = [(name, [net names], every), ...]``; each
   phase has its own optimizer and runs every ``every`` steps (two time-scale updates);
-  the default is one phase over all trainable nets;
+  the default is one phase over all trainable nets; ``phase_betas = {name: (b1, b2)}``
+  gives a phase its own Adam betas (the others use ``cfg.betas``);
 * EMA targets: an objective may declare ``ema_targets = {target: (source, decay)}``; after
   every step the loop moves ``nets[target]`` towards ``nets[source]`` (consistency models'
   target network, Song et al. 2023); targets are checkpointed with the other nets.
@@ -172,7 +173,10 @@ def train(objective: Callable, nets: Union[nn.Module, dict], data: Callable[[int
     optims = {}
     for name, names, _ in phases:
         params = [p for n in names for p in nets[n].parameters() if p.requires_grad]
-        optims[name] = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        # an objective may give a phase its own Adam betas (``phase_betas = {phase: (b1, b2)}``,
+        # e.g. SiD-Protein's generator at beta1 = 0.9 beside a fake score at 0)
+        betas = tuple(dict(getattr(objective, "phase_betas", None) or {}).get(name, cfg.betas))
+        optims[name] = torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
     emas = {n: EMA(nets[n], cfg.ema_decay) for n in ema_names}
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -132,12 +132,20 @@ class FewStepGenerator(nn.Module):
             or ``"edm"``; must match the :class:`~workbench.distill.ConsistencyDistillation`
             objective it was trained with), see :func:`consistency_output`.
         sigma_data: for ``parameterization="edm"``.
+        timesteps: ``[K + 1]`` default sampling grid (decreasing to 0); ``None``: uniform in ``t``.
+        noise_scale: default ``gamma`` of :meth:`generate` (see there).
+        scale_initial_noise: ``False`` (default, every domain's consistency sampler): ``gamma``
+            scales only the noise re-injected between steps; ``True``: it scales *every* noise
+            term, the first input included, as Proteina-SiD's inference-time noise modulation
+            (Xie et al. 2025; authors' ``training/sid_utils.py`` ``generator_step``:
+            ``x_t = interpolate(gamma eps, x_prev, t)`` with ``x_prev = 0`` at the first step).
     """
 
     kind = "consistency"
 
     def __init__(self, student: nn.Module, process: GaussianProcess, *, prediction: Optional[str] = None,
-                 parameterization: str = "x0", sigma_data: float = 0.5, timesteps=None, noise_scale: float = 1.0):
+                 parameterization: str = "x0", sigma_data: float = 0.5, timesteps=None, noise_scale: float = 1.0,
+                 scale_initial_noise: bool = False):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; valid: {', '.join(PARAMETERIZATIONS)}")
@@ -148,8 +156,12 @@ class FewStepGenerator(nn.Module):
         self.sigma_data = float(sigma_data)
         #: default sampling grid ``[K + 1]`` (``None``: uniform in ``t`` with the requested steps)
         self.timesteps = None if timesteps is None else torch.as_tensor(timesteps, dtype=torch.float64).flatten()
-        #: default inference noise scale (the one the generator was trained with, e.g. SiD's ``train_noise_scale``)
+        #: default inference noise scale (recorded by the method, e.g. SiD's ``sample_noise_scale``, else its ``train_noise_scale``)
         self.noise_scale = float(noise_scale)
+        if not isinstance(scale_initial_noise, bool):
+            raise ValueError(f"scale_initial_noise must be True or False, got {scale_initial_noise!r}")
+        #: whether ``noise_scale`` also scales the first input (Proteina-SiD's noise modulation)
+        self.scale_initial_noise = scale_initial_noise
 
     def nfe(self, steps: Optional[int] = None) -> int:
         """Network evaluations of :meth:`generate` with ``steps`` steps (one per step)."""
@@ -179,11 +191,13 @@ class FewStepGenerator(nn.Module):
                 evaluations (overrides ``steps``).
             mask: ``[B, N]`` validity mask for set states ``[B, N, ...]``.
             generator: ``None``, a ``torch.Generator`` or ``B`` per-sample generators (fresh noise).
-            noise_scale: scale of the fresh noise re-injected between steps (inference-time
-                noise modulation as used for protein backbones with SiD; ``1`` is the
-                consistency-model sampler, ``0`` a deterministic DDIM-like jump with
-                ``eps = 0``); ``None`` (default) uses ``self.noise_scale``, the scale the
-                generator was trained with (SiD's ``train_noise_scale``; 1 otherwise).
+            noise_scale: ``gamma``, the scale of the fresh noise re-injected between steps
+                (``1`` is the consistency-model sampler, ``0`` a deterministic DDIM-like jump
+                with ``eps = 0``); with ``self.scale_initial_noise`` it also scales the first
+                input, ``x_{t_0} = gamma sigma(t_0) / prior_std x_T`` (Proteina-SiD's
+                inference-time noise modulation: every input is
+                ``alpha(t_k) x0_{k-1} + gamma sigma(t_k) z``, ``x0_{-1} = 0``); ``None``
+                (default) uses ``self.noise_scale``, the generator's recorded default.
         Returns:
             ``[B, ...]`` the sample (the x0 of the last step), projected.
         """
@@ -202,7 +216,11 @@ class FewStepGenerator(nn.Module):
         from .generators import start_state
 
         p = self.process
-        x = p.project(start_state(p, x_T, float(ts[0])), mask)
+        gamma = float(self.noise_scale if noise_scale is None else noise_scale)
+        x = start_state(p, x_T, float(ts[0]))
+        if self.scale_initial_noise:
+            x = x * gamma
+        x = p.project(x, mask)
         x0 = x
         K = len(ts) - 1
         for k in range(K):
@@ -213,7 +231,7 @@ class FewStepGenerator(nn.Module):
             a = append_dims(p.alpha(t_next).to(x.dtype), x.ndim)
             s = append_dims(p.sigma(t_next).to(x.dtype), x.ndim)
             z = p.project(randn_like(x, generator), mask)
-            x = p.project(a * x0 + s * float(self.noise_scale if noise_scale is None else noise_scale) * z, mask)
+            x = p.project(a * x0 + s * gamma * z, mask)
         return p.project(x0, mask)
 
     def generate_segments(self, x_T: Tensor, boundaries, *, mask: Optional[Tensor] = None, cond: Any = None) -> Tensor:

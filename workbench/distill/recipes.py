@@ -226,7 +226,8 @@ def build_generator(domain, spec: dict) -> nn.Module:
         st = build_student(domain, spec["student"])
         return FewStepGenerator(st, proc, prediction=spec["student"].get("prediction"), parameterization=spec.get("parameterization", "x0"),
                                 sigma_data=spec.get("sigma_data", 0.5), timesteps=spec.get("timesteps"),
-                                noise_scale=spec.get("noise_scale", 1.0))
+                                noise_scale=spec.get("noise_scale", 1.0),
+                                scale_initial_noise=bool(spec.get("scale_initial_noise", False)))
     if kind == "flow":
         st = build_student(domain, spec["student"])
         return FlowGenerator(st, proc, sampler=spec.get("sampler", "euler"), timesteps=spec.get("timesteps"),

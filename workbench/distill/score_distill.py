@@ -83,7 +83,7 @@ def teacher_x0(teacher: nn.Module, process: GaussianProcess, x_t: Tensor, t: Ten
 
 def rollout(student: nn.Module, process: GaussianProcess, grid: Tensor, batch: Batch, generator: Generator, *,
             backward_simulation: bool = True, step: Optional[int] = None, prediction: Optional[str] = None,
-            noise_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+            noise_scale: float = 1.0, scale_initial_noise: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """The generator's output at a random step of its grid.
 
     Args:
@@ -93,6 +93,11 @@ def rollout(student: nn.Module, process: GaussianProcess, grid: Tensor, batch: B
         backward_simulation: reach ``x_{t_k}`` by running the generator itself from noise
             (no gradients); else by noising ``batch.x`` (needs real data).
         step: force the step index ``k`` (default uniform in ``0..K-1``, one per batch).
+        noise_scale: ``gamma``, scale of the fresh noise re-injected between backward-simulation
+            steps.
+        scale_initial_noise: also scale the first input by ``gamma`` (as
+            :class:`~.base.FewStepGenerator` with ``scale_initial_noise=True``, Proteina-SiD);
+            default ``False`` (only the re-injected noise).
     Returns:
         ``(x0_g [B, ...] with grad, x_tk [B, ...], t_k [B] float64)``.
     """
@@ -110,6 +115,8 @@ def rollout(student: nn.Module, process: GaussianProcess, grid: Tensor, batch: B
 
     z = noise_like(process, x, mask, generator)
     x_start = start_state(process, z * process.prior_std(), float(grid[0]))  # what the generators start from
+    if scale_initial_noise:
+        x_start = x_start * float(noise_scale)
     if k == 0:
         x_k = x_start
     elif backward_simulation:
