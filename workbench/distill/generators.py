@@ -34,7 +34,7 @@ from ..processes import GaussianProcess, append_dims, canonical_prediction
 from ..utils import Generator
 
 __all__ = ["GENERATOR_KINDS", "FlowGenerator", "TwoTimeGenerator", "ExpertsGenerator", "MultiStudentGenerator",
-           "linear_view", "from_linear_view", "default_grid", "route_by_noise"]
+           "linear_view", "from_linear_view", "default_grid", "route_by_noise", "slice_batch"]
 
 GENERATOR_KINDS = ("consistency", "flow", "meanflow", "experts", "multi_student")
 
@@ -174,24 +174,35 @@ class TwoTimeGenerator(nn.Module):
 
 
 class ExpertsGenerator(nn.Module):
-    """One x0 expert per step (Phased DMD: one expert per SNR phase). Step ``k`` of ``K``
-    uses ``experts[k]`` (``K`` must equal the number of experts unless ``timesteps`` maps
-    several steps to one phase through ``phase_of_step``); between steps the sample is
-    re-noised as in multistep consistency sampling with ``noise_scale``.
+    """One x0 expert per step (Phased DMD: one expert per SNR phase). Step ``k`` from ``t_k`` to
+    ``t_{k+1}`` uses the expert of the phase containing ``t_k`` (:meth:`expert_for`); with the
+    default grid (the boundaries) step ``k`` uses ``experts[k]``. Between steps
+    (``transition``):
+
+    * ``"deterministic"`` (Phased DMD's solver S, Fan et al. 2025 Sec. 2.1.3): the DDIM step
+      ``x_{t_{k+1}} = alpha x0_k + sigma (x_{t_k} - alpha_k x0_k) / sigma_k`` (Euler in the
+      linear view; ``noise_scale`` unused);
+    * ``"renoise"``: fresh noise as in multistep consistency sampling,
+      ``alpha x0_k + noise_scale sigma z``.
 
     Args:
         experts: ``nn.ModuleList`` of x0 students (each a ``FewStepGenerator``-compatible
             student wrapped as :class:`~workbench.distill.base.FewStepGenerator`).
         boundaries: ``[K + 1]`` float64 phase edges, decreasing from the top to 0; the
             default sampling grid.
+        transition: ``"deterministic"`` or ``"renoise"``.
     """
 
     kind = "experts"
+    TRANSITIONS = ("deterministic", "renoise")
 
-    def __init__(self, experts: nn.ModuleList, process: GaussianProcess, boundaries):
+    def __init__(self, experts: nn.ModuleList, process: GaussianProcess, boundaries, *, transition: str = "deterministic"):
         super().__init__()
+        if transition not in self.TRANSITIONS:
+            raise ValueError(f"unknown transition {transition!r}; valid: {', '.join(self.TRANSITIONS)}")
         self.experts = experts
         self.process = process
+        self.transition = transition
         self.boundaries = torch.as_tensor(boundaries, dtype=torch.float64).flatten()
         if len(self.boundaries) != len(experts) + 1:
             raise ValueError(f"{len(experts)} experts need {len(experts) + 1} boundaries, got {len(self.boundaries)}")
@@ -225,10 +236,29 @@ class ExpertsGenerator(nn.Module):
             if k == len(ts) - 2:
                 break
             tn = torch.full((x.shape[0],), float(ts[k + 1]), dtype=torch.float64, device=x.device)
-            z = p.project(randn_like(x, generator), mask)
+            if self.transition == "deterministic":
+                tk = torch.full_like(tn, float(ts[k]))
+                z = (x - append_dims(p.alpha(tk).to(x.dtype), x.ndim) * x0) / append_dims(p.sigma(tk).to(x.dtype), x.ndim)
+                scale = 1.0
+            else:
+                z = p.project(randn_like(x, generator), mask)
+                scale = float(noise_scale)
             x = p.project(append_dims(p.alpha(tn).to(x.dtype), x.ndim) * x0
-                          + append_dims(p.sigma(tn).to(x.dtype), x.ndim) * float(noise_scale) * z, mask)
+                          + append_dims(p.sigma(tn).to(x.dtype), x.ndim) * scale * z, mask)
         return p.project(x0, mask)
+
+
+def noise_route_direction(x_T: Tensor, *, mask: Optional[Tensor] = None, process: Optional[GaussianProcess] = None) -> Tensor:
+    """The unit routing direction ``P d / ||P d||`` ``[B, D]`` (float64, flattened) of
+    :func:`route_by_noise` for states shaped like ``x_T`` ``[B, ...]``."""
+    d = torch.cos(torch.arange(x_T[0].numel(), dtype=torch.float64, device=x_T.device) * 2.399963229728653 + 0.5)
+    d = d.reshape(1, *x_T.shape[1:]).expand(x_T.shape[0], *x_T.shape[1:]).clone()
+    if process is not None:
+        d = process.project(d, mask)
+    elif mask is not None:
+        d = d * mask.to(d.dtype).reshape(*mask.shape, *([1] * (d.ndim - mask.ndim)))
+    dd = d.flatten(1)
+    return dd / dd.norm(dim=1, keepdim=True).clamp_min(1e-300)
 
 
 def route_by_noise(x_T: Tensor, n: int, *, mask: Optional[Tensor] = None, process: Optional[GaussianProcess] = None) -> Tensor:
@@ -236,24 +266,40 @@ def route_by_noise(x_T: Tensor, n: int, *, mask: Optional[Tensor] = None, proces
     standard-normal CDF of ``<x_T, P d> / (prior_std ||P d||)`` for a fixed direction ``d`` and
     ``P`` the process projection (padding, zero centre of mass; ``mask`` ``[B, N]``), which is
     exactly ``N(0, 1)`` under the prior for every mask: equal mass per cell."""
-    d = torch.cos(torch.arange(x_T[0].numel(), dtype=torch.float64, device=x_T.device) * 2.399963229728653 + 0.5)
-    d = d.reshape(1, *x_T.shape[1:]).expand(x_T.shape[0], *x_T.shape[1:]).clone()
-    if process is not None:
-        d = process.project(d, mask)
-    elif mask is not None:
-        d = d * mask.to(d.dtype).reshape(*mask.shape, *([1] * (d.ndim - mask.ndim)))
+    e = noise_route_direction(x_T, mask=mask, process=process)
     std = process.prior_std() if process is not None else 1.0
-    dd = d.flatten(1)
-    proj = (x_T.flatten(1).to(torch.float64) * dd).sum(1) / (dd.norm(dim=1).clamp_min(1e-300) * std)
+    proj = (x_T.flatten(1).to(torch.float64) * e).sum(1) / std
     u = 0.5 * (1 + torch.erf(proj / 2.0**0.5))
     return (u * n).long().clamp(0, n - 1)
 
 
+def slice_batch(v: Any, sel: Tensor, batch_size: Optional[int] = None) -> Any:
+    """Rows ``sel`` ``[b]`` (int64 indices) of a per-sample value of a batch of ``B`` samples:
+    a tensor with leading dimension ``B`` is indexed, a ``dict`` / ``list`` / ``tuple`` is sliced
+    entry by entry (dict-valued conditions, e.g. trunk outputs with a self-conditioning state),
+    anything else (``None``, a scalar, a tensor without the batch dimension, a string) is passed
+    unchanged. ``batch_size`` (``B``) guards against indexing a non-batched tensor; ``None``
+    indexes every tensor with at least one dimension."""
+    if isinstance(v, Tensor):
+        if v.ndim == 0 or (batch_size is not None and v.shape[0] != int(batch_size)):
+            return v
+        return v[sel.to(v.device)]
+    if isinstance(v, dict):
+        return type(v)((k, slice_batch(x, sel, batch_size)) for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        out = [slice_batch(x, sel, batch_size) for x in v]
+        return type(v)(*out) if hasattr(v, "_fields") else type(v)(out)
+    return v
+
+
 class MultiStudentGenerator(nn.Module):
     """Several students, each owning a part of the condition space (Song et al. 2024,
-    "Multi-student diffusion distillation"): ``router(x_T, cond) -> student index [B]``.
-    ``router="cond"`` uses ``cond % n`` (class labels), ``router="noise"`` a fixed partition of
-    the prior (:func:`route_by_noise`) for unconditional domains."""
+    "Multi-student diffusion distillation", Sec. 4.1): ``router(x_T, cond) -> student index [B]``.
+    ``router="cond"`` uses ``cond % n`` (class labels; the paper splits ImageNet into blocks of
+    consecutive labels, any disjoint equal-size split fits its Sec. 4.1), ``router="noise"`` a
+    fixed equal-mass partition of the prior (:func:`route_by_noise`) for unconditional domains
+    (a workbench extension). Every sub-batch gets its rows of ``mask`` and ``cond``
+    (:func:`slice_batch`, dict-valued conditions included)."""
 
     kind = "multi_student"
     ROUTERS = ("cond", "noise")
@@ -284,9 +330,9 @@ class MultiStudentGenerator(nn.Module):
             sel = (idx == k).nonzero().flatten()
             if len(sel) == 0:
                 continue
-            sub = lambda v: v[sel] if isinstance(v, Tensor) else v  # noqa: E731
+            B = x_T.shape[0]
             g = [gens[i] for i in sel.tolist()] if gens is not None else generator
-            out[sel] = s.generate(x_T[sel], steps, timesteps=timesteps, mask=sub(mask), cond=sub(cond), generator=g,
-                                  noise_scale=noise_scale)
+            out[sel] = s.generate(x_T[sel], steps, timesteps=timesteps, mask=slice_batch(mask, sel, B),
+                                  cond=slice_batch(cond, sel, B), generator=g, noise_scale=noise_scale)
         return out
 

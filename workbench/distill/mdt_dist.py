@@ -1,74 +1,77 @@
 """MDT-dist (Zhou et al. 2025, "Few-step Flow for 3D Generation via Marginal-Data Transport
-Distillation"): a flow student whose velocity at ``(z_u, u)`` carries ``z_u`` straight to
-the end of the teacher's ODE trajectory through it, trained with Velocity Matching (VM)
-plus Velocity Distillation (VD). Written from the paper's abstract and the authors'
-training code (``FlowMDTTrainer``, ``distill_type="discrete"``, their default; ``multiphase``
-as their option of the same name).
+Distillation"): a flow student whose velocity at ``(z_u, u)`` carries ``z_u`` straight to the
+end of the teacher's ODE trajectory through it (the *marginal-data transport*), trained with
+Velocity Matching (VM) plus Velocity Distillation (VD). The defaults are the authors' objective:
+``FlowMDTTrainer`` in ``Zanue/MDT-dist`` ``src/trellis/trainers/flow_matching/flow_matching_mdt.py``
+with its defaults ``distill_type="discrete"``, ``distill_interval=0.01``, ``d_norm=True`` (the
+constant 0.1), ``lambda_vm = lambda_vd = 1``, ``t_schedule = logitNormal(1, 1)``; the VM target
+and the VD gradient below match that code (checked in ``tests/test_distill_mdt.py``).
 
 Everything happens in the linear view of the domain's process
 (:func:`~workbench.distill.generators.linear_view`): ``z_u = (1 - u) x0 + u eps``,
-``u = sigma / (alpha + sigma)``, velocity ``dz/du``. A denoiser ``F`` with data prediction
-``x0_F(z_u, u)`` has the velocity ``v_F = (z_u - x0_F) / u``; one Euler step of ``v_F`` from
-``u`` to ``u'`` is the DDIM step of ``F`` from ``t`` to ``t'``, so the student is sampled by
-the core's ``euler`` sampler (generator kind ``flow``).
+``u = sigma / (alpha + sigma)``, velocity ``v = dz/du`` (the authors' rectified flow,
+``sigma_min = 1e-5`` dropped). A denoiser ``F`` with data prediction ``x0_F(z_u, u)`` has the
+velocity ``v_F = (z_u - x0_F) / u``; one Euler step of ``v_F`` from ``u`` to ``u'`` is the DDIM
+step of ``F`` from ``t`` to ``t'``, so the student is sampled by the core's ``euler`` sampler
+(generator kind ``flow``; the authors also sample their student with few Euler steps).
+Tensor shapes: states ``[B, ...]``, times ``[B]`` (float64).
 
-Marginal-data transport: with ``K`` phases (``multiphase``; the edges ``t_k = k / K`` are the
-``K``-step uniform Euler grid, ``u_lo = u(t_lo)`` the lower edge of a state's phase, 0 for
-``K = 1``) the student should satisfy ``z_u - (u - u_lo) v_S(z_u, u) = Phi_{u -> u_lo}(z_u)``,
-the teacher ODE's solution at the phase edge. Instead of integrating the teacher, the paper
-differentiates this transport along the teacher's flow: ``d/du (z_u - (u - u_lo) v_S) = 0``
-on teacher trajectories, i.e. ``v_S = v_T - (u - u_lo) dv_S/du`` with ``dv_S/du`` the total
-derivative along the teacher velocity ``v_T``. (With ``K = 1``, the paper's setting, the
-velocity is the *average* velocity to the data: an Euler step of it to ``u' > 0`` is not on
-the teacher's trajectory, so a 1-phase student is a one-step model; ``K`` phases make the
-``K``-step Euler sampler exact for a perfect student.)
+Marginal-data transport: the student should satisfy ``z_u - w v_S(z_u, u) = Phi_{u -> u_lo}(z_u)``
+with ``w = u - u_lo``, the teacher ODE's solution at ``u_lo``; the authors' objective transports
+to the data, ``u_lo = 0``, ``w = u``. Instead of integrating the teacher, the paper
+differentiates this transport along the teacher's flow: ``d/du (z_u - w v_S) = 0`` on teacher
+trajectories, i.e. ``v_S = v_T - w dv_S/du`` with ``dv_S/du`` the total derivative along the
+teacher velocity ``v_T``. The velocity is then the *average* velocity to the data: a perfect
+student is a one-step model (an Euler step of it to ``u' > 0`` is not on the teacher's
+trajectory).
 
-VM (velocity matching; "stable but biased": the target holds the student's own derivative
-in stop-gradient, a fixed-point iteration rather than an unbiased gradient), ``w = u - u_lo``::
+VM (velocity matching; a fixed-point iteration: the target holds the student's own derivative
+in stop-gradient), official ``get_v_pred_tgt(distill_type="discrete")``::
 
     z'   = z_u - Delta v_T(z_u, u)                     (teacher Euler step to u' = u - Delta)
     D    = (v_S(z_u, u) - v_S(z', u')) / Delta         (finite-difference dv_S/du, no grad)
-    D   <- D / (||D|| + c)                             (the authors' d_norm, if tangent_norm=c)
+    D   <- D / (||D|| + c)                             (the authors' d_norm, c = tangent_norm = 0.1)
     tgt  = v_T(z_u, u) - w D                           (form="explicit", the authors')
-    tgt  = v_S - Delta / (w + Delta) (v_S - v_T + w D) (form="implicit")
     L_VM = || v_S(z_u, u) - stopgrad(tgt) ||^2
 
 on states ``z_u`` of the data (``batch.x``), ``u = u_min + Delta + (u(1) - u_min - Delta) s``
-(``u_min = u(process.t_min)``) with ``s ~ U(0, 1)`` or ``s = sigmoid(N(1, 1))`` (the authors' logit-normal schedule).
-The explicit target contains ``-(w / Delta) v_S(z_u, u)`` itself: a self-feedback gain of up
-to ``1 / Delta = 100`` that the authors tame with ``d_norm`` (which moves the fixed point by
-up to ``w`` per state: negligible per element in their 32k-dimensional latents, not in 2-D)
-and a learning rate of 4e-8. ``form="implicit"`` solves ``v_S = v_T - w (v_S - v_S') /
-Delta`` for the ``v_S`` at the same state, ``tgt = (Delta v_T + w v_S(z', u')) / (w +
-Delta)``: the same fixed point (the transport) and the same gradient direction per sample,
-scaled by ``Delta / (w + Delta)``, with no self-feedback.
+(``u_min = u(process.t_min)``, the authors' ``sigma_min``) with ``s = sigmoid(N(1, 1))`` (the
+authors' logit-normal schedule) or ``s ~ U(0, 1)``.
 
-VD (velocity distillation; the distribution-level term, "probability density distillation
-with the learned velocity fields", no auxiliary network): the generator's sample ``x_f``
-from fresh prior noise (one step: ``x0_S(x_1, t = 1)``, the authors' ``x_fake = noise -
-v_fake``; ``K`` phases: the ``K``-step Euler sample with the gradient through its last step)
-is noised to the same ``u`` with the same ``eps`` and the VM residual there,
-``r = v_S(z_f, u) - tgt(z_f, u)``, is pushed into the generator (the authors'
-``|| v_pred - v_tgt + v_fake - stopgrad(v_fake) ||^2``)::
+VD (velocity distillation; "probability density distillation with the learned velocity
+fields", no auxiliary network): the student's one-step sample from fresh prior noise,
+``x_f = x0_S(x_1, t = 1)`` (the authors' ``x_fake = noise - v_fake``), is noised to the same
+``u`` with the same ``eps`` and the VM residual there, ``r = v_S(z_f, u) - tgt(z_f, u)``, is
+pushed into the generator (the authors' ``|| v_pred - v_tgt + v_fake - stopgrad(v_fake) ||^2``,
+whose gradient on ``x_fake`` is ``-2 r``)::
 
     L_VD = || x_f - stopgrad(x_f + r) ||^2          (value ||r||^2, gradient -2 r on x_f)
 
-As in DMD, descent moves ``x_f`` by ``+r``, the difference between the student's velocity
-(standing for the generator's own flow) and the teacher's on the generator's noised samples.
+``L = lambda_vm L_VM + lambda_vd L_VD`` per sample (mean over real elements; the authors' mean
+over all elements). Classifier-free guidance of the teacher (the authors' ``cfg_teacher_vm=40``,
+``cfg_teacher_vd=100``) is the domain's teacher setting here (e.g. ``images`` ``guidance=``).
 
-``L = lambda_vm L_VM + lambda_vd L_VD`` per sample (mean over real elements). Classifier-free
-guidance of the teacher (the authors' ``cfg_teacher_vm/vd``) is the domain's teacher setting
-here (e.g. ``images`` ``guidance=``).
+Project variants (named options, not the authors' objective):
 
-Defaults (measured on the toy GMM with the exact teacher, SW of 2000 samples at the design
-step count): ``form="implicit"``, ``tangent_norm=None``, ``time_sampler="uniform"``,
-``lambda_vd=0``, ``multiphase = student_steps``; 2000 steps of batch 256: 1 step 0.056,
-2 steps 0.059, 4 steps 0.049 (each student off its design step count is poor, e.g. the
-1-phase student gives 0.14 / 0.22 at 2 / 4 steps). The authors' settings (``form="explicit"``,
-``tangent_norm=0.1``, logit-normal times, ``lambda_vd=1``, one phase) gave 1.80 at 1 step
-after 1000 steps of batch 512; the explicit form without ``d_norm`` diverged; ``lambda_vd``
-1 / 0.1 / 0.01 on top of the defaults gave 0.47 / 0.20 / 0.076 at 1 step against 0.079
-without VD (1000 steps of batch 256): VD changes nothing measurable at 0.01 and hurts above.
+* ``form="implicit"``: ``tgt = (Delta v_T + w v_S(z', u')) / (w + Delta)``, the explicit target
+  solved for the ``v_S`` at the same state: the same fixed point without the explicit form's
+  self-feedback gain ``w / Delta`` (up to 100), the same gradient direction per sample, scaled
+  by ``Delta / (w + Delta)``;
+* ``tangent_norm=None``: no ``d_norm`` (then the fixed point of VM is exactly the transport;
+  ``d_norm`` moves it by up to ``w`` per state);
+* ``multiphase=K``: a ``K``-phase transport, ``u_lo = u(t_lo)`` the lower edge of the state's
+  phase of the uniform grid ``t_k = k / K`` (the ``K``-step Euler grid), so the ``K``-step
+  Euler sampler is exact for a perfect student. The authors' ``multiphase`` only sets target
+  times in their consistency variant (``distill_type="cm"``), never in the VM/VD target;
+* ``vd_steps=K``: the VD sample is the student's ``K``-step Euler (DDIM) sample with the gradient
+  through its last step (the authors': one step).
+
+Measured on the toy GMM (exact teacher, 2000 steps, SW of 2000 samples at the design step
+count): these defaults (the authors') give 0.396 at 1 step and 0.386 at 2 steps; the project
+variant ``form="implicit", tangent_norm=None, time_sampler="uniform", lambda_vd=0,
+multiphase=student_steps`` gave 0.050 / 0.054 / 0.051 at 1 / 2 / 4 steps (``d_norm`` moves the
+fixed point by up to ``w`` per state: negligible per element in the authors' 32k-dimensional
+latents, not in 2-D; the authors also use a learning rate of 4e-8).
 """
 from __future__ import annotations
 
@@ -107,19 +110,23 @@ class MDTDistillation:
         process: the Gaussian process of teacher and student.
         lambda_vm, lambda_vd: weights of VM and VD (``>= 0``, not both 0).
         interval: ``Delta``, the finite-difference step in linear-view time ``u``.
-        tangent_norm: ``c`` of ``D / (||D|| + c)``; ``None`` keeps ``D`` as it is (then the
-            fixed point of VM is exactly the marginal-data transport).
-        form: ``"explicit"`` (the authors' target) or ``"implicit"`` (same fixed point, no
-            self-feedback; module docstring).
-        multiphase: ``K`` (the authors' option of that name): a state's transport goes to the
-            lower edge ``t_lo`` of its phase of the uniform grid ``t_k = k / K`` (the
-            ``K``-step Euler grid of the generator); ``1`` is the transport to the data.
-        time_sampler: ``"logit_normal"`` (``sigmoid(N(logit_mean, logit_std^2))``) or ``"uniform"``.
+        tangent_norm: ``c`` of ``D / (||D|| + c)`` (the authors' ``d_norm``: 0.1); ``None`` keeps
+            ``D`` as it is (then the fixed point of VM is exactly the marginal-data transport).
+        form: ``"explicit"`` (the authors' target) or ``"implicit"`` (project variant: same
+            fixed point, no self-feedback; module docstring).
+        multiphase: ``1`` (the authors': transport to the data) or ``K`` (project variant: a
+            state's transport goes to the lower edge ``t_lo`` of its phase of the uniform grid
+            ``t_k = k / K``).
+        time_sampler: ``"logit_normal"`` (``sigmoid(N(logit_mean, logit_std^2))``, the
+            authors' with mean 1, std 1) or ``"uniform"``.
+        vd_steps: Euler steps of the VD sample (``1``: the authors' one-step ``x_fake``; more:
+            project variant, the generator's own ``K``-step sample).
     """
 
     def __init__(self, process: GaussianProcess, teacher_prediction: Optional[str] = None, *, lambda_vm: float = 1.0,
-                 lambda_vd: float = 0.0, interval: float = 0.01, tangent_norm: Optional[float] = None, form: str = "implicit",
-                 multiphase: int = 1, time_sampler: str = "uniform", logit_mean: float = 1.0, logit_std: float = 1.0):
+                 lambda_vd: float = 1.0, interval: float = 0.01, tangent_norm: Optional[float] = 0.1, form: str = "explicit",
+                 multiphase: int = 1, time_sampler: str = "logit_normal", logit_mean: float = 1.0, logit_std: float = 1.0,
+                 vd_steps: int = 1):
         if time_sampler not in TIME_SAMPLERS:
             raise ValueError(f"unknown time sampler {time_sampler!r}; valid: {', '.join(TIME_SAMPLERS)}")
         if float(lambda_vm) < 0 or float(lambda_vd) < 0 or float(lambda_vm) + float(lambda_vd) == 0:
@@ -132,6 +139,8 @@ class MDTDistillation:
             raise ValueError(f"logit_std must be positive, got {logit_std}")
         if isinstance(multiphase, bool) or int(multiphase) != multiphase or int(multiphase) < 1:
             raise ValueError(f"multiphase must be a positive integer, got {multiphase!r}")
+        if isinstance(vd_steps, bool) or int(vd_steps) != vd_steps or int(vd_steps) < 1:
+            raise ValueError(f"vd_steps must be a positive integer, got {vd_steps!r}")
         self.process = process
         self.teacher_prediction = None if teacher_prediction is None else canonical_prediction(teacher_prediction)
         self.lambda_vm, self.lambda_vd = float(lambda_vm), float(lambda_vd)
@@ -139,6 +148,7 @@ class MDTDistillation:
         self.form = form
         self.time_sampler, self.logit_mean, self.logit_std = time_sampler, float(logit_mean), float(logit_std)
         self.multiphase = int(multiphase)
+        self.vd_steps = int(vd_steps)
         #: phase edges in ``t`` (increasing from 0 to 1) and in ``u``
         self.edges_t = torch.linspace(0.0, 1.0, self.multiphase + 1, dtype=torch.float64)
         self.edges_u = torch.tensor([0.0] + [_u_of_t(process, float(e)) for e in self.edges_t[1:]], dtype=torch.float64)
@@ -207,21 +217,22 @@ class MDTDistillation:
         return masked_mean((v_s - tgt) ** 2, mask)
 
     def fake_sample(self, student, x_T: Tensor, *, mask=None, cond=None) -> Tensor:
-        """The generator's ``K``-step Euler (DDIM) sample ``[B, ...]`` from prior noise ``x_T``
-        (``K = multiphase``) with the gradient through the last step only (one step: the
-        one-step sample ``x0_S(x_T, 1)``, as the authors' ``x_fake``)."""
+        """The VD sample ``[B, ...]`` from prior noise ``x_T`` ``[B, ...]``: the one-step sample
+        ``x0_S(x_T, t = 1)`` (the authors' ``x_fake = noise - v_fake``) or, for ``vd_steps = K >
+        1``, the ``K``-step Euler (DDIM) sample on the uniform grid with the gradient through
+        its last step only."""
         p = self.process
         B = x_T.shape[0]
-        ts = self.edges_t.flip(0).to(x_T.device)  # 1 -> 0
+        ts = torch.linspace(1.0, 0.0, self.vd_steps + 1, dtype=torch.float64, device=x_T.device)
         x = p.project(x_T, mask)
         with torch.no_grad():
-            for k in range(self.multiphase - 1):
+            for k in range(self.vd_steps - 1):
                 t, tn = ts[k].expand(B), ts[k + 1].expand(B)
                 x0 = student_x0(student, p, x, t, mask=mask, cond=cond)
                 eps = (x - append_dims(p.alpha(t).to(x.dtype), x.ndim) * x0) / append_dims(p.sigma(t).to(x.dtype), x.ndim)
                 a_n, s_n = append_dims(p.alpha(tn).to(x.dtype), x.ndim), append_dims(p.sigma(tn).to(x.dtype), x.ndim)
                 x = p.project(a_n * x0 + s_n * eps, mask)
-        return student_x0(student, p, x, ts[self.multiphase - 1].expand(B), mask=mask, cond=cond)
+        return student_x0(student, p, x, ts[self.vd_steps - 1].expand(B), mask=mask, cond=cond)
 
     def vd_loss(self, nets, x_T: Tensor, eps: Tensor, u: Tensor, *, mask=None, cond=None) -> Tensor:
         """``L_VD`` ``[B]``: the generator's sample from ``x_T`` (:meth:`fake_sample`), noised to
@@ -252,7 +263,7 @@ class MDTDistillation:
     def __repr__(self) -> str:
         return (f"MDTDistillation(lambda_vm={self.lambda_vm}, lambda_vd={self.lambda_vd}, interval={self.interval}, "
                 f"tangent_norm={self.tangent_norm}, form={self.form!r}, multiphase={self.multiphase}, "
-                f"time_sampler={self.time_sampler!r})")
+                f"time_sampler={self.time_sampler!r}, vd_steps={self.vd_steps})")
 
 
 # -- recipe ----------------------------------------------------------------------------------------
@@ -262,18 +273,19 @@ from .recipes import DistillSetup, RecipeContext, make_student, register_method,
 @register_method("mdt_dist", kind="flow", paper="Zhou et al. 2025 (MDT-dist)",
                  description="marginal-data transport distillation: velocity matching + velocity distillation, "
                              "flow student sampled with a few Euler (DDIM) steps")
-def mdt_dist_recipe(ctx: RecipeContext, *, lambda_vm: float = 1.0, lambda_vd: float = 0.0, interval: float = 0.01,
-                    tangent_norm: Optional[float] = None, form: str = "implicit", multiphase: Optional[int] = None,
-                    time_sampler: str = "uniform", logit_mean: float = 1.0, logit_std: float = 1.0, prediction: Optional[str] = "v",
+def mdt_dist_recipe(ctx: RecipeContext, *, lambda_vm: float = 1.0, lambda_vd: float = 1.0, interval: float = 0.01,
+                    tangent_norm: Optional[float] = 0.1, form: str = "explicit", multiphase: int = 1, vd_steps: int = 1,
+                    time_sampler: str = "logit_normal", logit_mean: float = 1.0, logit_std: float = 1.0, prediction: Optional[str] = "v",
                     backbone: Optional[dict] = None, init: str = "teacher") -> DistillSetup:
     """MDT-dist of the domain teacher into a flow student (the teacher's architecture unless
-    ``backbone`` kwargs are given; initialised from the teacher). ``multiphase``: default
-    ``student_steps`` (1 = the paper's transport to the data). ``prediction``: the student's
-    parameterization (default ``v``: its x0 ``alpha x - sigma v`` is well conditioned at
-    ``t = 1``, where an epsilon student's ``(x - sigma eps) / alpha`` amplifies errors by
-    ``1 / alpha(1)``, about 160 for the DDPM schedule; ``None`` = the teacher's). The other
-    options are those of :class:`MDTDistillation` (the authors' settings: ``form="explicit"``,
-    ``tangent_norm=0.1``, ``time_sampler="logit_normal"``, ``lambda_vd=1``, ``multiphase=1``)."""
+    ``backbone`` kwargs are given; initialised from the teacher). The defaults are the authors'
+    (``distill_type="discrete"``, explicit target, ``d_norm`` 0.1, ``lambda_vm = lambda_vd = 1``,
+    logit-normal(1, 1) times, transport to the data, one-step VD sample); ``multiphase``,
+    ``vd_steps``, ``form="implicit"``, ``tangent_norm=None`` are the project variants of
+    :class:`MDTDistillation`. ``prediction``: the student's parameterization (default ``v``: its x0
+    ``alpha x - sigma v`` is well conditioned at ``t = 1``, where an epsilon student's
+    ``(x - sigma eps) / alpha`` amplifies errors by ``1 / alpha(1)``, about 160 for the DDPM
+    schedule; ``None`` = the teacher's; the authors' student predicts the velocity)."""
     from .generators import FlowGenerator
 
     if backbone is not None and not isinstance(backbone, dict):
@@ -281,8 +293,8 @@ def mdt_dist_recipe(ctx: RecipeContext, *, lambda_vm: float = 1.0, lambda_vd: fl
     if prediction is not None:
         canonical_prediction(prediction)  # validates the name
     obj = MDTDistillation(ctx.process, ctx.prediction, lambda_vm=lambda_vm, lambda_vd=lambda_vd, interval=interval,
-                          tangent_norm=tangent_norm, form=form, multiphase=ctx.student_steps if multiphase is None else multiphase,
-                          time_sampler=time_sampler, logit_mean=logit_mean, logit_std=logit_std)
+                          tangent_norm=tangent_norm, form=form, multiphase=multiphase, time_sampler=time_sampler, logit_mean=logit_mean,
+                          logit_std=logit_std, vd_steps=vd_steps)
     sspec = student_spec(ctx.teacher, ctx.domain, backbone=backbone, prediction=prediction)
     student = make_student(ctx, sspec, init=init)
     nets = {"student": student, "teacher": ctx.teacher}

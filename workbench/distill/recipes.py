@@ -20,7 +20,8 @@ Generator specs (see :mod:`workbench.distill.generators`):
   "timesteps": [...] | None}``
 * ``{"kind": "flow", "student": S, "sampler": "euler", "timesteps": [...] | None, "options": {}}``
 * ``{"kind": "meanflow", "student": S}`` (``S`` with ``"two_time": true``)
-* ``{"kind": "experts", "n": K, "boundaries": [...], "inner": consistency spec}``
+* ``{"kind": "experts", "n": K, "boundaries": [...], "inner": consistency spec,
+  "transition": "deterministic" | "renoise"}`` (absent: ``"renoise"``, the earlier files)
 * ``{"kind": "multi_student", "n": K, "router": "cond" | "noise", "inner": spec}``
 
 with the student ``S = {"backbone": {kwargs of domain.build_backbone}, "prediction": name,
@@ -236,7 +237,7 @@ def build_generator(domain, spec: dict) -> nn.Module:
         return TwoTimeGenerator(build_student(domain, spec["student"]), proc)
     if kind == "experts":
         return ExpertsGenerator(nn.ModuleList([build_generator(domain, spec["inner"]) for _ in range(int(spec["n"]))]), proc,
-                                spec["boundaries"])
+                                spec["boundaries"], transition=spec.get("transition", "renoise"))  # files without the key re-noised
     if kind == "multi_student":
         return MultiStudentGenerator(nn.ModuleList([build_generator(domain, spec["inner"]) for _ in range(int(spec["n"]))]),
                                      router=spec.get("router", "cond"))
