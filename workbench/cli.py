@@ -10,6 +10,7 @@ problem and the valid choices; exit code 2.
     workbench evaluate domain=images samples=runs/x
     workbench bench samplers domain=toy
     workbench bench distill domain=toy domain.teacher=exact bench_distill.methods=[consistency,dmd2] train.steps=2000
+    workbench bench peers threads=1 out=runs/bench_peers
     workbench check domain=toy
     workbench demo out=demo
 
@@ -26,7 +27,7 @@ from typing import Optional
 
 USAGE = __doc__.split("\n\n", 1)[1]
 COMMANDS = ("domains", "samplers", "train", "distill", "generate", "evaluate", "bench", "check", "demo")
-BENCH_KINDS = ("samplers", "distill")
+BENCH_KINDS = ("samplers", "distill", "peers")
 #: entry-point group of plugin commands: ``name = "package.module:function"``, ``function(argv: list[str]) -> int``
 COMMAND_GROUP = "workbench.commands"
 #: entry-point group of plugin benchmark kinds (``workbench bench NAME key=value ...``), same function signature
@@ -52,7 +53,7 @@ def _valid_keys(cfg, prefix="") -> list[str]:
     out = []
     for k, v in cfg.items():
         out.append(prefix + str(k))
-        if isinstance(v, DictConfig) and k in ("train", "bench", "domain"):
+        if isinstance(v, DictConfig) and k in ("train", "bench", "bench_peers", "domain"):
             out += _valid_keys(v, prefix + str(k) + ".")
     return out
 
@@ -203,6 +204,13 @@ def cmd_bench(cfg, kind: str) -> int:
     from .bench import bench_samplers
 
     name, kw = _domain_kwargs(cfg)
+    if kind == "peers":
+        from .bench_peers import bench_peers
+
+        b = OmegaConf.to_container(cfg.bench_peers, resolve=True)
+        res = bench_peers(out_dir=cfg.out if cfg.out != f"outputs/{cfg.domain.name}" else "outputs/bench_peers", seed=cfg.seed, **b)
+        print(f"wrote {res['csv']}, {res['markdown']}, {res['json']}")
+        return 0
     if kind == "distill":
         from .bench_distill import bench_distill
 

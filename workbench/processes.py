@@ -259,7 +259,9 @@ class VPLinear(GaussianProcess):
     ``log alpha(t) = -(beta_max - beta_min) t^2 / 4 - beta_min t / 2``,
     ``sigma = sqrt(1 - alpha^2)``."""
 
-    default_grid = "uniform_lambda"
+    #: the time-quadratic grid (as :class:`VPDiscrete`, the same schedule in discrete time): on an
+    #: exact 16-D mixture it beats ``uniform_lambda`` at every NFE from 3 to 50 (2x at NFE 5-10)
+    default_grid = "time_quadratic"
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-3, zero_com: bool = False):
         super().__init__(zero_com=zero_com)
@@ -322,7 +324,12 @@ class VPDiscrete(GaussianProcess):
     model sees ``t`` in this convention; :meth:`timestep` gives the diffusers timestep.
     """
 
-    default_grid = "uniform_t"
+    #: DPM-Solver's time-quadratic spacing ending at the clean end (see
+    #: :func:`workbench.timegrids.time_quadratic`); ``uniform_t`` (diffusers' 'linspace') ends
+    #: with a first-order jump over ``[1/steps, 0]`` that dominates the error from ~10 steps on.
+    #: Measured on linear betas; :func:`from_diffusers` keeps ``uniform_t`` for cosine betas
+    #: (``squaredcos_cap_v2``), where it is the more accurate of the two up to ~10 steps.
+    default_grid = "time_quadratic"
 
     def __init__(self, alphas_cumprod, *, prediction: str = "epsilon", zero_com: bool = False):
         super().__init__(zero_com=zero_com)
@@ -437,11 +444,17 @@ def from_diffusers(config) -> VPDiscrete:
     Returns:
         A :class:`VPDiscrete` whose ``prediction`` attribute holds the canonical
         prediction type of the config (``epsilon`` if absent), so
-        ``workbench.sample(unet_wrapper, p, x, prediction=p.prediction)`` just works.
+        ``workbench.sample(unet_wrapper, p, x, prediction=p.prediction)`` just works. Its
+        ``default_grid`` is ``time_quadratic``, or ``uniform_t`` for cosine betas.
     """
     cfg = dict(config)
     if cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction":
         raise ValueError("flow-matching diffusers configs are not VP; use workbench.processes.RectifiedFlow")
     betas = _betas_from_config(cfg)
     ac = torch.cumprod(1.0 - betas, dim=0)
-    return VPDiscrete(ac, prediction=cfg.get("prediction_type", "epsilon"))
+    proc = VPDiscrete(ac, prediction=cfg.get("prediction_type", "epsilon"))
+    if cfg.get("trained_betas") is None and cfg.get("beta_schedule") == "squaredcos_cap_v2":
+        # exact 16-D Gaussian mixture, best deterministic sampler: uniform_t 0.29 / 0.18 / 0.058 at
+        # NFE 3 / 5 / 10 vs time_quadratic 0.46 / 0.23 / 0.095 (time_quadratic wins from NFE 20)
+        proc.default_grid = "uniform_t"
+    return proc
