@@ -225,26 +225,28 @@ class VelocityNet(nn.Module):
         self.prediction = "x0"
 
     def v(self, x, t):
-        return torch.tanh(x @ self.W) + t.to(x.dtype)[:, None] * self.a + self.c
+        tt = t.to(x.dtype).view(-1, *[1] * (x.ndim - 1))
+        return torch.tanh(x @ self.W) + tt * self.a + self.c
 
     def forward(self, x, t, mask=None, cond=None):
-        return x - t.to(x.dtype)[:, None] * self.v(x, t)
+        return x - t.to(x.dtype).view(-1, *[1] * (x.ndim - 1)) * self.v(x, t)
 
 
 def official_v_pred_tgt(student, teacher, x_0, noise, t, interval=0.01, d_norm=True):
     """``FlowMDTTrainer.get_v_pred_tgt`` with ``distill_type="discrete"`` (sigma_min = 0, no CFG)."""
-    x_t = (1 - t[:, None]) * x_0 + t[:, None] * noise
+    tr = t.view(-1, *[1] * (x_0.ndim - 1))
+    x_t = (1 - tr) * x_0 + tr * noise
     with torch.no_grad():
         v_teacher = teacher.v(x_t, t)
     v_pred = student.v(x_t, t)
     with torch.no_grad():
         t_prev = t - interval
-        x_prev = x_t - (t - t_prev)[:, None] * v_teacher
+        x_prev = x_t - (t - t_prev).view_as(tr) * v_teacher
         v_prev = student.v(x_prev, t_prev)
         dv_dt = (v_pred.detach() - v_prev) / interval
-    if d_norm:
-        dv_dt = dv_dt / (torch.linalg.vector_norm(dv_dt, dim=1, keepdim=True) + 0.1)
-    return v_pred, v_teacher - t[:, None] * dv_dt
+    if d_norm:  # per-sample norm over every non-batch axis
+        dv_dt = dv_dt / (torch.linalg.vector_norm(dv_dt, dim=tuple(range(1, x_0.ndim)), keepdim=True) + 0.1)
+    return v_pred, v_teacher - tr * dv_dt
 
 
 def test_defaults_equal_the_official_vm_and_vd():
@@ -292,6 +294,45 @@ def test_defaults_equal_the_official_vm_and_vd():
     sfrac = (u - lo) / (1.0 - lo)
     logit = torch.log(sfrac / (1 - sfrac))
     assert abs(float(logit.mean()) - 1.0) < 0.03 and abs(float(logit.std()) - 1.0) < 0.03
+
+
+def test_default_vm_matches_official_on_multi_axis_states():
+    """States ``[B, 3, 2]``: the official ``d_norm`` is one norm per sample over every
+    non-batch axis (``vector_norm(dim=(1, 2))``), and the default VM loss equals the official
+    ``(v_pred - v_tgt)^2`` averaged per sample."""
+    p = RectifiedFlow()
+    student, teacher = VelocityNet(3), VelocityNet(4).requires_grad_(False)
+    obj = MDTDistillation(p, "x0")
+    g = torch.Generator().manual_seed(5)
+    B = 32
+    x0 = 2.0 * torch.randn(B, 3, 2, generator=g, dtype=torch.float64)
+    eps = torch.randn(B, 3, 2, generator=g, dtype=torch.float64)
+    t = 0.05 + 0.9 * torch.rand(B, generator=g, dtype=torch.float64)
+    vm = obj.vm_loss({"student": student, "teacher": teacher}, x0, eps, t)
+    v_pred, v_tgt = official_v_pred_tgt(student, teacher, x0, eps, t)
+    ref = ((v_pred - v_tgt) ** 2).mean((1, 2))
+    assert torch.allclose(vm, ref, rtol=1e-9, atol=1e-12), float((vm - ref).abs().max())
+
+
+def test_student_starts_at_the_teacher_only_in_the_teachers_parameterization():
+    """The authors' student is a copy of the teacher. ``prediction=None`` (the teacher's
+    parameterization) reproduces the teacher's x0 at init exactly; the default ``v`` student
+    loads the epsilon teacher's weights but reads them as ``v`` (documented deviation), so its
+    x0 differs."""
+    d, ctx = ctx_for("gmm")
+    teacher = ctx.teacher
+    g = torch.Generator().manual_seed(0)
+    x = 1.5 * torch.randn(64, 2, generator=g)
+    t = torch.linspace(0.05, 0.95, 64)
+    p = d.process()
+    with torch.no_grad():
+        ref = student_x0(teacher, p, x, t)
+        same = setup_method("mdt_dist", ctx, {"prediction": None}).nets["student"]
+        assert same.prediction == teacher.prediction
+        assert torch.allclose(student_x0(same, p, x, t), ref, rtol=0, atol=1e-6)
+        default = setup_method("mdt_dist", ctx, {}).nets["student"]
+        assert default.prediction == "v" and teacher.prediction == "epsilon"
+        assert float((student_x0(default, p, x, t) - ref).norm(dim=1).mean()) > 0.1
 
 
 def test_bad_options_raise_one_line_errors():

@@ -30,6 +30,7 @@ in stop-gradient), official ``get_v_pred_tgt(distill_type="discrete")``::
 
     z'   = z_u - Delta v_T(z_u, u)                     (teacher Euler step to u' = u - Delta)
     D    = (v_S(z_u, u) - v_S(z', u')) / Delta         (finite-difference dv_S/du, no grad)
+    (v_S: the online student, as the authors' training_models['denoiser'], not its EMA)
     D   <- D / (||D|| + c)                             (the authors' d_norm, c = tangent_norm = 0.1)
     tgt  = v_T(z_u, u) - w D                           (form="explicit", the authors')
     L_VM = || v_S(z_u, u) - stopgrad(tgt) ||^2
@@ -66,12 +67,42 @@ Project variants (named options, not the authors' objective):
 * ``vd_steps=K``: the VD sample is the student's ``K``-step Euler (DDIM) sample with the gradient
   through its last step (the authors': one step).
 
+Student initialisation (deviation forced by the domain): the authors' student is a copy of their
+velocity-predicting teacher (``finetune_ckpt`` of both nets = the same TRELLIS checkpoint). The
+recipe's ``init="teacher"`` loads the teacher's weights, but the default student
+parameterization ``v`` differs from an epsilon teacher's (the toy's, the images'), so the
+loaded network's output is read as ``v`` and the student does **not** start as the teacher
+(toy GMM: the initial student's 50-step Euler SW is 0.386, the teacher's 0.076).
+``prediction=None`` (the teacher's parameterization) starts exactly at the teacher, but its
+one-step ``x0`` at ``t = 1`` divides by ``alpha(1)`` (1 / 160 for the DDPM schedule): on the
+toy it diverged (1-step SW 1.2e10).
+
 Measured on the toy GMM (exact teacher, 2000 steps, SW of 2000 samples at the design step
-count): these defaults (the authors') give 0.396 at 1 step and 0.386 at 2 steps; the project
-variant ``form="implicit", tangent_norm=None, time_sampler="uniform", lambda_vd=0,
-multiphase=student_steps`` gave 0.050 / 0.054 / 0.051 at 1 / 2 / 4 steps (``d_norm`` moves the
-fixed point by up to ``w`` per state: negligible per element in the authors' 32k-dimensional
-latents, not in 2-D; the authors also use a learning rate of 4e-8).
+count; ``workbench bench distill domain=toy domain.teacher=exact ... train.steps=2000``): these
+defaults (the authors') give 0.396 / 0.386 / 0.105 at 1 / 2 / 4 steps. One option changed at a time (1 step,
+from 0.396): ``form="implicit"`` 0.435, ``tangent_norm=None`` 0.247, ``time_sampler="uniform"``
+diverged (SW 2e7: uniform times put VD at small ``u``, where the residual ``r`` of a one-step
+sample off the data is ``O(|x0_S - x0_T| / u)``), ``lambda_vd=0`` 0.782 (VM alone reaches its
+``d_norm`` fixed point below, 0.78; VD pulls the one-step sample part of the way back). The
+project variant ``form="implicit", tangent_norm=None, time_sampler="uniform", lambda_vd=0,
+multiphase=student_steps`` gave 0.050 / 0.054 / 0.051 at 1 / 2 / 4 steps (no single option
+recovers them; the full set does). The main cause is ``d_norm``, not an implementation error (the
+VM target and VD gradient equal the official code to float precision, ``tests/test_distill_mdt.py``): at the
+fixed point of the explicit VM target with ``d_norm`` the student's velocity ``v`` along a
+teacher trajectory obeys ``v_T - v = u D / (||D|| + c)``, i.e. ``||v_T - v|| < u`` per sample and
+``dv/du = c (v_T - v) / (u - ||v_T - v||)`` instead of the transport's ``(v_T - v) / u``. Solved
+along exact-teacher Euler trajectories (``Delta = 0.01``), that fixed-point field's 1 / 2-step
+Euler samples have SW 0.78 / 0.46 (``c = 0.1``; 0.94 / 0.55 at ``c = 1``), against 0.117 / 0.171
+without ``d_norm`` (the endpoint of the teacher's own 100-step Euler trajectory). In the
+authors' 32k-dimensional latents the same bound ``||v_T - v|| < u`` is ``u / 181`` per element:
+VM there holds the student at the teacher's velocity (the paper's "stably match the velocity
+fields") and the transport is learned through VD; in 2-D the bound leaves the fixed point an
+O(1)-biased field. The authors also train with AdamW at lr 4e-8 (sparse structure; 1e-8 for
+SLat), EMA 0.9999 and adaptive gradient clipping, which a 2000-step toy run cannot reproduce.
+The reference is the dense ``FlowMDTTrainer``: the released ``SparseFlowMDTTrainer``'s discrete
+branch never computes ``dv_dt`` (it would raise), and the released SLat config names the plain
+``ImageConditionedSparseFlowMatchingCFGTrainer``. The authors' ``sigma_min = 1e-5`` is replaced by the process's first step
+(``u_min = u(t_min)``, 0.0099 on the DDPM schedule).
 """
 from __future__ import annotations
 
@@ -278,7 +309,9 @@ def mdt_dist_recipe(ctx: RecipeContext, *, lambda_vm: float = 1.0, lambda_vd: fl
                     time_sampler: str = "logit_normal", logit_mean: float = 1.0, logit_std: float = 1.0, prediction: Optional[str] = "v",
                     backbone: Optional[dict] = None, init: str = "teacher") -> DistillSetup:
     """MDT-dist of the domain teacher into a flow student (the teacher's architecture unless
-    ``backbone`` kwargs are given; initialised from the teacher). The defaults are the authors'
+    ``backbone`` kwargs are given; ``init="teacher"`` loads the teacher's weights, which is the
+    teacher itself only when ``prediction`` is the teacher's: with the default ``v`` and an
+    epsilon teacher it is not, see the module docstring). The defaults are the authors'
     (``distill_type="discrete"``, explicit target, ``d_norm`` 0.1, ``lambda_vm = lambda_vd = 1``,
     logit-normal(1, 1) times, transport to the data, one-step VD sample); ``multiphase``,
     ``vd_steps``, ``form="implicit"``, ``tangent_norm=None`` are the project variants of
