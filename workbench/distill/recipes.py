@@ -181,7 +181,11 @@ def make_student(ctx: RecipeContext, spec: dict, *, init: str = "teacher") -> nn
     """A trainable student: ``init="teacher"`` copies the teacher's weights when the
     architecture is the teacher's (``spec["backbone"] == {}``; the SlimFlow / consistency
     initialisation), else (smaller students, two-time students) loads every teacher tensor
-    whose name and shape match and leaves the rest at their fresh initialisation."""
+    whose name and shape match and leaves the rest at their fresh initialisation.
+
+    A student whose ``spec["prediction"]`` differs from the teacher's (e.g. MDT-dist's ``v``
+    student of an epsilon teacher) gets the teacher's weights read in its own
+    parameterisation: it does not start as the teacher (recipes that do this say so)."""
     if init not in ("teacher", "scratch"):
         raise ValueError(f"unknown student init {init!r}; valid: teacher, scratch")
     torch.manual_seed(ctx.seed)
