@@ -1,19 +1,69 @@
-"""Multi-student distillation (Song et al. 2024, "Multi-student Diffusion Distillation for
-Better One-step Generators", MSD).
+"""Multi-student distillation (Song, Lorraine, Nie, Kreis, Lucas 2024, "Multi-student Diffusion
+Distillation for Better One-step Generators", MSD, arXiv 2410.23274).
 
-The condition space is split into ``n`` parts and student ``k`` is distilled only on part
-``k``; at sampling time a fixed router sends every request to its student
-(:class:`~workbench.distill.generators.MultiStudentGenerator`): ``router="cond"`` uses
-``cond % n`` (class labels), ``router="noise"`` a fixed equal-mass partition of the prior
-(:func:`~workbench.distill.generators.route_by_noise`) for unconditional domains. Each
-student may be smaller than the teacher (``backbone=`` kwargs of ``domain.build_backbone``).
+The condition space is split into ``n`` disjoint, equal-size parts (Sec. 4.1) and student ``k``
+is distilled only for part ``k``; at sampling time a fixed router sends every request to its
+student (:class:`~workbench.distill.generators.MultiStudentGenerator`): ``router="cond"``
+uses ``cond % n`` (class labels), ``router="noise"`` a fixed equal-mass partition of the prior
+(:func:`~workbench.distill.generators.route_by_noise`) for unconditional domains (a workbench
+extension: MSD partitions conditions only).
 
-Objective: the regression term of MSD's distribution-matching distillation (as in DMD,
-``L_reg = d(G_k(z), y)`` on teacher ODE couplings ``(z, y)`` of the student's partition),
-extended here from one- to ``K``-step students; MSD's distribution-matching and adversarial
-terms and its teacher-score-matching pre-training of smaller students are not part of this
-module. Student ``k`` is trained on exactly the inputs its generator will feed it, with
-the teacher's probability-flow ODE solution from that input as the target:
+``objective="msd"`` (default), MSD's pipeline per student ``G_k = Distill(mu_teacher, F(D, V_k))``:
+
+* **TSM stage** (Sec. 4.3, students of another architecture than the teacher, ``backbone=``):
+  before distillation a student-sized net is trained to match the teacher's denoiser on
+  noised real data, ``L_TSM = E_t lambda_t ||mu_TSM(x_t, t) - mu_teacher(x_t, t)||^2``
+  (:class:`TeacherScoreMatching`; ``lambda_t`` here: the squared error in the student's own
+  parameterisation, ``t ~ U[t_min, t_max]``); every student starts from it.
+* **DM stage** (Sec. 3 eq. 2-4 = DMD, Yin et al. 2024, eq. 7-8): student ``k`` generates
+  ``x0_g = G_k(z)`` for the conditions of its part (prior noise ``z``); as the ``dmd2``
+  recipe, ``G_k`` is an x0 generator in the teacher's parameterisation on a grid from
+  ``t(init_sigma = 2.5)`` (input ``sigma(t_0) z``; :func:`~.generators.t_of_init_sigma`); at
+  ``x_t = alpha_t x0_g + sigma_t eps`` (``t ~ U[t_min, t_max]``) the teacher and student ``k``'s OWN fake score give ``mu_real``,
+  ``mu_fake``; the generator follows ``(mu_fake - mu_real) / mean|x0_g - mu_real|``
+  (:func:`~.score_distill.dmd_loss`, DMD2's normalisation); fake score ``k`` is trained by
+  denoising on student ``k``'s outputs only (:func:`~.score_distill.fake_score_loss`). Plus
+  DMD's regression ``lambda_reg * d(G_k(z), y)`` on teacher ODE pairs ``(z, y)``; as in MSD
+  (Sec. 4.2, App. B.2, Fig. 8) the paired set is NOT partitioned: every student regresses
+  onto pairs drawn from the whole pool (``pairs="shared"``; ``"partition"`` = the ablation).
+* **ADM stage** (optional, ``gan_weight > 0``): DMD2's non-saturating GAN term, one
+  discriminator per student (a copy of the teacher backbone read as a logit,
+  :class:`~.score_distill.Discriminator`), real samples = the teacher samples of the student's
+  own part (of the whole pool for ``router="noise"`` with ``dm_noise="prior"``, whose students
+  distribution-match on the whole prior).
+
+With one student, ``regression_weight=0`` and no GAN the DM stage IS the ``dmd2`` recipe
+(:class:`~.dmd.DMD2`): same grid, parameterisation, times, normalisation, TTUR, lr and EMA
+(tested: equal losses and gradients on identical nets, batch and generator state).
+
+Defaults and what could not be recovered from the paper text: ``regression_weight=0.25``
+(DMD's ``lambda_reg``; MSD's ImageNet DM stage follows DMD with the shared paired set, its SD
+stage DMD2's TTUR without regression); ``generator_every=5`` (DMD2's two time-scale rule) for
+both: DMD's 1:1 alternation is less stable at the recipe's lr 1e-3 (toy GMM, exact teacher, 2
+students, 1 step, 2000 steps, SW of 2000 samples: 0.091 with ``generator_every=1`` vs 0.068
+with 5); the noise the DM stage feeds student ``k`` (``dm_noise``): MSD's students generate
+from the full prior for the conditions of their part, so with ``router="cond"`` the noise is
+the prior; with ``router="noise"`` (no conditions to partition) the default ``"prior"`` still
+trains every student's DM and regression on the WHOLE prior (each is a full DMD generator
+whose regression anchors it to the teacher's ODE map; at sampling it serves its cell only),
+while ``"cell"`` restricts the DM noise to the student's cell. ``"cell"`` asks one student to
+carry the whole data distribution (the real score is the unconditional teacher's) from half
+the noise, against the regression's ODE coupling, and measured 0.155 (0.161 without
+regression) vs 0.068 for ``"prior"`` (same setting as above); the one-student DM-only run
+gives 0.078 (``dmd2``: 0.076) and with regression 0.060. Until these fixes (students in
+``v`` from ``t = 1``, in-cell noise, 1:1) MSD measured 0.180 there. The distance
+``d`` is L2 (MSD/DMD use LPIPS on images, which is image-specific; ``pseudo_huber`` optional);
+``gan_weight=0``: at this scale MSD's toy experiments use DM only, its ADM stage is a second
+fine-tuning stage resumed from the DM checkpoint, whereas here a positive ``gan_weight`` adds
+the term from the first step; one TSM net initialises all students (the paper does not say
+whether TSM is per student); fake scores have the teacher's architecture and start from it
+(DMD); multi-step students (``K > 1``) use DMD2's backward simulation and the regression term
+anchors the first step only (MSD trains one-step students).
+
+``objective="regression"``: the previous workbench variant, *partitioned regression onto
+teacher ODE couplings* (:class:`MultiStudentRegression`): no distribution matching. Student
+``k`` is trained on exactly the inputs its generator will feed it, with the teacher's
+probability-flow ODE solution from that input as the target:
 
 * the first step (``t = 1``): the noise ``z`` of a pool pair routed to ``k``, target ``y``
   (:func:`~workbench.distill.pairs.build_teacher_pairs`, cached as ``out_dir/pairs.pt``);
@@ -27,57 +77,95 @@ the teacher's probability-flow ODE solution from that input as the target:
 For pair ``i`` with route ``k_i``: ``loss_i = d(f_{k_i}(x^{(i)}, t^{(i)}), target^{(i)})``
 where ``(x, t, target)`` is the first-step input with probability ``top_fraction`` and the
 re-noised one otherwise, and ``f_k`` is student ``k``'s consistency function onto ``t = 0``
-(:func:`~workbench.distill.base.consistency_output`). Taken over all students the ``K``-step
-sampler is then exact when every ``f_k`` is: the re-noised states of all parts together are
-the teacher's marginal at ``t``, mapped onto the data by its ODE. (Training on the states
-*along* each routed trajectory instead, ``states="trajectory"``, is the same for one student
-or the ``cond`` router, but with the ``noise`` router the re-noised states of later steps
-leave the part of state space each student saw: on the toy GMM after 300 steps, 2 students
-gave 2-step SW 0.25 against 0.06 for one student.)
+(:func:`~workbench.distill.base.consistency_output`). (``states="trajectory"`` trains on the
+states along each routed trajectory instead.) Measured on the toy GMM with the exact teacher
+(2 students of the teacher's size, ``v`` prediction, 8192 pairs, 2000 steps of batch 512; SW
+of 2000 samples): 1 / 2 / 4 steps 0.052 / 0.051 / 0.046.
 
-The distance ``d`` is the squared error averaged over real elements (``l2``; MSD uses LPIPS
-on images, which is image-specific): the target is a deterministic function of the input
-(an ODE coupling), so the L2 minimiser is the coupling itself and not a blurred average, and
-L2 is defined for every domain, masks and zero-centre-of-mass states included.
-``pseudo_huber`` (Song & Dhariwal 2023) is offered as the robust alternative.
-
-All students train in ONE run of the shared loop: nets ``student_0 .. student_{n-1}``, one
-phase; the per-sample loss of sample ``i`` is computed with the student its route selects,
-so student ``k`` receives gradients only from the samples of its own partition. Batches are
-stratified (``batch_size // n`` samples of every partition per step, the remainder spread at
-random), so every student trains at every step.
-
-Measured on the toy GMM with the exact teacher (defaults: 2 students of the teacher's size,
-``v`` prediction, 8192 pairs, 2000 steps of batch 512; SW of 2000 samples): 1 / 2 / 4 steps
-0.052 / 0.051 / 0.046; 4 students of hidden width 64 (46k parameters each against 175k):
-0.051 / 0.051 / 0.070; one student: 0.052 / 0.053 / 0.046.
+All students train in ONE run of the shared loop: nets ``student_k`` (and ``fake_k``,
+``disc_k``), phases ``fake`` / ``generator`` for ``msd``; sample ``i`` of a batch is handled
+by the student its route selects, so student ``k`` (and fake score ``k``) receives gradients
+only from the samples of its own part. Batches are stratified (``batch_size // n`` samples of
+every part per step, the remainder spread at random), so every student trains at every step.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..losses import Batch, masked_mean
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator
+from ..utils import Generator, model_kwargs
 from .base import PARAMETERIZATIONS, consistency_output, student_x0
-from .generators import MultiStudentGenerator, route_by_noise
+from .generators import MultiStudentGenerator, noise_route_direction, route_by_noise, slice_batch, start_state
+from .score_distill import dmd_loss, fake_score_loss, frozen, noise_like, sample_t, teacher_x0
 
-__all__ = ["MultiStudentRegression", "RenoisedCouplings", "StratifiedPairs", "build_renoised_couplings", "route_samples",
-           "student_name"]
+__all__ = ["MultiStudentDM", "MultiStudentRegression", "TeacherScoreMatching", "RenoisedCouplings", "StratifiedPairs",
+           "build_renoised_couplings", "route_samples", "sample_noise_in_cell", "student_name", "fake_name", "disc_name",
+           "OBJECTIVES"]
 
 LOSSES = ("l2", "pseudo_huber")
 STATES = ("renoise", "trajectory")
+PAIRS = ("shared", "partition")
+OBJECTIVES = ("msd", "regression")
 ROUTERS = MultiStudentGenerator.ROUTERS
 
 
 def student_name(k: int) -> str:
     """The net name of student ``k`` (``"student_k"``)."""
     return f"student_{int(k)}"
+
+
+def fake_name(k: int) -> str:
+    """The net name of student ``k``'s fake score (``"fake_k"``)."""
+    return f"fake_{int(k)}"
+
+
+def disc_name(k: int) -> str:
+    """The net name of student ``k``'s discriminator (``"disc_k"``)."""
+    return f"disc_{int(k)}"
+
+
+def _gen(generator: Generator) -> Optional[torch.Generator]:
+    return generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
+
+
+def regression_distance(a: Tensor, b: Tensor, mask: Optional[Tensor], loss: str = "l2", huber_c: Optional[float] = None) -> Tensor:
+    """``[B]`` per-sample distance of ``a``, ``b`` ``[B, ...]`` over real elements: the mean
+    squared error (``l2``) or the pseudo-Huber ``sqrt(||a - b||^2 + c^2) - c`` (Song & Dhariwal
+    2023; ``c = 0.00054 sqrt(d)`` unless ``huber_c``)."""
+    sq = (a - b) ** 2
+    if loss == "l2":
+        return masked_mean(sq, mask)
+    m = torch.ones_like(sq) if mask is None else append_dims(mask.to(sq.dtype), sq.ndim).expand_as(sq)
+    ss = (sq * m).flatten(1).sum(1)
+    d = m.flatten(1).sum(1).clamp_min(1.0)
+    c = float(huber_c) if huber_c is not None else 0.00054 * d.sqrt()
+    return torch.sqrt(ss + c**2) - c
+
+
+def sample_noise_in_cell(noise: Tensor, k: int, n: int, generator: Optional[torch.Generator] = None, *,
+                         mask: Optional[Tensor] = None, process: Optional[GaussianProcess] = None) -> Tensor:
+    """Prior noise ``[b, ...]`` conditioned on cell ``k`` of :func:`route_by_noise` (exact): the
+    component of ``noise`` (prior draws, std ``prior_std``) along the routing direction ``e`` is
+    replaced by ``prior_std * Phi^-1(u)``, ``u ~ U[k/n, (k+1)/n]``; the orthogonal part, a
+    standard normal independent of it, is kept."""
+    std = process.prior_std() if process is not None else 1.0
+    e = noise_route_direction(noise, mask=mask, process=process)
+    flat = noise.flatten(1).to(torch.float64)
+    c = (flat * e).sum(1) / std
+    eps = 1e-7
+    u = torch.rand(noise.shape[0], generator=generator, dtype=torch.float64)
+    u = ((k + eps + (1 - 2 * eps) * u) / n).to(noise.device)
+    c_new = torch.special.ndtri(u)
+    out = flat + ((c_new - c) * std)[:, None] * e
+    return out.reshape(noise.shape).to(noise.dtype)
 
 
 def route_samples(router: str, n: int, x_T: Tensor, cond: Any = None, mask: Optional[Tensor] = None,
@@ -187,10 +275,22 @@ class StratifiedPairs:
         renoised: optional :class:`RenoisedCouplings` of the pool; one of the ``R`` couplings
             of every drawn pair (uniformly) is attached to the batch as ``extra["renoised"]``,
             ``extra["renoised_t"]``, ``extra["renoised_target"]``.
+        dm_noise: fresh generator noise ``extra["dm_noise"]`` ``[B, ...]`` for distribution
+            matching: ``"cell"`` draws sample ``i``'s prior noise inside the noise cell of its
+            partition (:func:`sample_noise_in_cell`, the ``noise`` router), ``"prior"`` plain
+            prior noise, ``None`` none. With ``dm_noise`` the batch also carries
+            ``extra["route"]`` ``[B]`` (int64), the partition of every drawn pair.
+        shared_pairs: also attach pairs drawn uniformly from the WHOLE pool (MSD's unfiltered
+            paired set): ``extra["reg_noise"]``, ``extra["reg_target"]`` and, where the pool
+            has them, ``extra["reg_mask"]``, ``extra["reg_cond"]``.
     """
 
-    def __init__(self, pool, routes: Tensor, n: int, renoised: Optional[RenoisedCouplings] = None):
+    def __init__(self, pool, routes: Tensor, n: int, renoised: Optional[RenoisedCouplings] = None, *, dm_noise: Optional[str] = None,
+                 shared_pairs: bool = False, process: Optional[GaussianProcess] = None):
+        if dm_noise not in (None, "cell", "prior"):
+            raise ValueError(f"unknown dm_noise {dm_noise!r}; valid: cell, prior, None")
         self.pool, self.n, self.renoised = pool, int(n), renoised
+        self.dm_noise, self.shared_pairs, self.process = dm_noise, bool(shared_pairs), process
         self.routes = routes.long().cpu()
         self.members = [(self.routes == k).nonzero().flatten() for k in range(self.n)]
         empty = [k for k, m in enumerate(self.members) if len(m) == 0]
@@ -217,6 +317,28 @@ class StratifiedPairs:
             rc = self.renoised
             r = torch.randint(0, rc.x.shape[1], (len(idx),), generator=generator)
             batch.extra.update({"renoised": rc.x[idx, r], "renoised_t": rc.t[idx, r], "renoised_target": rc.target[idx, r]})
+        if self.dm_noise is not None:
+            p = self.process
+            shape = tuple(batch.x.shape)
+            std = p.prior_std() if p is not None else 1.0
+            z = torch.randn(shape, generator=generator, dtype=batch.x.dtype) * std
+            z = p.project(z, batch.mask) if p is not None else z
+            if self.dm_noise == "cell":
+                routes = self.routes[idx]
+                for k in range(n):
+                    sel = (routes == k).nonzero().flatten()
+                    if len(sel):
+                        z[sel] = sample_noise_in_cell(z[sel], k, n, generator, mask=slice_batch(batch.mask, sel), process=p)
+            batch.extra["dm_noise"] = z
+            batch.extra["route"] = self.routes[idx].clone()
+        if self.shared_pairs:
+            j = torch.randint(0, len(self.pool), (len(idx),), generator=generator)
+            shared = self.pool.batch(j)
+            batch.extra.update({"reg_noise": shared.extra["noise"], "reg_target": shared.x})
+            if shared.mask is not None:
+                batch.extra["reg_mask"] = shared.mask
+            if shared.cond is not None:
+                batch.extra["reg_cond"] = shared.cond
         return batch
 
 
@@ -297,15 +419,8 @@ class MultiStudentRegression:
         return torch.where(w, x, xs), torch.where(top, t, tt), torch.where(w, target, tg)
 
     def distance(self, a: Tensor, b: Tensor, mask: Optional[Tensor]) -> Tensor:
-        """``[B]`` per-sample ``d(a, b)`` over real elements."""
-        sq = (a - b) ** 2
-        if self.loss == "l2":
-            return masked_mean(sq, mask)
-        m = torch.ones_like(sq) if mask is None else append_dims(mask.to(sq.dtype), sq.ndim).expand_as(sq)
-        ss = (sq * m).flatten(1).sum(1)
-        d = m.flatten(1).sum(1).clamp_min(1.0)
-        c = float(self.huber_c) if self.huber_c is not None else 0.00054 * d.sqrt()
-        return torch.sqrt(ss + c**2) - c
+        """``[B]`` per-sample ``d(a, b)`` over real elements (:func:`regression_distance`)."""
+        return regression_distance(a, b, mask, self.loss, self.huber_c)
 
     def consistency_fn(self, net, x: Tensor, t: Tensor, *, mask=None, cond=None) -> Tensor:
         """``f(x [B, ...], t [B]) -> x0`` ``[B, ...]`` of one student, as its generator computes it."""
@@ -323,7 +438,7 @@ class MultiStudentRegression:
             sel = (route == k).nonzero().flatten()
             if len(sel) == 0:
                 continue
-            sub = lambda v: v[sel] if isinstance(v, Tensor) else v  # noqa: E731
+            sub = lambda v: slice_batch(v, sel, len(batch))  # noqa: E731  (dict-valued conditions too)
             out = out.index_put((sel,), self.consistency_fn(nets[student_name(k)], x[sel], t[sel], mask=sub(mask), cond=sub(cond)))
         return self.distance(out, target, mask)
 
@@ -332,87 +447,405 @@ class MultiStudentRegression:
                 f"top_fraction={self.top_fraction}, loss={self.loss!r})")
 
 
+# -- MSD: teacher score matching (TSM) --------------------------------------------------------------
+class TeacherScoreMatching:
+    """MSD's TSM pre-training of a (smaller) student (Song et al. 2024, Sec. 4.3):
+    ``loss_i = ||net(x_t, t) - target(x_t, t)||^2`` averaged over real elements, with
+    ``x_t = alpha_t x + sigma_t eps`` for data ``x`` ``[B, ...]`` (``batch.x``), ``t ~ U[t_min,
+    t_max]`` and ``target`` the teacher's data prediction ``mu_teacher(x_t, t)`` written in the
+    student's own parameterisation (so ``lambda_t`` of ``L_TSM`` is that parameterisation's
+    weighting). ``nets``: ``student`` (trained), ``teacher`` (frozen)."""
+
+    def __init__(self, process: GaussianProcess, *, teacher_prediction: Optional[str] = None, t_min: float = 0.02,
+                 t_max: float = 0.98):
+        if not 0.0 <= t_min < t_max <= 1.0:
+            raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+        self.process, self.teacher_prediction, self.t_min, self.t_max = process, teacher_prediction, float(t_min), float(t_max)
+
+    def __call__(self, nets, batch: Batch, generator: Generator = None) -> Tensor:
+        p, x, mask, cond = self.process, batch.x, batch.mask, batch.cond
+        t = sample_t(len(batch), generator, x.device, self.t_min, self.t_max)
+        x_t = p.add_noise(x, t, noise_like(p, x, mask, generator), mask)
+        net = nets["student"]
+        pred = canonical_prediction(getattr(net, "prediction", "x0"))
+        mu_t = teacher_x0(nets["teacher"], p, x_t, t, mask, cond, self.teacher_prediction)
+        target = mu_t if pred == "x0" else p.convert(mu_t, "x0", pred, x_t, t).to(x.dtype)
+        out = net(x_t, t.to(x.dtype), **model_kwargs(mask, cond))
+        return masked_mean((out - target) ** 2, mask)
+
+    def __repr__(self) -> str:
+        return f"TeacherScoreMatching(t=[{self.t_min}, {self.t_max}])"
+
+
+# -- MSD: per-student distribution matching -------------------------------------------------------
+class MultiStudentDM:
+    """MSD's distillation stage (module docstring): per-student distribution matching with a
+    per-student fake score, DMD's regression on the (shared) teacher pairs and an optional
+    per-student GAN term. Phases ``fake`` (``fake_k``, ``disc_k``; every step) and ``generator``
+    (``student_k``; every ``generator_every`` steps).
+
+    ``nets``: ``student_k`` (x0 generators, any parameterisation), ``fake_k`` (fake scores),
+    ``teacher`` (frozen), ``disc_k`` when ``gan_weight > 0``. ``batch`` (from
+    :class:`StratifiedPairs` with ``dm_noise``): ``extra["dm_noise"]`` ``[B, ...]`` the prior
+    noise each sample's student generates from (it and ``cond`` give the route),
+    ``x`` ``[B, ...]`` teacher samples of the same part (GAN reals; with
+    ``pairs="partition"`` the regression target of ``extra["noise"]``), ``extra["reg_noise"]``
+    / ``extra["reg_target"]`` (``pairs="shared"``).
+
+    Args:
+        process: the process of teacher and students.
+        n_students, router: the partition (``"cond"`` / ``"noise"``).
+        grid: ``[K + 1]`` float64 generation grid (decreasing to 0; ``K = 1``: one step).
+        teacher_prediction: the teacher's parameterisation (default: its attribute).
+        t_min, t_max: range of the DM / fake-score / GAN times (DMD: 0.02T-0.98T).
+        regression_weight: ``lambda_reg`` of DMD's regression term (0: DMD2-style, none).
+        pairs: ``"shared"`` (MSD: pairs from the whole pool for every student) or
+            ``"partition"`` (each student regresses on its own part's pairs).
+        gan_weight: weight of the generator's GAN term (0: no discriminators).
+        backward_simulation: multi-step inputs from the student itself (DMD2 Sec. 4.5).
+        generator_every: fake-score updates per generator update (DMD: 1, DMD2 TTUR: 5).
+        loss, huber_c: the regression distance (:func:`regression_distance`).
+        gan_reals: the discriminator's real samples: ``"part"`` (``batch.x``, teacher samples
+            of the student's part) or ``"pool"`` (``extra["reg_target"]``, teacher samples of
+            the whole pool: ``router="noise"`` with ``dm_noise="prior"``, where every student's
+            DM samples cover the whole prior).
+    """
+
+    def __init__(self, process: GaussianProcess, n_students: int, router: str, grid, *, teacher_prediction: Optional[str] = None,
+                 t_min: float = 0.02, t_max: float = 0.98, regression_weight: float = 0.25, pairs: str = "shared",
+                 gan_weight: float = 0.0, backward_simulation: bool = True, generator_every: int = 5, loss: str = "l2",
+                 huber_c: Optional[float] = None, gan_reals: str = "part"):
+        if gan_reals not in ("part", "pool"):
+            raise ValueError(f"unknown gan_reals {gan_reals!r}; valid: part, pool")
+        if isinstance(n_students, bool) or int(n_students) != n_students or int(n_students) < 1:
+            raise ValueError(f"n_students must be a positive integer, got {n_students!r}")
+        if router not in ROUTERS:
+            raise ValueError(f"unknown router {router!r}; valid: {', '.join(ROUTERS)}")
+        if pairs not in PAIRS:
+            raise ValueError(f"unknown pairs {pairs!r}; valid: {', '.join(PAIRS)}")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+        if not 0.0 <= float(t_min) < float(t_max) <= 1.0:
+            raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+        if float(regression_weight) < 0 or float(gan_weight) < 0:
+            raise ValueError(f"regression_weight and gan_weight must be >= 0, got {regression_weight}, {gan_weight}")
+        if isinstance(generator_every, bool) or int(generator_every) != generator_every or int(generator_every) < 1:
+            raise ValueError(f"generator_every must be a positive integer, got {generator_every!r}")
+        self.process, self.n, self.router = process, int(n_students), router
+        self.grid = torch.as_tensor(grid, dtype=torch.float64).flatten()
+        self.teacher_prediction = teacher_prediction
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        self.regression_weight, self.pairs, self.gan_weight = float(regression_weight), pairs, float(gan_weight)
+        self.backward_simulation, self.generator_every = bool(backward_simulation), int(generator_every)
+        self.loss, self.huber_c, self.gan_reals = loss, huber_c, gan_reals
+        self.students = [student_name(k) for k in range(self.n)]
+        self.fakes = [fake_name(k) for k in range(self.n)]
+        self.discs = [disc_name(k) for k in range(self.n)] if self.gan_weight > 0 else []
+        self.phases = [("fake", self.fakes + self.discs, 1), ("generator", list(self.students), self.generator_every)]
+        #: per student, the tensors of the last generator-phase call (x0_g, x_t, t, the batch rows); for inspection
+        self.last: dict = {}
+
+    def route(self, batch: Batch) -> Tensor:
+        """Student index ``[B]`` of every sample: ``extra["route"]`` (the partition of the
+        sample's pair, :class:`StratifiedPairs`) when present, else the sampling-time route of
+        ``extra["dm_noise"]`` / ``cond``. For ``router="cond"`` and for in-cell DM noise
+        (``dm_noise="cell"``) the two agree."""
+        if "dm_noise" not in batch.extra:
+            raise ValueError("MultiStudentDM needs extra['dm_noise'] (StratifiedPairs with dm_noise='cell' or 'prior')")
+        if "route" in batch.extra:
+            return batch.extra["route"].long()
+        return route_samples(self.router, self.n, batch.extra["dm_noise"], batch.cond, batch.mask, self.process)
+
+    def generate(self, net: nn.Module, x_T: Tensor, mask, cond, generator: Generator, step: int) -> Tensor:
+        """Student ``net``'s output ``x0_g`` ``[b, ...]`` at step ``step`` of its grid from prior
+        noise ``x_T`` ``[b, ...]`` (earlier steps by backward simulation, without gradients, as
+        :func:`~.score_distill.rollout`; a data-noising variant needs real data per part and is
+        not offered)."""
+        from ..model import prepare_cond_all
+
+        p, grid, B = self.process, self.grid, x_T.shape[0]
+        cond = prepare_cond_all(net, cond, mask=mask, batch_size=B)
+        x = p.project(start_state(p, x_T, float(grid[0])), mask)
+        with torch.no_grad():
+            for j in range(step):
+                x0 = student_x0(net, p, x, grid[j].expand(B).to(x.device), mask=mask, cond=cond)
+                tn = grid[j + 1].expand(B).to(x.device)
+                e = noise_like(p, x, mask, generator)
+                x = p.project(append_dims(p.alpha(tn).to(x.dtype), x.ndim) * x0 + append_dims(p.sigma(tn).to(x.dtype), x.ndim) * e, mask)
+        return student_x0(net, p, x, grid[step].expand(B).to(x.device), mask=mask, cond=cond)
+
+    def _step(self, generator: Generator) -> int:
+        K = len(self.grid) - 1
+        if K == 1:
+            return 0
+        if not self.backward_simulation:
+            raise ValueError("backward_simulation=False is not offered for multi-step MSD students")
+        return int(torch.randint(0, K, (1,), generator=_gen(generator)))
+
+    def _per_student(self, batch: Batch, fn) -> Tensor:
+        route = self.route(batch).to(batch.x.device)
+        out = None
+        for k in range(self.n):
+            sel = (route == k).nonzero().flatten()
+            if len(sel) == 0:
+                continue
+            v = fn(k, batch.index(sel), sel)
+            out = torch.zeros(len(batch), dtype=v.dtype, device=v.device) if out is None else out
+            out = out.index_put((sel,), v)
+        return out
+
+    def _disc(self, nets, k, x_t, t, mask, cond) -> Tensor:
+        return nets[disc_name(k)](x_t, t.to(x_t.dtype), **model_kwargs(mask, cond))
+
+    def fake_loss(self, nets, batch: Batch, generator: Generator = None) -> Tensor:
+        """``[B]``: fake score ``k`` denoises (detached) outputs of student ``k`` only; with a
+        GAN, discriminator ``k`` separates noised teacher samples of part ``k`` from them."""
+        p, step = self.process, self._step(generator)
+
+        def one(k, sub, sel):
+            with torch.no_grad():
+                x0_g = self.generate(nets[student_name(k)], sub.extra["dm_noise"], sub.mask, sub.cond, generator, step)
+            loss = fake_score_loss(nets[fake_name(k)], p, x0_g, sub.mask, sub.cond, generator, t_min=self.t_min, t_max=self.t_max)
+            if self.gan_weight > 0:
+                t = sample_t(len(sub), generator, x0_g.device, self.t_min, self.t_max)
+                if self.gan_reals == "pool":  # teacher samples of the whole pool (the students' DM noise is the whole prior)
+                    xr, rmask, rcond = sub.extra["reg_target"], sub.extra.get("reg_mask"), sub.extra.get("reg_cond")
+                else:  # teacher samples of the student's own part
+                    xr, rmask, rcond = sub.x, sub.mask, sub.cond
+                real_t = p.add_noise(xr, t, noise_like(p, xr, rmask, generator), rmask)
+                fake_t = p.add_noise(x0_g, t, noise_like(p, x0_g, sub.mask, generator), sub.mask)
+                loss = loss + F.softplus(-self._disc(nets, k, real_t, t, rmask, rcond)) \
+                    + F.softplus(self._disc(nets, k, fake_t, t, sub.mask, sub.cond))
+            return loss
+
+        return self._per_student(batch, one)
+
+    def generator_loss(self, nets, batch: Batch, generator: Generator = None) -> Tensor:
+        """``[B]``: ``dmd_loss`` of student ``k`` with the teacher and fake score ``k`` at a
+        noised output, ``+ regression_weight * d(G_k(z), y)`` on a teacher pair, ``+ gan_weight *
+        softplus(-disc_k)``."""
+        p, step = self.process, self._step(generator)
+        t0 = self.grid[0]
+        self.last = {}
+
+        def one(k, sub, sel):
+            net, mask, cond = nets[student_name(k)], sub.mask, sub.cond
+            x0_g = self.generate(net, sub.extra["dm_noise"], mask, cond, generator, step)
+            t = sample_t(len(sub), generator, x0_g.device, self.t_min, self.t_max)
+            eps = noise_like(p, x0_g, mask, generator)
+            x_t = p.add_noise(x0_g.detach(), t, eps, mask)
+            mu_real = teacher_x0(nets["teacher"], p, x_t, t, mask, cond, self.teacher_prediction)
+            mu_fake = teacher_x0(nets[fake_name(k)], p, x_t, t, mask, cond)
+            loss = dmd_loss(x0_g, mu_real, mu_fake, mask)
+            self.last[k] = {"x0_g": x0_g.detach(), "x_t": x_t.detach(), "t": t.detach(), "rows": sel, "step": step}
+            if self.regression_weight > 0:
+                if self.pairs == "shared":
+                    z, y = sub.extra["reg_noise"], sub.extra["reg_target"]
+                    rmask, rcond = sub.extra.get("reg_mask"), sub.extra.get("reg_cond")
+                else:
+                    z, y, rmask, rcond = sub.extra["noise"], sub.x, mask, cond
+                from ..model import prepare_cond_all
+
+                rcond = prepare_cond_all(net, rcond, mask=rmask, batch_size=len(sub))
+                x_start = p.project(start_state(p, z, float(t0)), rmask)
+                pred = student_x0(net, p, x_start, t0.expand(len(sub)).to(z.device), mask=rmask, cond=rcond)
+                loss = loss + self.regression_weight * regression_distance(pred, y, rmask, self.loss, self.huber_c)
+            if self.gan_weight > 0:
+                with frozen(nets[disc_name(k)]):
+                    xg_t = p.add_noise(x0_g, t, eps, mask)
+                    loss = loss + self.gan_weight * F.softplus(-self._disc(nets, k, xg_t, t, mask, cond))
+            return loss
+
+        return self._per_student(batch, one)
+
+    def __call__(self, nets, batch: Batch, generator: Generator = None, phase: str = "generator") -> Tensor:
+        if phase == "fake":
+            return self.fake_loss(nets, batch, generator)
+        if phase != "generator":
+            raise ValueError(f"unknown phase {phase!r}; valid: fake, generator")
+        return self.generator_loss(nets, batch, generator)
+
+    def __repr__(self) -> str:
+        return (f"MultiStudentDM(n_students={self.n}, router={self.router!r}, steps={len(self.grid) - 1}, "
+                f"regression_weight={self.regression_weight}, pairs={self.pairs!r}, gan_weight={self.gan_weight}, "
+                f"generator_every={self.generator_every})")
+
+
 # -- recipe ----------------------------------------------------------------------------------------
 from .recipes import DistillSetup, RecipeContext, make_student, register_method, student_spec  # noqa: E402
 
 @register_method("multi_student", kind="multi_student", paper="Song et al. 2024 (MSD)",
-                 description="several (smaller) students, each regressed onto teacher ODE couplings of its own part of the "
-                             "condition / noise space; K-step consistency students")
-def multi_student_recipe(ctx: RecipeContext, *, n_students: int = 2, router: str = "noise", backbone: Optional[dict] = None,
-                         init: str = "teacher", prediction: Optional[str] = "v", pool: int = 8192,
-                         teacher_sampler: str = "dpm_solver_pp_3m", teacher_steps: int = 32, states: str = "renoise",
-                         renoise_per_pair: int = 4,
-                         top_fraction: float = 0.25, loss: str = "l2", huber_c: Optional[float] = None,
+                 description="several (smaller) students, each owning a part of the condition / noise space; MSD: per-student "
+                             "distribution matching (own fake score) + DMD regression on shared teacher pairs, optional GAN, "
+                             "TSM pre-training of smaller students; objective=regression: partitioned ODE-pair regression")
+def multi_student_recipe(ctx: RecipeContext, *, objective: str = "msd", n_students: int = 2, router: str = "auto",
+                         backbone: Optional[dict] = None, init: str = "teacher", prediction: Optional[str] = "auto", pool: int = 8192,
+                         teacher_sampler: str = "dpm_solver_pp_3m", teacher_steps: int = 32, loss: str = "l2",
+                         huber_c: Optional[float] = None,
+                         # objective="msd"
+                         regression_weight: float = 0.25, pairs: str = "shared", gan_weight: float = 0.0, t_min: float = 0.02,
+                         t_max: float = 0.98, generator_every: int = 5, backward_simulation: bool = True,
+                         init_sigma: Optional[float] = 2.5, dm_noise: str = "prior", tsm: Any = "auto",
+                         tsm_steps: int = 1000, tsm_data: str = "real", tsm_train: Optional[dict] = None,
+                         # objective="regression"
+                         states: str = "renoise", renoise_per_pair: int = 4, top_fraction: float = 0.25,
                          parameterization: str = "x0", sigma_data: float = 0.5) -> DistillSetup:
-    """Multi-student distillation of the domain teacher.
+    """Multi-student distillation of the domain teacher (module docstring).
 
-    Options: ``n_students`` (``n``), ``router`` (``noise`` / ``cond``), ``backbone``
-    (``domain.build_backbone`` kwargs of every student, ``None`` = the teacher's
-    architecture), ``init`` (``teacher`` / ``scratch``), ``prediction`` (the students'
-    parameterization; default ``v``, whose x0 ``alpha x - sigma v`` stays well conditioned at
-    ``t = 1``, where an epsilon student's ``(x - sigma eps) / alpha`` amplifies its errors by
-    ``1 / alpha(1)``, about 160 for the DDPM schedule; ``None`` = the teacher's), ``pool``
-    (number of teacher couplings), ``teacher_sampler`` / ``teacher_steps`` (the solves, on a
-    uniform-``t`` grid, so uniform student grids whose step count divides ``teacher_steps``
-    lie on it), ``renoise_per_pair`` (re-noised couplings per pair, :func:`build_renoised_couplings`),
-    ``states``, ``top_fraction``, ``loss``, ``huber_c``, ``parameterization``,
-    ``sigma_data`` (:class:`MultiStudentRegression`). Couplings are cached in ``out_dir``.
+    Shared options: ``objective`` (``msd``: MSD's distribution matching, the default;
+    ``regression``: partitioned regression onto teacher ODE couplings), ``n_students``
+    (``n``), ``router`` (``auto``: ``cond`` when the domain generates with integer class
+    labels, else ``noise``; or ``noise`` / ``cond``), ``backbone`` (``domain.build_backbone`` kwargs of
+    every student, ``None`` = the teacher's architecture; e.g. a smaller width), ``init``
+    (``teacher`` / ``scratch``), ``prediction`` (the students' parameterisation; ``"auto"``:
+    the teacher's for ``msd``, as ``dmd2``, and ``v`` for ``regression``, whose x0
+    ``alpha x - sigma v`` stays well conditioned at ``t = 1``; ``None`` = the teacher's), ``pool`` (number of teacher couplings), ``teacher_sampler`` / ``teacher_steps``
+    (the solves, on a uniform-``t`` grid), ``loss`` / ``huber_c`` (regression distance).
+
+    ``msd``: ``regression_weight``, ``pairs`` (``shared`` / ``partition``), ``gan_weight``,
+    ``t_min``, ``t_max``, ``generator_every`` (default 5, DMD2's TTUR; module docstring),
+    ``backward_simulation`` (:class:`MultiStudentDM`); ``init_sigma`` (the students' grid starts
+    at ``t(init_sigma)``, as ``dmd2``; ``None``: ``t = 1``); ``dm_noise`` (``prior`` / ``cell``:
+    the DM stage's generator noise, module docstring; ``cell`` needs ``router="noise"``); ``tsm`` (``"auto"``: a TSM stage when ``backbone`` makes the
+    students' architecture differ from the teacher's; ``True`` / ``False`` force it),
+    ``tsm_steps``, ``tsm_data`` (``real``: the domain's training data, as the paper;
+    ``teacher``: the pool's teacher samples), ``tsm_train`` (train-config overrides of the TSM
+    run, cached in ``out_dir/tsm``). ``regression``: ``states``, ``renoise_per_pair``,
+    ``top_fraction``, ``parameterization``, ``sigma_data`` (:class:`MultiStudentRegression`).
+    Couplings are cached in ``out_dir``.
     """
     from ..samplers import get
     from ..timegrids import uniform_t
     from .base import FewStepGenerator
+    from .generators import default_grid, t_of_init_sigma
     from .pairs import POOL_SEED_OFFSET, build_teacher_pairs
 
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
     if isinstance(n_students, bool) or not isinstance(n_students, int) or n_students < 1:
         raise ValueError(f"n_students must be a positive integer, got {n_students!r}")
-    if router not in ROUTERS:
-        raise ValueError(f"unknown router {router!r}; valid: {', '.join(ROUTERS)}")
+    if router not in ROUTERS + ("auto",):
+        raise ValueError(f"unknown router {router!r}; valid: auto, {', '.join(ROUTERS)}")
     if isinstance(pool, bool) or not isinstance(pool, int) or pool < n_students:
         raise ValueError(f"pool must be an integer of at least n_students={n_students}, got {pool!r}")
     if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, int) or teacher_steps < 2:
         raise ValueError(f"teacher_steps must be an integer >= 2, got {teacher_steps!r}")
     if backbone is not None and not isinstance(backbone, dict):
         raise ValueError(f"backbone must be a dict of domain.build_backbone kwargs or None, got {backbone!r}")
+    if prediction == "auto":  # msd: the teacher's parameterisation, as the DMD2 recipe; regression: v (measured there)
+        prediction = None if objective == "msd" else "v"
     if prediction is not None:
         canonical_prediction(prediction)  # validates the name
     if isinstance(renoise_per_pair, bool) or not isinstance(renoise_per_pair, int) or renoise_per_pair < 1:
         raise ValueError(f"renoise_per_pair must be a positive integer, got {renoise_per_pair!r}")
+    if objective == "msd" and dm_noise not in ("prior", "cell"):
+        raise ValueError(f"unknown dm_noise {dm_noise!r}; valid: prior, cell")
+    if tsm not in ("auto", True, False):
+        raise ValueError(f"unknown tsm {tsm!r}; valid: auto, true, false")
+    if tsm_data not in ("real", "teacher"):
+        raise ValueError(f"unknown tsm_data {tsm_data!r}; valid: real, teacher")
+    if isinstance(tsm_steps, bool) or not isinstance(tsm_steps, int) or tsm_steps < 1:
+        raise ValueError(f"tsm_steps must be a positive integer, got {tsm_steps!r}")
     get(teacher_sampler)  # validates the name
-    obj_kw = dict(states=states, top_fraction=top_fraction, loss=loss, huber_c=huber_c, parameterization=parameterization,
+    # msd: the students' one- / K-step grid from t(init_sigma) as the DMD2 recipe (``None``: from t = 1)
+    grid_gen = default_grid(ctx.process, int(ctx.student_steps), t_start=t_of_init_sigma(ctx.process, init_sigma))
+    reg_kw = dict(states=states, top_fraction=top_fraction, loss=loss, huber_c=huber_c, parameterization=parameterization,
                   sigma_data=sigma_data)
-    MultiStudentRegression(ctx.process, n_students, router, [1.0, 0.0], **obj_kw)  # validate before the teacher solves
+    dm_kw = dict(teacher_prediction=ctx.prediction, t_min=t_min, t_max=t_max, regression_weight=regression_weight, pairs=pairs,
+                 gan_weight=gan_weight, backward_simulation=backward_simulation, generator_every=generator_every, loss=loss,
+                 huber_c=huber_c)
+    # validate before the teacher solves
+    r0 = "noise" if router == "auto" else router
+    if objective == "regression":
+        MultiStudentRegression(ctx.process, n_students, r0, [1.0, 0.0], **reg_kw)
+    else:
+        MultiStudentDM(ctx.process, n_students, r0, grid_gen, **dm_kw)
+        TeacherScoreMatching(ctx.process, t_min=t_min, t_max=t_max)
     sspec = student_spec(ctx.teacher, ctx.domain, backbone=backbone, prediction=prediction)
     grid = uniform_t(ctx.process, teacher_steps)
     out = Path(ctx.out_dir) if ctx.out_dir is not None else None
     seed = int(ctx.seed)  # build_teacher_pairs offsets pool seeds away from the evaluation seeds
-    pairs = build_teacher_pairs(ctx.domain, ctx.teacher, pool, sampler=teacher_sampler, steps=teacher_steps, timesteps=grid,
-                                keep_trajectory=states == "trajectory" and top_fraction < 1, seed=seed, device=ctx.device,
-                                cache=out / "pairs.pt" if out is not None else None, progress=False)
-    if router == "cond" and not isinstance(pairs.cond, Tensor):
+    regression = objective == "regression"
+    pairs_obj = build_teacher_pairs(ctx.domain, ctx.teacher, pool, sampler=teacher_sampler,
+                                    steps=teacher_steps, timesteps=grid,
+                                    keep_trajectory=regression and states == "trajectory" and top_fraction < 1, seed=seed,
+                                    device=ctx.device, cache=out / "pairs.pt" if out is not None else None, progress=False)
+    if router == "auto":  # MSD partitions the conditions (class labels); without them, the noise (workbench extension)
+        labels = pairs_obj.cond
+        router = "cond" if isinstance(labels, Tensor) and not labels.is_floating_point() and labels.ndim == 1 else "noise"
+    if router == "cond" and not isinstance(pairs_obj.cond, Tensor):
         raise ValueError(f"router='cond' needs class labels, but domain {ctx.domain.name!r} generates without cond; "
                          "use router='noise'")
-    renoised = None
-    if states == "renoise" and top_fraction < 1:
-        renoised = build_renoised_couplings(ctx.teacher, ctx.process, pairs, grid, per_pair=renoise_per_pair, sampler=teacher_sampler,
-                                            seed=POOL_SEED_OFFSET + seed + 1, device=ctx.device,
-                                            cache=out / "pairs_renoised.pt" if out is not None else None)
-    obj = MultiStudentRegression(ctx.process, n_students, router, pairs.timesteps, **obj_kw)
-    routes = route_samples(router, n_students, pairs.noise, pairs.cond, pairs.mask, ctx.process)
-    data = StratifiedPairs(pairs, routes, n_students, renoised)
+    routes = route_samples(router, n_students, pairs_obj.noise, pairs_obj.cond, pairs_obj.mask, ctx.process)
     names = [student_name(k) for k in range(n_students)]
-    nets = {s: make_student(ctx, sspec, init=init) for s in names}
-    nets["teacher"] = ctx.teacher
-    inner = {"kind": "consistency", "student": sspec, "parameterization": parameterization, "sigma_data": float(sigma_data),
-             "timesteps": None}
-    spec = {"kind": "multi_student", "n": n_students, "router": router, "inner": inner}
     proc = ctx.process
+    info = {"objective": objective, "n_students": n_students, "router": router, "pool": len(pairs_obj),
+            "pairs_per_student": None, "teacher_sampler": teacher_sampler, "teacher_steps": teacher_steps}
+
+    if regression:
+        renoised = None
+        if states == "renoise" and top_fraction < 1:
+            renoised = build_renoised_couplings(ctx.teacher, proc, pairs_obj, grid, per_pair=renoise_per_pair, sampler=teacher_sampler,
+                                                seed=POOL_SEED_OFFSET + seed + 1, device=ctx.device,
+                                                cache=out / "pairs_renoised.pt" if out is not None else None)
+        obj = MultiStudentRegression(proc, n_students, router, pairs_obj.timesteps, **reg_kw)
+        data = StratifiedPairs(pairs_obj, routes, n_students, renoised)
+        nets = {s: make_student(ctx, sspec, init=init) for s in names}
+        inner = {"kind": "consistency", "student": sspec, "parameterization": parameterization, "sigma_data": float(sigma_data),
+                 "timesteps": None}
+        param, sd, ts_spec, defaults = parameterization, sigma_data, None, {}
+        info.update(states=states)
+    else:
+        if dm_noise == "cell" and router != "noise":
+            raise ValueError(f"dm_noise='cell' needs router='noise', got router={router!r}; valid for it: prior")
+        pool_reals = router == "noise" and dm_noise == "prior" and float(gan_weight) > 0
+        obj = MultiStudentDM(proc, n_students, router, grid_gen, gan_reals="pool" if pool_reals else "part", **dm_kw)
+        data = StratifiedPairs(pairs_obj, routes, n_students, None, dm_noise=dm_noise,
+                               shared_pairs=(float(regression_weight) > 0 and pairs == "shared") or pool_reals, process=proc)
+        base_student = make_student(ctx, sspec, init=init)
+        run_tsm = bool(sspec["backbone"]) if tsm == "auto" else bool(tsm)
+        if run_tsm:
+            base_student, info["tsm_seconds"] = _run_tsm(ctx, base_student, pairs_obj, tsm_data=tsm_data, steps=tsm_steps,
+                                                         overrides=tsm_train, t_min=t_min, t_max=t_max, out=out)
+        info["tsm"] = run_tsm
+        nets = {s: copy.deepcopy(base_student).train().requires_grad_(True) for s in names}
+        fspec = student_spec(ctx.teacher, ctx.domain)
+        for k in range(n_students):
+            nets[fake_name(k)] = make_student(ctx, fspec)
+            if float(gan_weight) > 0:
+                from .score_distill import Discriminator
+
+                nets[disc_name(k)] = Discriminator(make_student(ctx, fspec))
+        param, sd, ts_spec = "x0", 0.5, [float(t) for t in grid_gen]
+        inner = {"kind": "consistency", "student": sspec, "parameterization": "x0", "sigma_data": 0.5, "timesteps": ts_spec}
+        defaults = {"lr": 1e-3, "ema_decay": 0.99}  # as the DMD2 recipe
+        info.update(regression_weight=float(regression_weight), pairs=pairs, gan_weight=float(gan_weight), dm_noise=dm_noise,
+                    generator_every=int(generator_every))
+    info["pairs_per_student"] = data.counts()
+    nets["teacher"] = ctx.teacher
+    spec = {"kind": "multi_student", "n": n_students, "router": router, "inner": inner}
+    info["student_params"] = sum(p.numel() for p in nets[names[0]].parameters())
+    trainable = list(names) + [n for n in nets if n.startswith(("fake_", "disc_"))]
 
     def make_generator(n):
-        return MultiStudentGenerator(nn.ModuleList([FewStepGenerator(n[s], proc, prediction=sspec["prediction"],
-                                                                     parameterization=parameterization, sigma_data=sigma_data)
+        return MultiStudentGenerator(nn.ModuleList([FewStepGenerator(n[s], proc, prediction=sspec["prediction"], parameterization=param,
+                                                                     sigma_data=sd, timesteps=ts_spec)
                                                     for s in names]), router=router)
 
-    info = {"n_students": n_students, "router": router, "student_params": sum(p.numel() for p in nets[names[0]].parameters()),
-            "pool": len(pairs), "pairs_per_student": data.counts(), "teacher_sampler": teacher_sampler, "teacher_steps": teacher_steps,
-            "states": states}
-    return DistillSetup(obj, nets, names, list(names), spec, make_generator, data=data, info=info)
+    return DistillSetup(obj, nets, trainable, list(names), spec, make_generator, data=data, train_defaults=defaults, info=info)
+
+
+def _run_tsm(ctx: RecipeContext, student: nn.Module, pairs, *, tsm_data: str, steps: int, overrides: Optional[dict], t_min: float,
+             t_max: float, out: Optional[Path]):
+    """MSD's TSM stage (:class:`TeacherScoreMatching`) on ``student``: ``steps`` steps of the
+    shared loop on the domain's training data (``tsm_data="real"``) or the pool's teacher
+    samples; returns the trained (raw, not EMA) student and the seconds it took."""
+    from ..training import train
+    from .reflow import _train_config
+
+    cfg = _train_config(ctx, {"steps": int(steps), "progress": False, **dict(overrides or {})}, "tsm_train")
+    data = ctx.domain.train_data("train") if tsm_data == "real" else pairs
+    obj = TeacherScoreMatching(ctx.process, teacher_prediction=ctx.prediction, t_min=t_min, t_max=t_max)
+    res = train(obj, {"student": student, "teacher": ctx.teacher}, data, cfg, out_dir=None if out is None else out / "tsm",
+                trainable=["student"], ema=[], meta={"kind": "msd_tsm"})
+    return res.nets["student"], res.seconds
