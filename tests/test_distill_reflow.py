@@ -120,7 +120,7 @@ def gauss():
     d = ToyDomain(dataset="gmm")
     p = d.process()
     teacher = GaussTeacher(p)
-    pool = build_teacher_pairs(d, teacher, 256, sampler="dpm_solver_pp_3m", steps=40, timesteps=uniform_lambda(p, 40), seed=5,
+    pool = build_teacher_pairs(d, teacher, 256, sampler="dpm_solver_pp_3m", steps=80, timesteps=uniform_lambda(p, 80), seed=5,
                                progress=False)
     A, C = ode_map(p)
     return d, p, teacher, pool, StraightFlow(p, A, C)
