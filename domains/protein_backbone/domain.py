@@ -39,12 +39,13 @@ Self-conditioning at sampling time goes through the backbone's ``prepare_cond`` 
 network call of matching batch size), so every sampler and distilled generator uses it
 without knowing about it.
 
-Distillation (SiD with multistep sampling and noise modulation): the shipped students
-``checkpoints/sid_student_k8.safetensors`` / ``_k16`` come from
-``python -m domains.protein_backbone.distill_sid`` (:mod:`domains.protein_backbone.distill_sid`:
-``method="sid"`` with ``{"alpha": 1.0, "train_noise_scale": 0.8}``); their spec records the
-noise scale, so ``sample_generator(dom, gen, steps=8, n=16, seed=0)`` samples at 0.8 unless
-``noise_scale`` is given. One step fails (many clashes), as reported for SiD-distilled Proteina.
+Distillation (SiD with multistep sampling and noise modulation, Proteina-SiD's published
+recipe): the shipped students ``checkpoints/sid_student_k8.safetensors`` / ``_k16`` come from
+``python -m domains.protein_backbone.distill_sid`` (:mod:`domains.protein_backbone.distill_sid`,
+``METHOD_OPTIONS``: trained at noise scale 1, sampled at 0.45 with every noise term scaled, the
+first input included); their spec records the noise scale and ``scale_initial_noise``, so
+``sample_generator(dom, gen, steps=8, n=16, seed=0)`` samples as published unless
+``noise_scale`` is given.
 """
 from __future__ import annotations
 
