@@ -24,6 +24,12 @@ $(STAMP): pyproject.toml constraints.txt
 	# k-diffusion, a benchmark peer of `workbench bench peers` (only k_diffusion/sampling.py, loaded by
 	# path); its metadata pulls torchvision, clean-fid, wandb and more, which that file does not need
 	$(PY) -m pip install -q --no-deps $(KDIFF)
+	# optional Debian packages, installed only as root with apt (tests that need them skip otherwise):
+	# dssp (mkdssp 4.2, the secondary-structure reference) and theseus-examples (427 PDB files of 4
+	# globular families, read in place by the protein_backbone training set)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && ! (dpkg -s dssp && dpkg -s theseus-examples) >/dev/null 2>&1; then \
+	  (apt-get install -y -qq dssp theseus-examples || (apt-get update -qq && apt-get install -y -qq dssp theseus-examples)) >/dev/null 2>&1 \
+	  || echo "note: dssp / theseus-examples not installed; the tests that need them will skip"; fi
 	@touch $(STAMP)
 
 install: $(STAMP)

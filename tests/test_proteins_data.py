@@ -10,7 +10,7 @@ import torch
 
 from domains.proteins import data as D  # noqa: E402
 from domains.proteins.chain import AMINO_ACIDS, Chain  # noqa: E402
-from domains.proteins.geometry import ca_ca_distances  # noqa: E402
+from domains.proteins.geometry import ca_ca_distances, random_rotation  # noqa: E402
 from domains.proteins.ideal import ideal_chain  # noqa: E402
 from domains.proteins.io import write_chain  # noqa: E402
 
@@ -241,3 +241,55 @@ def test_full_package_data_set():
     assert abs(len(parts["train"]) / n - 0.8) < 0.05 and parts["val"] and parts["test"]
     seqs = {k: {c.sequence for c in v} for k, v in parts.items()}
     assert not (seqs["train"] & seqs["val"] or seqs["train"] & seqs["test"] or seqs["val"] & seqs["test"])
+
+
+# ---------------------------------------------------------------------------- the globular set
+def test_rg_ratio_separates_globular_from_extended_chains():
+    natives = D.dataset_chains("val", source="real")
+    ratios = np.array([D.rg_ratio(c.ca) for c in natives])
+    assert 0.8 < np.median(ratios) < 1.4  # the scaling law fits folded chains
+    i = np.arange(100, dtype=np.float64)
+    rod = np.stack([np.zeros(100), np.zeros(100), 3.8 * i], -1)  # a fully extended 100-mer
+    assert D.rg_ratio(rod) > 3.0
+    helix = ideal_chain("helix", 100, generator=torch.Generator().manual_seed(0))
+    assert D.rg_ratio(helix.ca) > D.GLOBULAR_RG_RATIO_MAX  # one long helix is a rod, not a globule
+    assert np.isnan(D.rg_ratio(np.zeros((1, 3))))
+
+
+def test_structural_families_group_same_fold_and_split_unrelated(tmp_path):
+    natives = [c for c in D.dataset_chains("val", source="real") if 60 <= len(c) <= 200][:3]
+    assert len(natives) == 3
+    R = np.asarray(random_rotation(torch.Generator().manual_seed(0)), dtype=np.float64)
+    g = np.random.default_rng(0)
+    copy = Chain(natives[0].name + "_copy", natives[0].sequence,
+                 (natives[0].coords @ R.T + 5.0 + 0.3 * g.standard_normal(natives[0].coords.shape)).astype(np.float32))
+    fam = D.structural_families(natives + [copy], cache_dir=tmp_path)
+    assert fam[3] == fam[0]  # a moved, slightly perturbed copy is the same family
+    assert len({fam[0], fam[1], fam[2]}) == 3  # three unrelated natives are three families
+    assert D.structural_families(natives + [copy], cache_dir=tmp_path) == fam  # cached, same answer
+
+
+def test_crop_sampler_weights():
+    chains = []
+    for c in D.dataset_chains("val", source="real"):  # three chains of distinct lengths
+        if all(len(c) != len(o) for o in chains):
+            chains.append(c)
+        if len(chains) == 3:
+            break
+    N = max(len(c) for c in chains)
+    s = D.CropSampler(chains, n_max=N, weights=[0.0, 1.0, 3.0])
+    b = s(2000, torch.Generator().manual_seed(0))  # whole chains: the mask length names the chain
+    drawn = b.mask.sum(1).long()
+    share = [float((drawn == len(c)).double().mean()) for c in chains]
+    assert share[0] == 0 and abs(share[2] - 0.75) < 0.03 and abs(sum(share) - 1) < 1e-9
+    for bad in ([1.0], [1.0, -1.0, 1.0], [0.0, 0.0, 0.0], [float("nan"), 1.0, 1.0]):
+        with pytest.raises(ValueError, match="weights"):
+            D.CropSampler(chains, n_max=32, weights=bad)
+
+
+def test_globular_dataset_held_out_splits_are_globular_subsets_of_real():
+    for split in ("val", "test"):
+        glob = D.dataset_chains(split, source="globular")
+        real = {c.name for c in D.dataset_chains(split, source="real")}
+        assert glob and {c.name for c in glob} <= real
+        assert all(c.meta["rg_ratio"] <= D.GLOBULAR_RG_RATIO_MAX for c in glob)

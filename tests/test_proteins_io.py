@@ -160,3 +160,68 @@ def test_write_validates_arguments(ubiquitin, tmp_path):
     # fmt overrides the suffix
     path = write_chain(ubiquitin, tmp_path / "x.txt", fmt="cif")
     assert path.read_text().startswith("data_")
+
+
+def _mkdssp_residues(path):
+    """Run mkdssp (classic output) on ``path``; return (number of residues it reports, stderr)."""
+    import shutil
+    import subprocess
+
+    out = Path(str(path) + ".dssp")
+    r = subprocess.run([shutil.which("mkdssp"), "--output-format", "dssp", str(path), str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = out.read_text().splitlines()
+    body = lines[[i for i, ln in enumerate(lines) if ln.startswith("  #  RESIDUE")][0] + 1:]
+    return sum(1 for ln in body if ln[13] != "!"), r.stderr
+
+
+@pytest.mark.parametrize("suffix", [".pdb", ".cif"])
+def test_mkdssp_reads_written_files(ubiquitin, tmp_path, suffix):
+    import shutil
+
+    if shutil.which("mkdssp") is None:
+        pytest.skip("mkdssp (Debian package 'dssp') is not installed")
+    other = Chain("b", ubiquitin.sequence, ubiquitin.coords + 40.0, meta={"chain_id": "B"})
+    ca_only = Chain("g", "X" * len(ubiquitin), ubiquitin.ca)  # a generated-style CA trace, N/C/O placed on writing
+    for name, chains, kw in (("one", [ubiquitin], {}), ("two", [ubiquitin, other], {}), ("ca", [ca_only], {"reconstruct": True})):
+        path = write_chain(chains, tmp_path / f"{name}{suffix}", **kw)
+        if suffix == ".pdb":
+            assert path.read_text().startswith("HEADER")  # mkdssp parses a file as PDB only then
+        n, err = _mkdssp_residues(path)
+        assert n == sum(len(c) for c in chains), (name, n, err)
+        assert "invalid" not in err.lower(), err
+        back = read_chains(path)
+        assert [len(c) for c in back] == [len(c) for c in chains]
+        for b, c in zip(back, chains):
+            if not kw:
+                assert np.abs(b.coords - c.coords).max() < 1e-3
+
+
+@pytest.mark.parametrize("suffix", [".pdb", ".cif"])
+def test_written_files_read_by_biotite_and_gemmi(ubiquitin, tmp_path, suffix):
+    other = Chain("b", ubiquitin.sequence, ubiquitin.coords + 40.0, meta={"chain_id": "B"})
+    path = write_chain([ubiquitin, other], tmp_path / f"two{suffix}")
+    import biotite.structure as struc
+
+    if suffix == ".pdb":
+        from biotite.structure.io.pdb import PDBFile
+
+        atoms = PDBFile.read(str(path)).get_structure(model=1)
+    else:
+        from biotite.structure.io.pdbx import CIFFile, get_structure
+
+        atoms = get_structure(CIFFile.read(str(path)), model=1)
+        # the polymer description agrees with the atoms (one entity per chain)
+        block = CIFFile.read(str(path)).block
+        scheme = block["pdbx_poly_seq_scheme"]
+        assert len(scheme["seq_id"].as_array()) == 2 * len(ubiquitin)
+        assert list(block["atom_site"]["label_entity_id"].as_array()[[0, -1]]) == ["1", "2"]
+    assert struc.get_chain_count(atoms) == 2 and struc.get_residue_count(atoms) == 2 * len(ubiquitin)
+    np.testing.assert_allclose(atoms.coord[atoms.atom_name == "CA"][: len(ubiquitin)], ubiquitin.ca, atol=1e-3)
+    gemmi = pytest.importorskip("gemmi", reason="gemmi is not installed (optional test extra)")
+    st = gemmi.read_structure(str(path))
+    st.setup_entities()
+    assert [ch.name for ch in st[0]] == ["A", "B"]
+    assert [len(ch) for ch in st[0]] == [len(ubiquitin)] * 2
+    assert st[0]["A"].get_polymer().make_one_letter_sequence() == ubiquitin.sequence
+    assert all(e.polymer_type == gemmi.PolymerType.PeptideL for e in st.entities if e.entity_type == gemmi.EntityType.Polymer)

@@ -204,3 +204,128 @@ def test_bad_inputs_raise_value_error():
         M.tm_score(np.zeros((5, 2)), np.zeros((5, 3)))
     with pytest.raises(ValueError, match="reference"):
         M.novelty([np.zeros((5, 3))], [])
+
+
+def _other_native(n):
+    """An unrelated native chain (MDAnalysisTests dssp/1h4aX, 173 aa, crystallin), first n residues."""
+    import MDAnalysisTests
+
+    from domains.proteins.io import read_structure
+
+    c = read_structure(os.path.join(os.path.dirname(MDAnalysisTests.__file__), "data", "dssp", "1h4aX.pdb.gz"))
+    assert len(c) >= n
+    return c.ca[:n].astype(np.float64)
+
+
+def _tm_at(P, Q, R, t):
+    """TM-score of P against Q under the given superposition, re-derived (Zhang & Skolnick 2004 eq. 2-3)."""
+    L = len(Q)
+    d0 = max(1.24 * (L - 15) ** (1 / 3) - 1.8, 0.5)
+    d = np.linalg.norm(P @ R.T + t - Q, axis=1)
+    return float(np.sum(1 / (1 + (d / d0) ** 2)) / L)
+
+
+def test_tm_score_matched_self_rigid_and_against_tm_align():
+    ubq = _ubiquitin()
+    X = ubq.ca.astype(np.float64)
+    assert M.tm_d0(76) == pytest.approx(1.24 * 61 ** (1 / 3) - 1.8) and M.tm_d0(10) == 0.5
+    assert M.tm_score_matched(ubq, ubq) == pytest.approx(1.0, abs=1e-9)
+    Y = X @ _rotation(3).T + np.array([20.0, -5.0, 3.0])
+    assert M.tm_score_matched(Y, X) == pytest.approx(1.0, abs=1e-9)
+    assert M.tm_score_matched(torch.tensor(Y), torch.tensor(ubq.coords)) == pytest.approx(1.0, abs=1e-6)
+    rng = np.random.default_rng(0)
+    compared = 0
+    for sigma in (0.5, 1.0, 2.0):
+        noisy = X + rng.normal(scale=sigma, size=X.shape)
+        s, (R, t) = M.tm_score_matched(noisy, X, return_transform=True)
+        assert s == pytest.approx(_tm_at(noisy, X, R, t), abs=1e-9)  # the score is the TM of the returned superposition
+        r = M.tm_align(noisy, X)
+        if r["aligned_length"] == len(X):  # TM-align's alignment is the identity: both maximise the same sum
+            compared += 1
+            assert s == pytest.approx(r["tm_score"], abs=0.03)
+        assert s <= r["tm_score"] + 0.03  # TM-align may only gain by re-aligning
+    assert compared >= 2
+
+
+def test_tm_score_matched_baselines_are_low():
+    X = _ubiquitin().ca.astype(np.float64)
+    # an unrelated native chain of the same length: TM-align finds ~0.3 by re-aligning, fixed correspondence does not
+    assert M.tm_score_matched(_other_native(len(X)), X) < 0.3
+    rng = np.random.default_rng(1)
+    assert max(M.tm_score_matched(rng.normal(scale=10.0, size=X.shape), X) for _ in range(3)) < 0.2
+    assert M.tm_score_matched(_ideal_helix(len(X)), X) < 0.3
+    # missing residues: excluded pairwise; a missing predicted residue counts in L_ref with score 0
+    Xn = X.copy()
+    Xn[:10] = np.nan
+    assert M.tm_score_matched(Xn, X) == pytest.approx(66 / 76, abs=1e-9)
+    assert M.tm_score_matched(X, Xn) == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match="equal length"):
+        M.tm_score_matched(X[:50], X)
+
+
+def test_rg_and_rg_ratio():
+    # closed form: the 8 corners of a cube of side 2a have Rg = a sqrt(3)
+    cube = np.array([[x, y, z] for x in (-1.0, 1.0) for y in (-1.0, 1.0) for z in (-1.0, 1.0)]) * 2.0 + 5.0
+    assert M.rg(cube) == pytest.approx(2.0 * np.sqrt(3.0))
+    assert M.rg_ratio(cube) == pytest.approx(2.0 * np.sqrt(3.0) / (2.2 * 8 ** 0.38))
+    ubq = _ubiquitin()
+    assert 0.85 < M.rg_ratio(ubq) < 1.15  # globular native (measured 0.97)
+    line = np.arange(76)[:, None] * np.array([3.8, 0.0, 0.0])
+    assert M.rg_ratio(line) > 3.0
+    assert M.rg_ratio(ubq.ca * np.array([1, 1, -1])) == pytest.approx(M.rg_ratio(ubq))
+
+
+def _dssp_natives():
+    """All 50 chains of MDAnalysisTests data/dssp (helix, sheet and mixed proteins)."""
+    import glob
+
+    import MDAnalysisTests
+
+    from domains.proteins.io import read_structure
+
+    d = os.path.join(os.path.dirname(MDAnalysisTests.__file__), "data", "dssp")
+    files = sorted(f for f in glob.glob(os.path.join(d, "*.pdb.gz")) if os.path.exists(f[:-3] + ".dssp"))
+    assert len(files) == 50
+    return [read_structure(f) for f in files]
+
+
+def test_handedness_natives_mirror_coil():
+    nat = _dssp_natives()
+    pooled = M.handedness_pooled(nat)
+    # measured: right 0.398, left 0.028, ratio 14.0 (this set is beta-rich; per chain 0.7-61)
+    assert pooled["helical_right"] > 0.2 and pooled["handedness_ratio"] > 10, pooled
+    mirror = M.handedness_pooled([c.ca * np.array([1.0, 1.0, -1.0]) for c in nat])
+    assert mirror["handedness_ratio"] < 0.1
+    assert mirror["handedness_ratio"] == pytest.approx(1.0 / pooled["handedness_ratio"])  # exact reciprocal
+    per_chain = np.array([M.handedness(c)["handedness_ratio"] for c in nat])
+    assert np.median(per_chain) > 8 and (per_chain > 1).mean() > 0.9
+    assert M.handedness(_ubiquitin())["handedness_ratio"] > 5
+    # an ideal right-handed alpha helix: every CA torsion ~ +50 deg
+    h = M.handedness(_ideal_helix(30))
+    assert h["helical_right"] == 1.0 and h["helical_left"] == 0.0 and h["handedness_ratio"] == 28.0
+    # random coil (3.8 A steps, isotropic directions) and i.i.d. noise have no handedness
+    coil = M.handedness_pooled([_random_coil(200, s) for s in range(4)])
+    noise = M.handedness_pooled([np.random.default_rng(s).normal(scale=10, size=(200, 3)) for s in range(4)])
+    for h in (coil, noise):
+        assert 0.7 < h["handedness_ratio"] < 1.4 and h["helical_right"] < 0.2, h
+    # independent re-derivation of one torsion (helix: CA(i..i+3))
+    a, b, c, d = _ideal_helix(4)
+    b1, b2, b3 = b - a, c - b, d - c
+    n1, n2 = np.cross(b1, b2), np.cross(b2, b3)
+    tau = np.degrees(np.arctan2(np.dot(np.cross(n1, n2), b2 / np.linalg.norm(b2)), np.dot(n1, n2)))
+    assert M.ca_torsions(_ideal_helix(4))[0] == pytest.approx(tau)
+
+
+def test_backbone_metrics_new_columns():
+    ubq = _ubiquitin()
+    out = M.backbone_metrics([ubq, Chain("c", "X" * 76, _random_coil(76, 0))], dssp_backend="pydssp")
+    for k in ("dssp_helix", "dssp_strand", "dssp_helix_runs7", "dssp_strand_runs3", "helical_right", "helical_left",
+              "handedness_ratio", "rg_mean", "rg_ratio_mean", "helix", "ca_ca_outlier_fraction", "clashes_mean"):
+        assert k in out and isinstance(out[k], float), k
+    from domains.proteins.dssp import dssp_fractions
+
+    f = dssp_fractions(ubq, backend="pydssp")
+    assert out["dssp_helix"] == pytest.approx(f["dssp_helix"] / 2 + dssp_fractions(_random_coil(76, 0), backend="pydssp")["dssp_helix"] / 2)
+    h1, h2 = M.handedness(ubq), M.handedness(_random_coil(76, 0))
+    assert out["handedness_ratio"] == pytest.approx((h1["n_right"] + h2["n_right"] + 1) / (h1["n_left"] + h2["n_left"] + 1))
+    assert "dssp_helix" not in M.backbone_metrics([ubq], dssp_backend=None)

@@ -9,8 +9,11 @@ Proteina's time ``tau = 1 - t``.
 
 Config keys (``domain.*``):
 
-* ``data``: ``real`` (default; chains from installed packages), ``ideal`` (procedural helices,
-  strands, hairpins, bundles) or ``mixed`` (:func:`domains.proteins.data.dataset_chains`);
+* ``data``: ``globular`` (default; the real chains minus non-globular ones, plus the Debian
+  ``theseus-examples`` chains when installed, drawn with family and entry weights:
+  :func:`domains.proteins.data.globular_dataset`), ``real`` (all chains from installed
+  packages), ``ideal`` (procedural helices, strands, hairpins, bundles) or ``mixed``
+  (:func:`domains.proteins.data.dataset_chains`);
 * ``root``: a user directory of PDB/mmCIF files (replaces the installed set);
 * ``n_max``: crop / padding length (default 128);
 * ``lengths``: list of lengths to generate (each sample draws one uniformly from its own seed);
@@ -65,7 +68,7 @@ from workbench.processes import RectifiedFlow
 from .nets import DEFAULT_NET, ProteinTransformer
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
-DATA_SOURCES = ("real", "ideal", "mixed")
+DATA_SOURCES = ("globular", "real", "ideal", "mixed")
 SPLITS = ("train", "val", "test")
 CONFIG_KEYS = ("data", "root", "n_max", "lengths", "net", "self_conditioning", "prediction", "loss_space", "time_sampler",
                "p_self_cond", "novelty_reference")
@@ -86,7 +89,7 @@ class ProteinBackboneDomain(Domain):
         unknown = sorted(set(config) - set(CONFIG_KEYS))
         if unknown:
             raise ValueError(f"unknown protein_backbone option(s) {unknown}; valid: {', '.join(CONFIG_KEYS)}")
-        config.setdefault("data", "real")
+        config.setdefault("data", "globular")
         config.setdefault("n_max", 128)
         config.setdefault("self_conditioning", True)
         config.setdefault("prediction", "velocity")
@@ -187,6 +190,8 @@ class ProteinBackboneDomain(Domain):
         net = dict(cfg.get("net") or {})
         if "coord_head" not in net:
             net["coord_head"] = "relative" if any(".rel_head." in k or k.startswith("rel_head.") for k in keys) else "linear"
+        if "chiral" not in net:  # headers written before the chiral features existed
+            net["chiral"] = any(".embed_local." in k or k.startswith("embed_local.") for k in keys)
         self.config["net"] = {**DEFAULT_NET, **net}
         for k in ("self_conditioning", "prediction"):
             if k in cfg:
@@ -211,7 +216,9 @@ class ProteinBackboneDomain(Domain):
         ``n_max``, random rotations, Angstrom -> nm)."""
         from domains.proteins.data import CropSampler
 
-        return CropSampler(self.chains(split), n_max=self.n_max, scale=SCALE)
+        chains = self.chains(split)
+        weights = [c.meta.get("sample_weight", 1.0) for c in chains] if self.config["data"] == "globular" else None
+        return CropSampler(chains, n_max=self.n_max, scale=SCALE, weights=weights)
 
     def length_histogram(self) -> tuple[Tensor, Tensor]:
         """``(lengths [K] long, probabilities [K] float64)`` of training crop lengths

@@ -49,11 +49,15 @@ from workbench.model import sinusoidal_embedding
 
 #: the domain's default network, that of the shipped teacher: the Proteina-like trunk with the
 #: relative (E(n)-GNN-style) coordinate head (see :class:`RelativeCoordHead` for the measured gain)
-DEFAULT_NET = {"dim": 128, "depth": 4, "heads": 4, "dim_pair": 32, "dim_cond": 64, "coord_head": "relative"}
+DEFAULT_NET = {"dim": 128, "depth": 4, "heads": 4, "dim_pair": 32, "dim_cond": 64, "coord_head": "relative", "chiral": True}
 #: the size used by tests
 TINY_NET = {"dim": 32, "depth": 1, "heads": 2, "dim_pair": 8, "dim_cond": 16}
 PREDICTIONS = ("x0", "velocity")
 COORD_HEADS = ("linear", "relative")
+#: length scale (nm) of the chiral features and frame-head output: one CA-CA virtual bond
+CHIRAL_LENGTH = 0.38
+#: sequence offsets whose frame-local displacements feed the chiral per-residue features
+NEIGHBOUR_OFFSETS = (-3, -2, -1, 1, 2, 3)
 
 
 def centre(x: Tensor, mask: Tensor) -> Tensor:
@@ -67,6 +71,74 @@ def position_index(mask: Tensor) -> Tensor:
     """Rank of each residue among the real ones ``[B, N]`` long (padding: clamped rank)."""
     real = (mask > 0.5).long()
     return (torch.cumsum(real, dim=1) - 1).clamp_min(0)
+
+
+def local_frames(x: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
+    """Right-handed orthonormal frame of every residue from its CA neighbours ``[B, N, 3, 3]``
+    (rows ``e1, e2, e3``): with ``u`` and ``v`` the unit vectors of the bonds ``i -> i+1`` and
+    ``i-1 -> i``, ``e2 = (u + v)/|u + v|`` (along the chain), ``e1 = (u - v)/|u - v|`` (the
+    bend, orthogonal to ``e2``) and ``e3 = e1 x e2``. Terminal residues take the frame of their
+    one interior neighbour; padding and chains shorter than 3 get zero frames. Real residues
+    are assumed contiguous in the row (the masks of this domain are prefixes).
+
+    Under a rotation ``R`` the frame rotates (``e_a -> R e_a``); under a reflection ``x -> -x``
+    ``e1, e2`` flip but the pseudo-vector ``e3`` does not: coordinates expressed in these frames
+    tell a structure from its mirror image, which distances and E(n)-style updates cannot."""
+    m = mask > 0.5
+    nxt = torch.roll(x, -1, dims=1)
+    prv = torch.roll(x, 1, dims=1)
+    m_n = torch.roll(m, -1, dims=1)
+    m_p = torch.roll(m, 1, dims=1)
+    m_n[:, -1] = False
+    m_p[:, 0] = False
+    interior = m & m_n & m_p
+    u = nxt - x
+    v = x - prv
+    u = u / (u.norm(dim=-1, keepdim=True) + eps)
+    v = v / (v.norm(dim=-1, keepdim=True) + eps)
+    e2 = u + v
+    e2 = e2 / (e2.norm(dim=-1, keepdim=True) + eps)
+    e1 = u - v
+    e1 = e1 / (e1.norm(dim=-1, keepdim=True) + eps)
+    e3 = torch.cross(e1, e2, dim=-1)
+    f = torch.stack([e1, e2, e3], dim=-2) * interior[..., None, None].to(x.dtype)  # [B, N, 3, 3]
+    # termini: the frame of the interior neighbour
+    f_next = torch.roll(f, -1, dims=1)
+    f_prev = torch.roll(f, 1, dims=1)
+    i_next = torch.roll(interior, -1, dims=1)
+    i_next[:, -1] = False
+    i_prev = torch.roll(interior, 1, dims=1)
+    i_prev[:, 0] = False
+    use_next = (m & ~interior & i_next)[..., None, None]
+    use_prev = (m & ~interior & ~i_next & i_prev)[..., None, None]
+    return torch.where(use_next, f_next, torch.where(use_prev, f_prev, f))
+
+
+def neighbour_geometry(x: Tensor, frames: Tensor, mask: Tensor, offsets=(-3, -2, -1, 1, 2, 3)) -> Tensor:
+    """Chiral local geometry ``[B, N, 3 * len(offsets)]``: the displacement ``x_{i+k} - x_i`` of
+    each sequence neighbour expressed in residue ``i``'s frame (:func:`local_frames`), zero where
+    ``i + k`` is not a real residue. Rotation invariant; the ``e3`` components change sign under
+    a reflection (with the CA virtual angles and torsions, this is the local shape of the chain
+    including its handedness)."""
+    m = mask > 0.5
+    B, N, _ = x.shape
+    feats = []
+    for k in offsets:
+        y = torch.roll(x, -k, dims=1)
+        ok = torch.roll(m, -k, dims=1) & m
+        idx = torch.arange(N, device=x.device)
+        ok = ok & ((idx + k >= 0) & (idx + k < N))[None, :]
+        d = torch.einsum("bnac,bnc->bna", frames, y - x)
+        feats.append(d * ok[..., None].to(x.dtype))
+    return torch.cat(feats, dim=-1)
+
+
+def pair_directions(x: Tensor, frames: Tensor, eps: float = 1e-6) -> Tensor:
+    """Unit direction of ``x_j - x_i`` in residue ``i``'s frame ``[B, N, N, 3]`` (zero on the
+    diagonal and at padding frames); its ``e3`` component is reflection-odd."""
+    diff = x[:, None, :, :] - x[:, :, None, :]  # [B, i, j, 3] = x_j - x_i
+    unit = diff / (diff.norm(dim=-1, keepdim=True) + eps)
+    return torch.einsum("biac,bijc->bija", frames, unit)
 
 
 class SelfCondState:
@@ -226,6 +298,7 @@ class NetConfig:
     prediction: str = "x0"
     coord_head: str = "linear"
     coord_hidden: int = 32
+    chiral: bool = False
 
 
 class ProteinTransformer(nn.Module):
@@ -273,6 +346,17 @@ class ProteinTransformer(nn.Module):
         if cfg.coord_head not in COORD_HEADS:
             raise ValueError(f"unknown coord_head {cfg.coord_head!r}; valid: {', '.join(COORD_HEADS)}")
         self.rel_head = RelativeCoordHead(d, dp, cfg.coord_hidden) if cfg.coord_head == "relative" else None
+        if cfg.chiral:
+            # signed local geometry in residue frames (see the module docstring); all three maps
+            # start at zero, so a non-chiral network fine-tuned with them starts as itself
+            n_off = len(NEIGHBOUR_OFFSETS)
+            self.embed_local = nn.Linear(2 * 3 * n_off, d)
+            self.pair_dir = nn.Linear(6, dp, bias=False)
+            self.frame_out = nn.Linear(d, 6, bias=False)
+            for lin in (self.embed_local, self.pair_dir, self.frame_out):
+                nn.init.zeros_(lin.weight)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
 
     @property
     def prediction(self) -> str:
@@ -302,16 +386,22 @@ class ProteinTransformer(nn.Module):
             return state.x0.to(x.dtype), state
         return torch.zeros_like(x), state
 
-    def pair_representation(self, x: Tensor, x_sc: Tensor, mask: Tensor) -> Tensor:
+    def pair_representation(self, x: Tensor, x_sc: Tensor, mask: Tensor, frames: Optional[tuple] = None) -> Tensor:
         """Pair representation ``[B, N, N, dim_pair]``: LayerNorm of embedded relative
-        sequence separation + binned CA distances of ``x`` and of ``x_sc`` (nm)."""
+        sequence separation + binned CA distances of ``x`` and of ``x_sc`` (nm) + (``chiral``)
+        a linear map of the frame-local pair directions of ``x`` and ``x_sc``
+        (:func:`pair_directions`, ``frames = (frames of x, frames of x_sc)``)."""
         cfg = self.cfg
         pos = position_index(mask)
         rel = (pos[:, None, :] - pos[:, :, None]).clamp(-cfg.max_rel, cfg.max_rel) + cfg.max_rel
         with torch.no_grad():
             b_x = distance_bins(torch.cdist(x, x), cfg.dist_min, cfg.dist_max, cfg.dist_bins)
             b_sc = distance_bins(torch.cdist(x_sc, x_sc), cfg.dist_min, cfg.dist_max, cfg.dist_bins)
-        return self.pair_norm(self.pair_rel(rel) + self.pair_dx(b_x) + self.pair_dsc(b_sc))
+        z = self.pair_rel(rel) + self.pair_dx(b_x) + self.pair_dsc(b_sc)
+        if cfg.chiral and frames is not None:
+            dirs = torch.cat([pair_directions(x, frames[0]), pair_directions(x_sc, frames[1])], dim=-1)
+            z = z + self.pair_dir(dirs)
+        return self.pair_norm(z)
 
     def forward(self, x: Tensor, t_in: Tensor, mask: Optional[Tensor] = None, cond: Any = None) -> Tensor:
         """``x [B, N, 3]`` (nm), ``t_in [B]`` process time, ``mask [B, N]`` -> ``[B, N, 3]``."""
@@ -328,11 +418,18 @@ class ProteinTransformer(nn.Module):
         pos = position_index(mask)
         w = self.embed_x.weight
         pos_emb = sinusoidal_embedding(pos.reshape(-1).to(w.dtype), cfg.freq_dim).reshape(B, N, -1).to(w.dtype)
-        h = (self.embed_x(xc) + self.embed_sc(x_sc) + self.embed_pos(pos_emb)) * m
+        h = self.embed_x(xc) + self.embed_sc(x_sc) + self.embed_pos(pos_emb)
+        frames = None
+        if cfg.chiral:
+            frames = (local_frames(xc, mask), local_frames(x_sc, mask))
+            local = torch.cat([neighbour_geometry(xc, frames[0], mask, NEIGHBOUR_OFFSETS),
+                               neighbour_geometry(x_sc, frames[1], mask, NEIGHBOUR_OFFSETS)], dim=-1)
+            h = h + self.embed_local(local / CHIRAL_LENGTH)
+        h = h * m
         c = self.embed_t(sinusoidal_embedding(1000.0 * t_in, cfg.freq_dim).to(w.dtype))[:, None, :].expand(B, N, -1)
         for tr in self.cond_tr:
             c = c + tr(c)
-        pair = self.pair_representation(xc, x_sc, mask)
+        pair = self.pair_representation(xc, x_sc, mask, frames)
         bias = self.pair_bias(pair).permute(0, 3, 1, 2)  # [B, depth * heads, N, N]
         H = cfg.heads
         for i, blk in enumerate(self.blocks):
@@ -340,6 +437,10 @@ class ProteinTransformer(nn.Module):
         out = self.out(self.out_norm(h)) * m
         if self.rel_head is not None:
             out = out + self.rel_head(h, pair, xc, x_sc, mask)
+        if cfg.chiral:
+            o = self.frame_out(self.out_norm(h))  # [B, N, 6]: components along the frames of x and x_sc
+            out = out + (torch.einsum("bna,bnac->bnc", o[..., :3], frames[0])
+                         + torch.einsum("bna,bnac->bnc", o[..., 3:], frames[1])) * CHIRAL_LENGTH * m
         if state is not None:
             with torch.no_grad():
                 est = out if cfg.prediction == "x0" else xc - t_in[:, None, None] * out

@@ -33,7 +33,7 @@ from workbench.utils import atomic_path
 
 from .chain import UNKNOWN_TOKEN, Chain
 from .geometry import random_rotation
-from .io import StructureError, read_chains, structure_format
+from .io import StructureError, read_chains, structure_format, structure_stem
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,19 @@ SAME_PROTEIN_KMER = 3
 SAME_PROTEIN_THRESHOLD = 0.5
 CACHE_VERSION = 1
 SPLITS = ("train", "val", "test")
-SOURCES = ("real", "ideal", "mixed")
+SOURCES = ("real", "ideal", "mixed", "globular")
+#: the Debian package ``theseus-examples`` (427 PDB files of 4 protein families), read in place
+#: when installed (``apt-get install theseus-examples``); its sub-folders are the families
+THESEUS_EXAMPLES_DIR = Path("/usr/share/doc/theseus/examples")
+#: globularity filter of ``source="globular"``: radius of gyration over the globular scaling law
+#: ``Rg = 2.2 L^0.38`` A (Skolnick et al. 1997; Hong & Lei, J. Mol. Biol. 2009). Chains above
+#: this ratio are extended / not compact (e.g. ribosomal proteins outside their ribosome)
+GLOBULAR_RG_RATIO_MAX = 1.3
+#: structural family threshold: TM-score (TM-align, normalised by the shorter chain) >= 0.5 is
+#: the same fold (Xu & Zhang, Bioinformatics 2010)
+FAMILY_TM_THRESHOLD = 0.5
+#: the most chains one entry (source file) may weigh in the training draw
+ENTRY_CAP = 4
 #: number of procedural chains per split of ``dataset_chains(source="ideal")``
 IDEAL_SPLIT_SIZES = {"train": 160, "val": 20, "test": 20}
 IDEAL_LENGTH_RANGE = (50, 250)
@@ -346,8 +358,10 @@ def dataset_chains(split: str = "train", *, source: str = "real", root: Optional
     Args:
         split: ``train``, ``val``, ``test`` or ``all``.
         source: ``real`` (:func:`load_chains` of the package files, or of ``root``, split by
-            :func:`split_chains` with seed 0), ``ideal`` (:func:`ideal_dataset`), ``mixed``
-            (real followed by ideal).
+            :func:`split_chains` with seed 0), ``globular`` (:func:`globular_dataset`: real
+            minus non-globular chains, plus ``theseus-examples`` when installed, with family and
+            entry sampling weights), ``ideal`` (:func:`ideal_dataset`), ``mixed`` (real followed
+            by ideal).
         root: a user directory (or file) of PDB/mmCIF files replacing the package files.
     """
     if split not in SPLITS + ("all",):
@@ -359,6 +373,9 @@ def dataset_chains(split: str = "train", *, source: str = "real", root: Optional
         return list(_MEMO[key])
     splits = SPLITS if split == "all" else (split,)
     chains: list[Chain] = []
+    if source == "globular":
+        for s in splits:
+            chains += globular_dataset(s, root=root)
     if source in ("real", "mixed"):
         real = load_chains(root)
         parts = split_chains(real, seed=0)
@@ -369,6 +386,135 @@ def dataset_chains(split: str = "train", *, source: str = "real", root: Optional
             chains += ideal_dataset(s)
     _MEMO[key] = chains
     return list(chains)
+
+
+# ------------------------------------------------------------------------------- globular set
+def rg_ratio(ca) -> float:
+    """Radius of gyration of a CA trace ``[L, 3]`` (A, NaN rows dropped) over ``2.2 L^0.38`` A,
+    the globular-protein scaling law (~1 for compact globular chains)."""
+    a = np.asarray(ca, dtype=np.float64)
+    a = a[np.isfinite(a).all(-1)]
+    if len(a) < 2:
+        return float("nan")
+    rg = float(np.sqrt(((a - a.mean(0)) ** 2).sum(-1).mean()))
+    return rg / (2.2 * len(a) ** 0.38)
+
+
+def theseus_families() -> dict[str, list[Path]]:
+    """``{family: files}`` of the Debian ``theseus-examples`` package (empty when it is not
+    installed): each sub-folder (``cytochromes``, ``ldh``, ``trypsins``) is a family, each
+    top-level file (NMR ensembles) its own."""
+    root = THESEUS_EXAMPLES_DIR
+    if not root.is_dir():
+        return {}
+    fams: dict[str, list[Path]] = {}
+    for p in sorted(root.rglob("*"), key=lambda q: q.as_posix()):
+        if not _is_structure_file(p):
+            continue
+        rel = p.relative_to(root)
+        fam = rel.parts[0] if len(rel.parts) > 1 else structure_stem(p)
+        fams.setdefault(f"theseus/{fam}", []).append(p)
+    return fams
+
+
+def structural_families(chains: Sequence[Chain], *, threshold: float = FAMILY_TM_THRESHOLD, min_length_ratio: float = 0.6,
+                        cache_dir: Union[None, PathArg, bool] = None) -> list[int]:
+    """Family index of each chain by greedy leader clustering on structure (as CD-HIT does on
+    sequence, here with TM-align): chains are visited longest first; a chain joins the first
+    family whose leader it matches with TM-score >= ``threshold`` normalised by its own (the
+    shorter) length, else it leads a new family. Leaders shorter than ``min_length_ratio``
+    times the chain are not compared (a TM-score >= 0.5 needs that much coverage anyway).
+    Deterministic; cached by the chains' names and sequences. Returns ``[len(chains)]`` ints
+    numbering families in order of first appearance in ``chains``."""
+    from .metrics import tm_align
+
+    n = len(chains)
+    blob = json.dumps({"v": 1, "t": threshold, "r": min_length_ratio, "c": [[c.name, c.sequence] for c in chains]})
+    key = hashlib.sha256(blob.encode()).hexdigest()[:20]
+    path = None
+    if cache_dir is not False:
+        root = _default_cache_dir() if cache_dir is None else Path(cache_dir)
+        path = root / "proteins" / f"families_{key}.json"
+        if path.exists():
+            try:
+                fam = json.loads(path.read_text())
+                if isinstance(fam, list) and len(fam) == n:
+                    return [int(v) for v in fam]
+            except (OSError, ValueError):
+                pass
+    order = sorted(range(n), key=lambda i: (-len(chains[i]), i))
+    leaders: list[int] = []
+    label = [-1] * n
+    for i in order:
+        for li in leaders:
+            if len(chains[li]) * min_length_ratio > len(chains[i]) or len(chains[i]) * min_length_ratio > len(chains[li]):
+                continue
+            r = tm_align(chains[i].ca, chains[li].ca)
+            if max(r["tm_score"], r["tm_score_p"]) >= threshold:
+                label[i] = label[li]
+                break
+        if label[i] < 0:
+            label[i] = i
+            leaders.append(i)
+    remap: dict[int, int] = {}
+    fam = [remap.setdefault(v, len(remap)) for v in label]
+    if path is not None:
+        try:
+            with atomic_path(path) as tmp:
+                Path(tmp).write_text(json.dumps(fam))
+        except OSError as exc:
+            log.warning("could not write the family cache %s (%s)", path, exc)
+    return fam
+
+
+def _with_meta(c: Chain, **meta) -> Chain:
+    return Chain(c.name, c.sequence, c.coords, c.source, c.reconstructed, {**c.meta, **meta})
+
+
+def globular_dataset(split: str = "train", *, root: Optional[PathArg] = None, theseus: bool = True) -> list[Chain]:
+    """The curated set of ``source="globular"`` (the ``protein_backbone`` default):
+
+    1. the real chains (:func:`load_chains` of the package files or ``root``) split by protein
+       exactly as ``source="real"`` (so held-out chains are the same proteins);
+    2. non-globular chains dropped from every split: :func:`rg_ratio` > :data:`GLOBULAR_RG_RATIO_MAX`;
+    3. train only: the ``theseus-examples`` chains (when the Debian package is installed and no
+       ``root`` is given), minus any near-identical in sequence to a held-out chain, also
+       filtered by globularity;
+    4. train only: structural families (:func:`structural_families` for the real chains, the
+       package's folders for theseus) and a sampling weight per chain,
+       ``1 / sqrt(family size) * min(1, ENTRY_CAP / chains of its entry)``: no fold family and
+       no entry (source file, e.g. one ribosome) dominates the draw.
+
+    Chains carry ``meta["family"]`` and ``meta["sample_weight"]`` (train) and ``meta["rg_ratio"]``.
+    """
+    real = load_chains(root)
+    parts = split_chains(real, seed=0)
+    keep = {s: [_with_meta(c, rg_ratio=rg_ratio(c.ca)) for c in parts[s]] for s in SPLITS}
+    keep = {s: [c for c in v if c.meta["rg_ratio"] <= GLOBULAR_RG_RATIO_MAX] for s, v in keep.items()}
+    if split in ("val", "test"):
+        return keep[split]
+    train = keep["train"]
+    fam_idx = structural_families(train)
+    train = [_with_meta(c, family=f"structure/{f}") for c, f in zip(train, fam_idx)]
+    if theseus and root is None:
+        held = parts["val"] + parts["test"]
+        for fam, files in theseus_families().items():
+            for c in load_chains(files):
+                if any(sequence_similarity(c.sequence, h.sequence) >= SAME_PROTEIN_THRESHOLD for h in held):
+                    continue
+                r = rg_ratio(c.ca)
+                if r <= GLOBULAR_RG_RATIO_MAX:
+                    train.append(_with_meta(c, family=fam, rg_ratio=r))
+    fam_size: dict[str, int] = {}
+    entry_size: dict[str, int] = {}
+    for c in train:
+        fam_size[c.meta["family"]] = fam_size.get(c.meta["family"], 0) + 1
+        entry_size[c.source] = entry_size.get(c.source, 0) + 1
+    out = []
+    for c in train:
+        w = fam_size[c.meta["family"]] ** -0.5 * min(1.0, ENTRY_CAP / entry_size[c.source])
+        out.append(_with_meta(c, sample_weight=float(w)))
+    return out
 
 
 def length_histogram(chains: Sequence[Chain]) -> dict[int, float]:
@@ -392,7 +538,9 @@ class CropSampler:
       "residue_index": long [B, n_max]}``; the residue index is the 0-based position in the
       source chain (``crop start + arange``), 0 at padding.
 
-    Chains are drawn uniformly; chains longer than ``n_max`` are cropped to a uniformly random
+    Chains are drawn uniformly, or with probability proportional to ``weights`` (one
+    non-negative number per chain, e.g. ``meta["sample_weight"]`` of :func:`globular_dataset`);
+    chains longer than ``n_max`` are cropped to a uniformly random
     contiguous window of ``n_max`` residues; with ``rotate`` every sample gets an independent
     uniform random rotation (:func:`~domains.proteins.geometry.random_rotation`). All
     randomness is drawn from ``generator`` in a fixed order (chain indices, crop offsets,
@@ -400,11 +548,16 @@ class CropSampler:
     """
 
     def __init__(self, chains: Sequence[Chain], *, n_max: int, min_len: Optional[int] = None, rotate: bool = True,
-                 scale: float = 1.0):
+                 scale: float = 1.0, weights: Optional[Sequence[float]] = None):
         if int(n_max) < 1:
             raise ValueError(f"CropSampler: n_max must be >= 1, got {n_max}")
-        keep = [c for c in chains if min_len is None or len(c) >= int(min_len)]
-        keep = [c for c in keep if len(c) > 0 and np.isfinite(c.ca).all()]
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if len(weights) != len(chains) or any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+                raise ValueError(f"CropSampler: weights must be {len(chains)} finite non-negative numbers with a positive sum")
+        ok = [(min_len is None or len(c) >= int(min_len)) and len(c) > 0 and np.isfinite(c.ca).all() for c in chains]
+        keep = [c for c, k in zip(chains, ok) if k]
+        self.weights = None if weights is None else torch.tensor([w for w, k in zip(weights, ok) if k], dtype=torch.float64)
         if not keep:
             raise ValueError(f"CropSampler: no chain with a finite CA trace and at least {min_len} residues "
                              f"(got {len(chains)} chains)")
@@ -423,7 +576,10 @@ class CropSampler:
         B, N = int(batch_size), self.n_max
         if B < 1:
             raise ValueError(f"CropSampler: batch_size must be >= 1, got {batch_size}")
-        idx = torch.randint(len(self.chains), (B,), generator=generator)
+        if self.weights is None:
+            idx = torch.randint(len(self.chains), (B,), generator=generator)
+        else:
+            idx = torch.multinomial(self.weights, B, replacement=True, generator=generator)
         u = torch.rand(B, generator=generator, dtype=torch.float64)
         R = random_rotation(generator, n=B) if self.rotate else None
         x = torch.zeros(B, N, 3)

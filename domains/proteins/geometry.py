@@ -260,24 +260,109 @@ def fit_backbone_model(chains) -> np.ndarray:
     return coef.reshape(-1, 3, 3).transpose(1, 0, 2)
 
 
+#: range of the peptide's in-plane angle opening (degrees, added to both CA-C-N and C-N-CA)
+#: that :func:`reconstruct_backbone` uses to span CA-CA distances other than 3.80 A
+_PEPTIDE_FLEX = (-25.0, 25.0)
+
+
+def _peptide_template(delta, cis: bool = False):
+    """Ideal trans (or ``cis``) peptide CA(i), C(i), O(i), N(i+1), CA(i+1) in its own plane, for in-plane
+    angle offsets ``delta`` ``[n]`` (degrees; CA-C-N = 116.2 + delta, C-N-CA = 121.7 + delta,
+    CA-C-O = 120.5, all bond lengths Engh & Huber).
+
+    Returns ``(d [n], xy [n, 3, 2])``: the CA(i)-CA(i+1) distance and the in-plane coordinates
+    of C(i), O(i), N(i+1) with CA(i) at the origin, CA(i+1) on the +x axis and C(i) at y > 0."""
+    delta = np.asarray(delta, dtype=np.float64)
+    t1 = np.deg2rad(ANGLE_CA_C_N + delta)
+    t2 = np.deg2rad(ANGLE_C_N_CA + delta)
+    zero = np.zeros_like(delta)
+    c = np.stack([np.full_like(delta, BOND_CA_C), zero], -1)                       # CA -> C along +x
+    # walk the zigzag (trans: omega = 180): turn by (pi - t1) at C, then back by (pi - t2) at N;
+    # cis (omega = 0): turn the same way twice
+    a1 = np.pi - t1
+    n = c + BOND_C_N * np.stack([np.cos(a1), np.sin(a1)], -1)
+    a2 = a1 + (np.pi - t2) if cis else a1 - (np.pi - t2)
+    ca1 = n + BOND_N_CA * np.stack([np.cos(a2), np.sin(a2)], -1)
+    # O: CA-C-O = 120.5 on the side of C away from N
+    a_o = np.pi + np.deg2rad(ANGLE_CA_C_O)                      # C->CA points along pi; N lies at pi - t1
+    o = c + BOND_C_O * np.stack([np.cos(a_o + zero), np.sin(a_o + zero)], -1)
+    # rotate so that CA(i+1) lies on +x
+    ang = np.arctan2(ca1[..., 1], ca1[..., 0])
+    cos, sin = np.cos(-ang)[..., None], np.sin(-ang)[..., None]
+    rot = lambda p: np.stack([cos[..., 0] * p[..., 0] - sin[..., 0] * p[..., 1],  # noqa: E731
+                              sin[..., 0] * p[..., 0] + cos[..., 0] * p[..., 1]], -1)
+    xy = np.stack([rot(c), rot(o), rot(n)], -2)
+    xy[..., 1] *= np.where(xy[..., 0, 1] < 0, -1.0, 1.0)[..., None]                  # C(i) at y > 0
+    return np.linalg.norm(ca1, axis=-1), xy
+
+
+#: weights of the predicted C(i), O(i), N(i+1) in the plane-rotation fit
+_PEPTIDE_FIT_WEIGHTS = (1.0, 1.0, 1.0)
+_FLEX_GRID = np.linspace(_PEPTIDE_FLEX[0], _PEPTIDE_FLEX[1], 201)
+_FLEX_D = _peptide_template(_FLEX_GRID)[0]  # CA-CA distance, increasing in delta
+_FLEX_D_CIS = _peptide_template(_FLEX_GRID, cis=True)[0]
+#: CA-CA distances below this are built as cis peptides (ideal cis 2.77 A, e.g. cis-proline)
+_CIS_BELOW = 0.5 * (_FLEX_D_CIS[100] + _FLEX_D[0])
+
+
+def _place_peptides(ca_a: np.ndarray, ca_b: np.ndarray, target: np.ndarray, weights=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """Ideal peptide planes between consecutive CAs ``ca_a -> ca_b`` ``[n, 3]``, each rotated
+    about the CA-CA axis to best fit ``target`` ``[n, 3, 3]`` (approximate C(i), O(i), N(i+1)).
+    Returns ``[n, 3, 3]`` positions of C(i), O(i), N(i+1).
+
+    The in-plane angles open or close (:data:`_PEPTIDE_FLEX`) so that all bond lengths stay ideal
+    and the plane spans the given CA-CA distance; beyond that range the template is kept at
+    the nearest end and C(i) is placed from CA(i), N(i+1) from CA(i+1), so the remaining gap
+    shows up in the C-N bond (a broken trace gives a broken peptide bond)."""
+    axis = ca_b - ca_a
+    d = np.linalg.norm(axis, axis=-1)
+    u = _normalize(axis)
+    delta = np.interp(d, _FLEX_D, _FLEX_GRID)                                        # clamps at the ends
+    d_t, xy = _peptide_template(delta)                                               # [n], [n, 3, 2]
+    cis = d < _CIS_BELOW
+    if cis.any():
+        d_c, xy_c = _peptide_template(np.interp(d[cis], _FLEX_D_CIS, _FLEX_GRID), cis=True)
+        d_t[cis], xy[cis] = d_c, xy_c
+    # the best rotation about u: maximise sum_k y_k (t_k . v(phi)), v = cos(phi) e1 + sin(phi) e2
+    ref = np.where(np.abs(u[:, :1]) < 0.9, np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]))
+    e1 = _normalize(np.cross(u, ref))
+    e2 = np.cross(u, e1)
+    # targets relative to the point on the axis where each atom's template foot lies
+    origin = np.stack([ca_a, ca_a, ca_b], 1)                                          # C, O from CA(i); N from CA(i+1)
+    x_off = xy[..., 0] - np.stack([np.zeros_like(d_t), np.zeros_like(d_t), d_t], -1)  # x relative to its origin
+    rel = target - origin - x_off[..., None] * u[:, None]
+    y = xy[..., 1] * np.asarray(weights, dtype=np.float64)
+    s1 = (y * (rel * e1[:, None]).sum(-1)).sum(-1)
+    s2 = (y * (rel * e2[:, None]).sum(-1)).sum(-1)
+    phi = np.arctan2(s2, s1)
+    v = np.cos(phi)[:, None] * e1 + np.sin(phi)[:, None] * e2
+    return origin + x_off[..., None] * u[:, None] + xy[..., 1][..., None] * v[:, None]
+
+
 def reconstruct_backbone(ca) -> np.ndarray:
-    """Place N, C and O around a CA trace: ``ca`` ``[L, 3]`` -> ``[L, 4, 3]`` (N, CA, C, O).
+    """Place N, C and O around a CA trace: ``ca`` ``[L, 3]`` -> ``[L, 4, 3]`` (N, CA, C, O), with
+    ideal peptide geometry.
 
-    Data-driven local placement in the spirit of Milik, Kolinski & Skolnick (J. Comput. Chem.
-    1997): in the frame of CA(i-1), CA(i), CA(i+1), the unit directions CA->N and CA->C and
-    the offset CA->O are linear functions of 39 local trace features (see
-    :func:`_local_features`: neighbouring CA distances and virtual torsions). N and C are then
-    put at the ideal bond lengths N-CA 1.458 A and CA-C 1.525 A (Engh & Huber), and O at
-    C=O 1.231 A from C towards the predicted O. Chain ends: the trace is extended by three
-    phantom CAs per side that continue its local conformation; traces shorter than 3 residues
-    get helper points.
+    Each peptide unit CA(i), C(i), O(i), N(i+1), CA(i+1) is a rigid planar trans peptide with
+    Engh & Huber bond lengths (N-CA 1.458, CA-C 1.525, C-N 1.329, C=O 1.231 A) and angles
+    (CA-C-N 116.2, C-N-CA 121.7, CA-C-O 120.5 deg), built in the plane that contains CA(i) and
+    CA(i+1) (NeRF-like, :func:`_peptide_template`). Its only free parameter, the rotation of
+    the plane about the CA(i)-CA(i+1) axis, is fitted per peptide (closed-form least squares,
+    :func:`_place_peptides`) to approximate C(i), O(i), N(i+1) positions predicted from the
+    local CA geometry by the linear model of :data:`_BACKBONE_COEF` (in the spirit of Milik,
+    Kolinski & Skolnick, J. Comput. Chem. 1997; Purisima & Scheraga 1984 for the peptide-plane
+    idea). CA-CA distances other than 3.80 A (imperfect traces) are spanned by opening or
+    closing CA-C-N and C-N-CA together by up to 25 deg, keeping every bond length ideal; CA-CA
+    distances below 3.06 A are built as cis peptides (ideal 2.77 A with these angles; e.g.
+    cis-proline). For CA-CA distances of 3.06-3.34 A or above 4.13 A the gap that remains shows as a stretched or
+    compressed C(i)-N(i+1) (a broken trace stays broken). Chain ends: the trace is extended by
+    phantom CAs that continue its local conformation; traces shorter than 3 residues get
+    helper points.
 
-    The coefficient table :data:`_BACKBONE_COEF` was fitted once with
-    :func:`fit_backbone_model` on the interior residues of the 51 unbroken segments (6,953
-    residues) of the MDAnalysisTests ``dssp/*.pdb.gz`` chains. Measured on held-out chains
-    (adk, ubiquitin 1UBI, BPTI 5PTI, enolase 3ENL, HIV protease 1HVR, 1AKE; 1,196 residues):
-    RMSD to the observed atoms N 0.21 A, C 0.27 A, O 0.74 A, all three 0.47 A (the carbonyl
-    O, which depends on the peptide-plane rotation, is the least determined by a CA trace).
+    The coefficient table :data:`_BACKBONE_COEF` was fitted once with :func:`fit_backbone_model`
+    on the interior residues of the 51 unbroken segments (6,953 residues) of the MDAnalysisTests
+    ``dssp/*.pdb.gz`` chains; it only orients the planes. Measured accuracy: see the tests
+    (``tests/test_proteins_geometry.py``).
     """
     ca = np.asarray(ca, dtype=np.float64)
     if ca.ndim != 2 or ca.shape[-1] != 3 or ca.shape[0] < 1:
@@ -292,15 +377,22 @@ def reconstruct_backbone(ca) -> np.ndarray:
         helper.append(nerf_place(helper[0] + np.cross(d, ref), helper[0], helper[1], CA_CA_TRANS,
                                  _DEFAULT_VIRTUAL_ANGLE, _DEFAULT_VIRTUAL_TORSION))
         return reconstruct_backbone(np.stack(helper))[:L]
-    k = 3
-    ext = _extend_trace(ca, k)
-    idx = np.arange(k, k + L)
+    k = 4
+    ext = _extend_trace(ca, k)                                                   # [L + 2k, 3]
+    idx = np.arange(k - 1, k + L + 1)                                            # residues -1 .. L
     frames, feats = _local_features(ext, idx)
-    local = np.einsum("lf,afd->lad", feats, _BACKBONE_COEF)                      # [L, 3 atoms, 3]
+    local = np.einsum("lf,afd->lad", feats, _BACKBONE_COEF)                      # [L + 2, 3 atoms, 3]
     rel = np.einsum("lai,lij->laj", local, frames)                              # lab frame
-    n_at = ca + BOND_N_CA * _normalize(rel[:, 0])
-    c_at = ca + BOND_CA_C * _normalize(rel[:, 1])
-    o_at = c_at + BOND_C_O * _normalize(ca + rel[:, 2] - c_at)
+    cen = ext[idx]
+    n_pred = cen + BOND_N_CA * _normalize(rel[:, 0])
+    c_pred = cen + BOND_CA_C * _normalize(rel[:, 1])
+    o_pred = c_pred + BOND_C_O * _normalize(cen + rel[:, 2] - c_pred)
+    # peptides (-1, 0), (0, 1), ..., (L-1, L): C, O of the first residue and N of the second
+    target = np.stack([c_pred[:-1], o_pred[:-1], n_pred[1:]], 1)               # [L + 1, 3, 3]
+    pep = _place_peptides(cen[:-1], cen[1:], target, _PEPTIDE_FIT_WEIGHTS)                            # [L + 1, 3, 3]
+    n_at = pep[:-1, 2]
+    c_at = pep[1:, 0]
+    o_at = pep[1:, 1]
     return np.stack([n_at, ca, c_at, o_at], 1).astype(np.float32)
 
 

@@ -283,6 +283,78 @@ def _atom_array(chains: Sequence[Chain], unknown_residue: str):
     return arr
 
 
+def _entry_id(path: Path) -> str:
+    """A 4-character-ish entry id for file headers: the file stem's alphanumerics (upper case),
+    ``"XXXX"`` when it has none."""
+    stem = "".join(ch for ch in structure_stem(path) if ch.isalnum()).upper()
+    return stem[:4] if stem else "XXXX"
+
+
+def _with_ter_records(lines: list) -> list:
+    """PDB ``ATOM`` lines with a ``TER`` record after each chain and atom serial numbers
+    renumbered so that each ``TER`` takes the next one (PDB format v3.3, sec. 9)."""
+    out, prev, serial = [], None, 0
+    for line in lines:
+        if line.startswith(("ATOM", "HETATM")):
+            if prev is not None and line[21] != prev[21]:
+                serial += 1
+                out.append(_ter_line(prev, serial))
+            serial += 1
+            line = f"{line[:6]}{serial % 100000:>5}{line[11:]}"
+            prev = line
+        out.append(line)
+    if prev is not None:
+        out.append(_ter_line(prev, serial + 1))
+    return out
+
+
+def _ter_line(last_atom: str, serial: int) -> str:
+    return f"TER   {serial % 100000:>5}      {last_atom[17:20]} {last_atom[21]}{last_atom[22:27]}".ljust(80)
+
+
+def _polymer_categories(arr) -> dict:
+    """The mmCIF polymer description categories that describe ``arr``'s chains (one entity per
+    chain): ``entity``, ``entity_poly``, ``entity_poly_seq``, ``struct_asym`` and
+    ``pdbx_poly_seq_scheme``. mkdssp 4.x (libcifpp) builds its residues from
+    ``pdbx_poly_seq_scheme`` and finds 0 residues without it; gemmi and PyMOL read the entity
+    categories for the sequence."""
+    from biotite.structure.io.pdbx import CIFCategory
+
+    chains: list = []
+    residues: dict = {}
+    for cid, rid, rname in zip(arr.chain_id, arr.res_id, arr.res_name):
+        cid = str(cid)
+        if cid not in residues:
+            chains.append(cid)
+            residues[cid] = []
+        if not residues[cid] or residues[cid][-1][0] != int(rid):
+            residues[cid].append((int(rid), str(rname)))
+    ent = {cid: str(i + 1) for i, cid in enumerate(chains)}
+    rows = [(cid, rid, rn) for cid in chains for rid, rn in residues[cid]]
+    one = {c: "".join(_one_letter(rn) for _, rn in residues[c]) for c in chains}
+    return {
+        "entity": CIFCategory({"id": [ent[c] for c in chains], "type": ["polymer"] * len(chains)}),
+        "entity_poly": CIFCategory({
+            "entity_id": [ent[c] for c in chains], "type": ["polypeptide(L)"] * len(chains),
+            "nstd_linkage": ["no"] * len(chains), "nstd_monomer": ["no"] * len(chains),
+            "pdbx_seq_one_letter_code": [one[c] for c in chains],
+            "pdbx_seq_one_letter_code_can": [one[c] for c in chains],
+            "pdbx_strand_id": chains}),
+        "entity_poly_seq": CIFCategory({
+            "entity_id": [ent[c] for c, _, _ in rows], "num": [str(r) for _, r, _ in rows],
+            "mon_id": [rn for _, _, rn in rows], "hetero": ["n"] * len(rows)}),
+        "struct_asym": CIFCategory({"id": chains, "pdbx_blank_PDB_chainid_flag": ["N"] * len(chains),
+                                    "entity_id": [ent[c] for c in chains]}),
+        "pdbx_poly_seq_scheme": CIFCategory({
+            "asym_id": [c for c, _, _ in rows], "entity_id": [ent[c] for c, _, _ in rows],
+            "seq_id": [str(r) for _, r, _ in rows], "mon_id": [rn for _, _, rn in rows],
+            "ndb_seq_num": [str(r) for _, r, _ in rows], "pdb_seq_num": [str(r) for _, r, _ in rows],
+            "auth_seq_num": [str(r) for _, r, _ in rows], "pdb_mon_id": [rn for _, _, rn in rows],
+            "auth_mon_id": [rn for _, _, rn in rows], "pdb_strand_id": [c for c, _, _ in rows],
+            "pdb_ins_code": ["."] * len(rows), "hetero": ["n"] * len(rows)}),
+    }
+
+
 def write_chain(chain_or_chains: Union[Chain, Sequence[Chain]], path: PathLike, *, fmt: Optional[str] = None,
                 reconstruct: bool = False, unknown_residue: str = "GLY") -> Path:
     """Write one chain (or several, as chains A, B, ...) to a PDB or mmCIF file, atomically.
@@ -333,10 +405,14 @@ def write_chain(chain_or_chains: Union[Chain, Sequence[Chain]], path: PathLike, 
 
         f = PDBFile()
         f.set_structure(arr)
-        header = [f"REMARK   1 WRITTEN BY FEWSTEP-WORKBENCH: {', '.join(c.name for c in out)}"[:80]]
+        # HEADER first: mkdssp (DSSP 4.x, libcifpp) only parses a file as PDB when its first
+        # record is HEADER; columns 11-50 classification, 63-66 ID code (PDB format v3.3)
+        header = [f"{'HEADER':<10}{'PROTEIN':<40}{'':<12}{_entry_id(path):<4}".ljust(80),
+                  "COMPND    MOL_ID: 1;".ljust(80),  # without COMPND mkdssp warns "invalid COMPND record"
+                  f"REMARK   1 WRITTEN BY FEWSTEP-WORKBENCH: {', '.join(c.name for c in out)}"[:80]]
         if labelled:
             header.append(f"REMARK 250 {RECONSTRUCTED_LABEL}")
-        f.lines = header + list(f.lines)
+        f.lines = header + _with_ter_records(list(f.lines)) + ["END"]
         buf = _io.StringIO()
         f.write(buf)
     else:
@@ -348,7 +424,16 @@ def write_chain(chain_or_chains: Union[Chain, Sequence[Chain]], path: PathLike, 
         if labelled:
             title = f"{title}; {RECONSTRUCTED_LABEL}"
         block = f.block
-        block["struct"] = CIFCategory({"entry_id": [structure_stem(path) or "model"], "title": [title]})
+        entry = _entry_id(path)
+        block["entry"] = CIFCategory({"id": [entry]})
+        block["struct"] = CIFCategory({"entry_id": [entry], "title": [title]})
+        for name, cat in _polymer_categories(arr).items():
+            block[name] = cat
+        # atom_site.label_entity_id must point at the entity of its chain (one per chain)
+        site = block["atom_site"]
+        order = list(dict.fromkeys(str(c) for c in arr.chain_id))
+        ent = {c: str(i + 1) for i, c in enumerate(order)}
+        site["label_entity_id"] = [ent[str(c)] for c in site["label_asym_id"].as_array()]
         buf = _io.StringIO()
         f.write(buf)
     text = buf.getvalue()

@@ -12,12 +12,18 @@ Implemented (named for what they compute):
   ``tmtools``; the TM-score (Zhang & Skolnick, Proteins 2004) is
   ``TM = max_alignment 1/L_ref * sum_i 1 / (1 + (d_i / d0(L_ref))^2)``,
   ``d0(L) = 1.24 (L - 15)^(1/3) - 1.8``, reported normalised by the reference length.
+- :func:`tm_score_matched` -- TM-score with a FIXED residue correspondence (residue i <-> i),
+  as the TMscore program computes it; the right score for a prediction of a known sequence
+  (TM-align's own alignment lets an unrelated chain score ~0.28).
 - :func:`kabsch` / :func:`ca_rmsd` -- least-squares superposition (Kabsch, Acta Cryst. A 1976)
   and the CA root-mean-square deviation after it.
 - :func:`ca_lddt` -- the local distance difference test (Mariani et al., Bioinformatics 2013)
   on CA atoms: inclusion radius 15 A in the reference, thresholds 0.5/1/2/4 A.
 - :func:`clash_count`, :func:`ca_ca_stats` -- backbone sanity (steric CA-CA clashes, virtual
   CA-CA bond lengths, ideal 3.80 A).
+- :func:`rg`, :func:`rg_ratio` -- radius of gyration and its ratio to 2.2 L^0.38 (Hong & Lei 2009).
+- :func:`handedness` -- right/left-handed helical CA virtual torsions (natives are right-handed).
+- DSSP secondary structure lives in :mod:`domains.proteins.dssp`.
 - :func:`sse_fractions` -- helix/strand/coil fractions by P-SEA (Labesse et al., CABIOS 1997;
   ``biotite.structure.annotate_sse``), which needs CA atoms only.
 - :func:`diversity`, :func:`novelty` -- the sample-set metrics of protein backbone generators
@@ -146,6 +152,124 @@ def tm_score(P, Q, seq_p: Optional[str] = None, seq_q: Optional[str] = None) -> 
 
 
 # --------------------------------------------------------------------------------------------
+# TM-score with a fixed residue correspondence (the TMscore program)
+# --------------------------------------------------------------------------------------------
+def tm_d0(L: int) -> float:
+    """TM-score distance scale ``d0(L) = 1.24 (L - 15)^(1/3) - 1.8`` A (Zhang & Skolnick,
+    Proteins 57:702, 2004, eq. 3), floored at 0.5 A as in the TMscore program."""
+    L = int(L)
+    d0 = 1.24 * np.cbrt(L - 15.0) - 1.8 if L > 15 else 0.0
+    return float(max(d0, 0.5))
+
+
+def _batched_kabsch(P: np.ndarray, Q: np.ndarray, W: np.ndarray):
+    """Weighted Kabsch for a batch of selections: ``P``, ``Q`` ``[N, 3]``, ``W`` ``[S, N]``
+    (0/1) -> ``R`` ``[S, 3, 3]``, ``t`` ``[S, 3]`` with ``P @ R.T + t ~= Q`` on each selection."""
+    w = W / np.maximum(W.sum(1, keepdims=True), 1.0)                # [S, N]
+    cp, cq = w @ P, w @ Q                                          # [S, 3]
+    H = np.einsum("sn,ni,nj->sij", W, P, Q) - W.sum(1)[:, None, None] * cp[:, :, None] * cq[:, None, :]
+    U, _, Vh = np.linalg.svd(H)
+    V = np.swapaxes(Vh, -1, -2)
+    d = np.sign(np.linalg.det(V @ np.swapaxes(U, -1, -2)))
+    d = np.where(d == 0, 1.0, d)
+    D = np.zeros((len(W), 3, 3))
+    D[:, 0, 0] = D[:, 1, 1] = 1.0
+    D[:, 2, 2] = d
+    R = V @ D @ np.swapaxes(U, -1, -2)
+    t = cq - np.einsum("sij,sj->si", R, cp)
+    return R, t
+
+
+def tm_score_matched(pred, ref, *, max_iterations: int = 20, return_transform: bool = False):
+    """TM-score of ``pred`` against ``ref`` with a FIXED residue correspondence (residue ``i`` of
+    ``pred`` <-> residue ``i`` of ``ref``), as the TMscore program computes it -- not TM-align,
+    which searches its own alignment.
+
+    ``TM = max_{R, t} 1/L_ref sum_i 1 / (1 + (d_i / d0(L_ref))^2)``, ``d_i = |R p_i + t - q_i|``
+    (Zhang & Skolnick, Proteins 57:702, 2004, eq. 2-3; :func:`tm_d0`). ``L_ref`` is the number of
+    reference residues with a CA; residues missing (NaN) in ``pred`` only count in ``L_ref``
+    (score 0), residues missing in ``ref`` are left out.
+
+    The maximisation follows the TMscore program's heuristic: seed superpositions (Kabsch) on
+    every contiguous fragment of length ``L, L/2, L/4, ...`` (>= 4, 6 lengths) of the common
+    residues; from each seed, repeatedly superpose on the residues within ``d_search`` of
+    their partner (``d_search = clip(d0, 4.5, 8)`` A, widened by 0.5 A until >= 3 residues qualify)
+    and re-score, until the selection stops changing (``max_iterations``); the best score seen
+    over all seeds and iterations is returned. Like the program, this is a lower bound on the
+    true maximum; on perturbed natives it matches TM-align whenever TM-align's alignment is the
+    identity (tests).
+
+    Args:
+        pred, ref: ``[L, 3]`` CA, ``[L, 4, 3]`` backbones (CA used), torch tensors, or Chains,
+            of equal length ``L``.
+        return_transform: also return ``(R [3, 3], t [3])`` mapping ``pred`` onto ``ref``
+            (``pred @ R.T + t``).
+
+    Returns:
+        TM-score in (0, 1] (1 = identical up to a rigid motion); NaN when ``ref`` has no CA.
+
+    Raises:
+        ValueError: unequal lengths or bad shapes.
+    """
+    p, q = _as_ca(pred), _as_ca(ref)
+    if p.shape != q.shape:
+        raise ValueError(f"tm_score_matched needs structures of equal length (residue i <-> residue i), "
+                         f"got {len(p)} and {len(q)} residues; use tm_align for different lengths")
+    ref_ok = _finite_rows(q)
+    L_ref = int(ref_ok.sum())
+    eye = (np.eye(3), np.zeros(3))
+    if L_ref == 0:
+        return (float("nan"), eye) if return_transform else float("nan")
+    ok = ref_ok & _finite_rows(p)
+    P, Q = p[ok], q[ok]
+    n = len(P)
+    d0 = tm_d0(L_ref)
+    if n == 0:
+        return (0.0, eye) if return_transform else 0.0
+    if n < 3:  # too few points for a rotation: superpose centroids
+        t = Q.mean(0) - P.mean(0)
+        d2 = ((P + t - Q) ** 2).sum(-1)
+        s = float((1.0 / (1.0 + d2 / d0 ** 2)).sum() / L_ref)
+        return (s, (np.eye(3), t)) if return_transform else s
+    d_search = float(np.clip(d0, 4.5, 8.0))
+    # seeds: every contiguous fragment of lengths n, n/2, n/4, ... (>= 4), at most 6 lengths
+    lengths, Lf = [], n
+    while len(lengths) < 6:
+        lengths.append(Lf)
+        Lf //= 2
+        if Lf < 4:
+            break
+    idx = np.arange(n)
+    W = np.concatenate([((idx[None] >= s[:, None]) & (idx[None] < s[:, None] + Lf)).astype(np.float64)
+                        for Lf in lengths for s in [np.arange(0, n - Lf + 1)]])      # [S, n]
+    best, best_rt = -1.0, eye
+    for _ in range(max_iterations + 1):
+        R, t = _batched_kabsch(P, Q, W)
+        X = np.einsum("sij,nj->sni", R, P) + t[:, None]                               # [S, n, 3]
+        d2 = ((X - Q[None]) ** 2).sum(-1)                                            # [S, n]
+        scores = (1.0 / (1.0 + d2 / d0 ** 2)).sum(1) / L_ref
+        k = int(np.argmax(scores))
+        if scores[k] > best:
+            best, best_rt = float(scores[k]), (R[k], t[k])
+        # next selection: residues within d_search, widened until >= 3 qualify (per seed)
+        cut = np.full(len(W), d_search ** 2)
+        new = d2 <= cut[:, None]
+        for _widen in range(40):
+            few = new.sum(1) < 3
+            if not few.any():
+                break
+            cut[few] = (np.sqrt(cut[few]) + 0.5) ** 2
+            new[few] = d2[few] <= cut[few, None]
+        new = new.astype(np.float64)
+        changed = (new != W).any(1)
+        if not changed.any():
+            break
+        # keep only seeds whose selection changed (the others have converged), dropping duplicates
+        W = np.unique(new[changed], axis=0)
+    return (best, best_rt) if return_transform else best
+
+
+# --------------------------------------------------------------------------------------------
 # lDDT
 # --------------------------------------------------------------------------------------------
 def ca_lddt(pred, ref, cutoff: float = 15.0, *, per_residue: bool = False, thresholds: Sequence[float] = LDDT_THRESHOLDS):
@@ -217,6 +341,89 @@ def ca_ca_stats(ca) -> dict:
         "ca_ca_std": float(d.std()),
         "ca_ca_outlier_fraction": float((np.abs(d - CA_CA_IDEAL) > CA_CA_TOLERANCE).mean()),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# shape: radius of gyration and handedness
+# --------------------------------------------------------------------------------------------
+#: Rg scaling law of folded globular proteins, ``Rg = RG_PREFACTOR * L^RG_EXPONENT`` A
+#: (Hong & Lei, J. Polym. Sci. B 47:207, 2009: Rg ~ 2.2 N^0.38 over PDB chains)
+RG_PREFACTOR = 2.2
+RG_EXPONENT = 0.38
+#: CA virtual-torsion windows (degrees) counted as right- / left-handed helical
+HELICAL_RIGHT = (30.0, 80.0)
+HELICAL_LEFT = (-80.0, -30.0)
+
+
+def rg(ca) -> float:
+    """Radius of gyration of the CA atoms, ``sqrt(1/L sum_i |x_i - mean(x)|^2)`` in A
+    (residues with a missing CA left out; NaN for an empty chain)."""
+    a = _as_ca(ca)
+    a = a[_finite_rows(a)]
+    if len(a) == 0:
+        return float("nan")
+    return float(np.sqrt(((a - a.mean(0)) ** 2).sum(-1).mean()))
+
+
+def rg_ratio(ca) -> float:
+    """``Rg / (2.2 L^0.38)``: the radius of gyration relative to that of a folded globular
+    protein of the same length ``L`` (residues with a CA), from the scaling law of Hong & Lei
+    (2009; see :data:`RG_PREFACTOR`). About 1 for compact globular chains, well above 1 for
+    extended / random-coil chains (a random walk grows as ``L^0.5-0.6``), below ~0.8 for
+    over-collapsed ones."""
+    a = _as_ca(ca)
+    L = int(_finite_rows(a).sum())
+    if L == 0:
+        return float("nan")
+    return rg(a) / (RG_PREFACTOR * L ** RG_EXPONENT)
+
+
+def ca_torsions(ca) -> np.ndarray:
+    """CA virtual torsions ``tau_i`` = dihedral ``CA(i), CA(i+1), CA(i+2), CA(i+3)`` in degrees,
+    ``[L - 3]`` (IUPAC sign; NaN where a CA is missing). An alpha-helix has ``tau ~ +50``,
+    a beta-strand ``tau ~ -170..+170`` (Levitt, J. Mol. Biol. 104:59, 1976)."""
+    from .geometry import dihedral
+
+    a = _as_ca(ca)
+    if len(a) < 4:
+        return np.zeros(0)
+    with np.errstate(invalid="ignore"):
+        return dihedral(a[:-3], a[1:-2], a[2:-1], a[3:])
+
+
+def handedness(ca) -> dict:
+    """Handedness of the local helical turns from the CA virtual torsions (:func:`ca_torsions`).
+
+    Returns ``{"helical_right": fraction of torsions in [30, 80] deg (right-handed helical turns),
+    "helical_left": fraction in [-80, -30] deg (left-handed), "handedness_ratio": (n_right + 1) /
+    (n_left + 1), "n_right", "n_left", "n_torsions"}`` (counts as floats). The ratio uses add-one
+    smoothing of the counts, so it is finite for any chain and a mirror image gives exactly the
+    reciprocal; a chain without chirality gives ~1. Natural proteins are right-handed (alpha
+    helices; Levitt 1976): natives score ``helical_right`` ~0.3 and a ratio of tens, their
+    mirror images the reciprocal (see tests). Pool counts over samples with
+    :func:`handedness_pooled`. Fractions are NaN for chains with fewer than 4 CAs."""
+    tau = ca_torsions(ca)
+    tau = tau[np.isfinite(tau)]
+    n = len(tau)
+    nr = int(((tau >= HELICAL_RIGHT[0]) & (tau <= HELICAL_RIGHT[1])).sum())
+    nl = int(((tau >= HELICAL_LEFT[0]) & (tau <= HELICAL_LEFT[1])).sum())
+    return {
+        "helical_right": nr / n if n else float("nan"),
+        "helical_left": nl / n if n else float("nan"),
+        "handedness_ratio": (nr + 1.0) / (nl + 1.0),
+        "n_right": float(nr), "n_left": float(nl), "n_torsions": float(n),
+    }
+
+
+def handedness_pooled(structures: Sequence) -> dict:
+    """:func:`handedness` over a sample set with the torsion counts pooled (total right / total
+    left, add-one smoothed): ``{"helical_right", "helical_left", "handedness_ratio"}``."""
+    hs = [handedness(s) for s in structures]
+    nr = sum(h["n_right"] for h in hs)
+    nl = sum(h["n_left"] for h in hs)
+    n = sum(h["n_torsions"] for h in hs)
+    return {"helical_right": nr / n if n else float("nan"), "helical_left": nl / n if n else float("nan"),
+            "handedness_ratio": (nr + 1.0) / (nl + 1.0)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,14 +530,25 @@ def length_stats(structures: Sequence) -> dict:
 
 
 def backbone_metrics(chains: Sequence, reference: Optional[Sequence] = None, *, diversity_threshold: float = 0.5,
-                     max_diversity_samples: Optional[int] = None) -> dict:
+                     max_diversity_samples: Optional[int] = None, dssp_backend: Optional[str] = "auto") -> dict:
     """All backbone metrics of a sample set as a flat ``{name: float}`` dict.
 
     Per-sample metrics are averaged: ``ca_ca_*`` (pooled over all virtual bonds), ``clashes_mean``
-    and ``clash_free_fraction`` (:func:`clash_count`), ``helix``/``strand``/``coil`` (P-SEA),
-    ``length_*``; set metrics ``diversity_*`` (:func:`diversity`, over the first
-    ``max_diversity_samples`` samples if given, to bound the ``n^2`` TM-align cost) and, when a
-    ``reference`` set is given, ``novelty_*`` (:func:`novelty`).
+    and ``clash_free_fraction`` (:func:`clash_count`), ``length_*``;
+
+    - DSSP (primary secondary structure; :mod:`domains.proteins.dssp`, on the N/C/O placed by
+      :func:`~domains.proteins.geometry.reconstruct_backbone` when a sample is a CA trace):
+      ``dssp_helix`` (H/G/I), ``dssp_strand`` (E/B), ``dssp_helix_runs7`` (residues in helices of
+      >= 7), ``dssp_strand_runs3`` (residues in E runs of >= 3), averaged over samples;
+      ``dssp_backend`` (``"auto"``, ``"mkdssp"``, ``"pydssp"``; ``None`` skips DSSP);
+    - handedness (:func:`handedness_pooled`, counts pooled over samples): ``helical_right``,
+      ``helical_left``, ``handedness_ratio`` = (right + 1) / (left + 1);
+    - shape: ``rg_mean`` (A) and ``rg_ratio_mean`` (:func:`rg_ratio`, ~1 for globular natives);
+    - ``helix``/``strand``/``coil``: P-SEA on CA atoms (kept for continuity; DSSP is primary);
+
+    set metrics ``diversity_*`` (:func:`diversity`, over the first ``max_diversity_samples``
+    samples if given, to bound the ``n^2`` TM-align cost) and, when a ``reference`` set is given,
+    ``novelty_*`` (:func:`novelty`).
     """
     cas = [_as_ca(c) for c in chains]
     out: dict = {"n_samples": float(len(cas))}
@@ -348,6 +566,15 @@ def backbone_metrics(chains: Sequence, reference: Optional[Sequence] = None, *, 
     sse = [sse_fractions(a) for a in cas]
     for k in ("helix", "strand", "coil"):
         out[k] = float(np.nanmean([s[k] for s in sse]))
+    if dssp_backend is not None:
+        from .dssp import dssp_fractions
+
+        fr = [dssp_fractions(c, backend=dssp_backend) for c in chains]
+        for k in fr[0]:
+            out[k] = float(np.nanmean([f[k] for f in fr]))
+    out.update(handedness_pooled(cas))
+    out["rg_mean"] = float(np.nanmean([rg(a) for a in cas]))
+    out["rg_ratio_mean"] = float(np.nanmean([rg_ratio(a) for a in cas]))
     sub = cas if max_diversity_samples is None else cas[: int(max_diversity_samples)]
     for k, v in diversity(sub, threshold=diversity_threshold).items():
         if k != "n_samples":
@@ -359,6 +586,7 @@ def backbone_metrics(chains: Sequence, reference: Optional[Sequence] = None, *, 
 
 
 __all__ = [
-    "LDDT_THRESHOLDS", "kabsch", "ca_rmsd", "tm_align", "tm_score", "ca_lddt", "clash_count", "ca_ca_stats",
+    "LDDT_THRESHOLDS", "kabsch", "ca_rmsd", "tm_align", "tm_score", "tm_d0", "tm_score_matched", "ca_lddt",
+    "clash_count", "ca_ca_stats", "rg", "rg_ratio", "ca_torsions", "handedness", "handedness_pooled",
     "sse_labels", "sse_fractions", "pairwise_tm", "diversity", "novelty", "length_stats", "backbone_metrics",
 ]
