@@ -162,18 +162,33 @@ def test_bench_structure_end_to_end(tmp_path, capsys):
     for name in ("structure.csv", "structure.json", "structure.md", "structure.png"):
         assert (out / name).is_file()
     assert (out / "structure.png").read_bytes()[:8] == PNG
-    rows = read_csv(out / "structure.csv")
+    all_rows = read_csv(out / "structure.csv")
+    rows = [r for r in all_rows if r["kind"] == "sampler"]
     assert [int(r["nfe"]) for r in rows] == [4, 2]
+    # reference rows after the sampler rows: the truth itself (TM 1, lDDT 1) and the two baselines
+    from domains.structure_prediction.scoring import HELIX, UNRELATED
+
+    refs = {r["config"]: r for r in all_rows if r["kind"] != "sampler"}
+    assert set(refs) == {"native (the true structure)", UNRELATED, HELIX}
+    native = refs["native (the true structure)"]
+    assert fnum(native["tm_score"]) == pytest.approx(1.0) and fnum(native["ca_lddt"]) == pytest.approx(1.0)
+    assert fnum(native["rg_vs_native"]) == pytest.approx(1.0) and fnum(native["ca_ca_outlier_fraction"]) < 0.1
+    assert fnum(refs[UNRELATED]["tm_score"]) < 0.35 and fnum(refs[HELIX]["tm_score"]) < 0.35
+    assert fnum(refs[HELIX]["ca_ca_outlier_fraction"]) == 0.0  # the ideal helix has 3.83 A virtual bonds
+    for r in rows:  # TM above the unrelated-chain baseline, as the table states it
+        assert fnum(r["tm_above_unrelated"]) == pytest.approx(fnum(r["tm_score"]) - fnum(refs[UNRELATED]["tm_score"]))
     assert json.loads(rows[0]["options"]) == {"gamma_min": 0.0625}  # AF3 defaults + gamma_min = 1 A
     assert json.loads(rows[1]["options"]) == {"gamma0": 0.0, "step_scale_eta": 1.0, "gamma_min": 0.0625}
     info = json.loads((out / "structure.json").read_text())
     assert info["n"] == 2 and all(c["length"] <= 90 for c in info["chains"])
-    assert len(info["per_chain"]) == 4 and all(len(r["seconds_runs"]) == 2 for r in info["rows"])
-    assert all(r["seconds_total"] == min(r["seconds_runs"]) for r in info["rows"])
+    samplers = [r for r in info["rows"] if r["kind"] == "sampler"]
+    assert len(info["per_chain"]) == 4 and all(len(r["seconds_runs"]) == 2 for r in samplers)
+    assert all(r["seconds_total"] == min(r["seconds_runs"]) for r in samplers)
     ref, few = rows[0], rows[1]
     for r in rows:  # the row means are the means of the per-chain values
         pc = [p for p in info["per_chain"] if p["steps"] == int(r["steps"])]
-        assert fnum(r["ca_lddt"]) == pytest.approx(np.mean([p["ca_lddt"] for p in pc]))
+        for key in ("ca_lddt", "tm_score", "tm_align", "ca_ca_outlier_fraction", "rg_vs_native"):
+            assert fnum(r[key]) == pytest.approx(np.mean([p[key] for p in pc]))
         assert 0 <= fnum(r["ca_lddt"]) <= 1 and 0 <= fnum(r["tm_score"]) <= 1 and fnum(r["rmsd"]) >= 0
     lddt_drop = (fnum(ref["ca_lddt"]) - fnum(few["ca_lddt"])) / abs(fnum(ref["ca_lddt"])) if fnum(ref["ca_lddt"]) else None
     tm_drop = (fnum(ref["tm_score"]) - fnum(few["tm_score"])) / abs(fnum(ref["tm_score"]))
@@ -185,6 +200,7 @@ def test_bench_structure_end_to_end(tmp_path, capsys):
     assert few["accept"] == str(expect) and ref["accept"] == ""
     md = (out / "structure.md").read_text()
     assert "drop <= 5%" in md and ("| yes |" in md) == expect
+    assert "TM-score (position-matched)" in md and "TM-align (secondary)" in md and UNRELATED in md
     assert "wrote" in capsys.readouterr().out
 
 

@@ -2,7 +2,7 @@
 
     workbench bench structure [out=DIR] [n=10] [max_length=150] [steps=[2,3,5]] [full_steps=200] [seed=0] [repeats=1]
                               [threads=1]
-    workbench bench designability [out=DIR] [n=100] [length=100] [n_seq=8] [fold_steps=5] [source=ideal|real|DIR]
+    workbench bench designability [out=DIR] [n=100] [length=100] [n_seq=8] [fold_steps=5] [source=ideal|real|DIR] [fold_sampler=ode|af3]
                                   [batch_size=8] [seed=0] [threads=1]
     workbench bench backbone [out=DIR] [n=16] [lengths=[60,80,100]] [teacher_steps=200] [teacher=PATH]
                              [teacher_sampler=euler|sde] [teacher_temperature=1.0]
@@ -13,10 +13,14 @@
 AF3's 200-step sampler (``af3_edm`` with AF3's defaults; ``gamma_min`` = 1 A as the domain's
 ``predict()`` sets it) against the few-step probability-flow ODE (``af3_edm`` with ``gamma0 =
 0, step_scale_eta = 1``, i.e. Euler on AF3's schedule; the Protenix-Mini observation that 2-5 ODE
-steps lose little accuracy). Mean CA-lDDT, TM-score, CA RMSD and time per chain; the relative
-drop of each few-step row vs the 200-step row, the speed-up, and the acceptance check "drop <=
-5% relative" (on both CA-lDDT and TM-score). Writes ``structure.csv``, ``structure.json``,
-``structure.md`` and ``structure.png``.
+steps lose little accuracy). Primary columns: position-matched TM-score (fixed residue
+correspondence) and CA-lDDT; TM-align's TM-score as a labelled secondary column; CA RMSD; the
+shape of the predictions (CA-CA outliers, clashes, Rg vs the native's); time per chain; the
+relative drop of each few-step row vs the 200-step row, the speed-up, and the acceptance check
+"drop <= 5% relative" (on both CA-lDDT and position-matched TM-score). Reference rows scored the
+same way: the natives themselves, an unrelated native chain and an ideal straight helix (the
+no-information level). Writes ``structure.csv``, ``structure.json``, ``structure.md`` and
+``structure.png``.
 
 ``designability``: throughput of the designability pipeline
 (:func:`domains.proteins.designability.run_designability`: ProteinMPNN CA-only + the default
@@ -292,7 +296,17 @@ def _structure_domain():
 
 def bench_structure(out_dir, *, n: int = 10, max_length: int = 150, steps: Sequence[int] = (2, 3, 5), full_steps: int = 200,
                     seed: int = 0, repeats: int = 1, domain=None, progress: bool = True) -> dict:
-    """AF3 200-step sampler vs the few-step ODE on the domain's held-out test chains.
+    """AF3 200-step sampler vs the few-step ODE on the domain's held-out test chains, with the
+    no-information baselines scored the same way.
+
+    Columns (:mod:`domains.structure_prediction.scoring`): primary ``tm_score`` (TM-score with
+    fixed residue correspondence, the TMscore program's measure) and ``ca_lddt``; secondary
+    ``tm_align`` (TM-align's own alignment: not an accuracy measure), ``rmsd``,
+    ``gdt_like_frac_2A``; shape of the predictions ``ca_ca_outlier_fraction``,
+    ``clashes_per_residue``, ``rg`` and ``rg_vs_native``. Reference rows after the sampler rows:
+    the native structures themselves (shape columns of the truth), an unrelated native chain
+    (first ``L`` residues of another chain) and an ideal straight alpha-helix
+    (:func:`~domains.structure_prediction.scoring.baseline_rows`).
 
     Args:
         out_dir: where ``structure.{csv,json,md,png}`` go.
@@ -306,12 +320,14 @@ def bench_structure(out_dir, *, n: int = 10, max_length: int = 150, steps: Seque
             the fastest run (less sensitive to other load on a shared machine).
         domain: a ``StructurePredictionDomain`` (default: the shipped model).
     Returns:
-        ``{"rows": [...], "chains": [...], "csv", "json", "markdown", "plot"}``; each row has
-        the means over chains of ``ca_lddt``, ``tm_score``, ``rmsd``, ``seconds_per_chain``, and
-        the comparison columns of :func:`structure_acceptance`.
+        ``{"rows": [...], "chains": [...], "csv", "json", "markdown", "plot"}``; each sampler row
+        has the means over chains of every column, ``seconds_per_chain``, ``tm_above_unrelated``
+        (its TM-score minus the unrelated-chain baseline's) and the comparison columns of
+        :func:`structure_acceptance` (on position-matched TM-score and CA-lDDT); baseline rows
+        have ``kind = "baseline"``.
     """
-    from domains.proteins import metrics as pm
     from domains.proteins.designability import FEW_STEP_ODE
+    from domains.structure_prediction.scoring import UNRELATED, baseline_rows, mean_scores, score_prediction, shape_metrics
 
     _positive("n", n)
     _positive("max_length", max_length, 3)
@@ -335,25 +351,32 @@ def bench_structure(out_dir, *, n: int = 10, max_length: int = 150, steps: Seque
             preds = dom.predict(seqs, steps=k, sampler="af3_edm", options=options, seed=int(seed), model=net)
             times.append(time.perf_counter() - t0)
         secs = min(times)
-        lddt, tm, rmsd = [], [], []
+        scored = []
         for c, p in zip(chains, preds):
-            ref, ca = c.ca.astype(np.float64), p.ca.astype(np.float64)
-            lddt.append(pm.ca_lddt(ca, ref))
-            tm.append(pm.tm_score(ca, ref, c.sequence, c.sequence))
-            rmsd.append(pm.ca_rmsd(ca, ref))
-            per_chain.append({"config": name, "steps": k, "chain": c.name, "length": len(c), "ca_lddt": lddt[-1],
-                              "tm_score": tm[-1], "rmsd": rmsd[-1]})
+            sc = score_prediction(p.ca, c.ca, c.sequence)
+            scored.append(sc)
+            per_chain.append({"config": name, "steps": k, "chain": c.name, "length": len(c), **sc})
         opts_used = {"gamma_min": 1.0 / dom.unit} if options is None else {**options, "gamma_min": 1.0 / dom.unit}
-        rows.append({"config": name, "sampler": "af3_edm", "steps": k, "nfe": k, "options": json.dumps(opts_used, sort_keys=True),
-                     "n_chains": len(chains), "ca_lddt": float(np.nanmean(lddt)), "tm_score": float(np.nanmean(tm)),
-                     "rmsd": float(np.nanmean(rmsd)), "seconds_per_chain": secs / len(chains), "seconds_total": secs,
-                     "seconds_runs": times})
-        _log(progress, f"bench structure: {name}: lDDT {rows[-1]['ca_lddt']:.4f}, TM {rows[-1]['tm_score']:.4f}, "
-                       f"RMSD {rows[-1]['rmsd']:.2f} A, {rows[-1]['seconds_per_chain']:.3f} s/chain")
+        rows.append({"config": name, "kind": "sampler", "sampler": "af3_edm", "steps": k, "nfe": k,
+                     "options": json.dumps(opts_used, sort_keys=True), "n_chains": len(chains), **mean_scores(scored),
+                     "seconds_per_chain": secs / len(chains), "seconds_total": secs, "seconds_runs": times})
+        _log(progress, f"bench structure: {name}: TM (matched) {rows[-1]['tm_score']:.4f}, lDDT {rows[-1]['ca_lddt']:.4f}, "
+                       f"TM-align {rows[-1]['tm_align']:.4f}, CA-CA outliers {rows[-1]['ca_ca_outlier_fraction']:.3f}, "
+                       f"{rows[-1]['seconds_per_chain']:.3f} s/chain")
     structure_acceptance(rows)
+    # reference rows: the truth itself (its shape columns), then the no-information baselines
+    truth = [{**score_prediction(c.ca, c.ca, c.sequence), **shape_metrics(c.ca)} for c in chains]
+    refs = [{"config": "native (the true structure)", "kind": "reference", "n_chains": len(chains), **mean_scores(truth)}]
+    pool = [c for split in ("test", "val", "train") for c in dom.chains(split)]
+    refs += [{**r, "kind": "baseline"} for r in baseline_rows(chains, pool)]
+    unrelated = next((r for r in refs if r["config"] == UNRELATED), None)
+    for r in rows:
+        r["tm_above_unrelated"] = (r["tm_score"] - unrelated["tm_score"]) if unrelated and unrelated["n_chains"] else None
+    rows = rows + refs
     out = Path(out_dir)
-    cols = ["config", "sampler", "steps", "nfe", "options", "n_chains", "ca_lddt", "tm_score", "rmsd", "seconds_per_chain",
-            "seconds_total", "lddt_drop", "tm_drop", "rmsd_increase", "speedup", "accept"]
+    cols = ["config", "kind", "sampler", "steps", "nfe", "options", "n_chains", "tm_score", "ca_lddt", "tm_align", "rmsd",
+            "gdt_like_frac_2A", "ca_ca_outlier_fraction", "clashes_per_residue", "rg", "rg_vs_native", "seconds_per_chain",
+            "seconds_total", "tm_above_unrelated", "lddt_drop", "tm_drop", "rmsd_increase", "speedup", "accept"]
     csv_path = _write_csv(out / "structure.csv", rows, cols)
     info = {"benchmark": "structure", "n": len(chains), "max_length": int(max_length), "steps": [int(k) for k in steps],
             "full_steps": int(full_steps), "seed": int(seed), "repeats": int(repeats), "tolerance": STRUCTURE_TOL,
@@ -369,7 +392,8 @@ def bench_structure(out_dir, *, n: int = 10, max_length: int = 150, steps: Seque
 
 
 def _structure_markdown(info: dict) -> str:
-    rows = info["rows"]
+    rows = [r for r in info["rows"] if r.get("kind", "sampler") == "sampler"]
+    refs = [r for r in info["rows"] if r.get("kind", "sampler") != "sampler"]
     lens = [c["length"] for c in info["chains"]]
     lines = [
         "# Structure prediction: AF3 sampler vs few-step ODE",
@@ -381,17 +405,37 @@ def _structure_markdown(info: dict) -> str:
         "- Reference: `af3_edm` with AF3's defaults (gamma0 0.8, lambda 1.003, eta 1.5, gamma_min 1 A) at "
         f"{info['full_steps']} steps; few-step rows: the probability-flow ODE (`af3_edm` gamma0 = 0, step_scale_eta = 1) on "
         "AF3's noise schedule. NFE = diffusion-module calls (the trunk runs once per chain in every row).",
-        f"- Acceptance: CA-lDDT and TM-score each drop <= {100 * info['tolerance']:g}% relative to the reference row.",
+        "- Primary scores: TM-score with FIXED residue correspondence (residue i <-> i, the TMscore program's measure, "
+        "normalised by the true length) and CA-lDDT. TM-align's TM-score finds its own sequence-independent alignment: "
+        "a secondary column only, it is not a prediction-accuracy measure (the unrelated-chain baseline scores well on it).",
+        "- Shape of the predictions: consecutive CA-CA distances outside 3.8 +- 0.2 A, non-bonded CA pairs closer than "
+        "3 A per residue, radius of gyration and its ratio to the native's.",
+        "- Baselines, scored the same way: an unrelated native chain (first L residues of another chain, from another "
+        "file) and an ideal straight alpha-helix. A predictor whose position-matched TM-score does not clear the "
+        "unrelated-chain baseline has no fold-level accuracy.",
+        f"- Acceptance: CA-lDDT and position-matched TM-score each drop <= {100 * info['tolerance']:g}% relative to the "
+        "reference row.",
         f"- Machine: {info['machine']}.",
         "",
-        "| sampler | NFE | CA-lDDT | TM-score | RMSD (A) | s / chain | lDDT drop | TM drop | speed-up | drop <= 5% |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| row | NFE | TM-score (position-matched) | CA-lDDT | TM-align (secondary) | RMSD (A) | pred. CA-CA outliers | "
+        "pred. clashes / res | pred. Rg (A) | pred. Rg / native | s / chain | TM - unrelated baseline | lDDT drop | "
+        "TM drop | speed-up | drop <= 5% |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+
+    def cells(r):
+        return (f"{_fmt(r.get('tm_score'), '{:.4f}')} | {_fmt(r.get('ca_lddt'), '{:.4f}')} | {_fmt(r.get('tm_align'), '{:.4f}')} | "
+                f"{_fmt(r.get('rmsd'), '{:.2f}')} | {_fmt(r.get('ca_ca_outlier_fraction'))} | "
+                f"{_fmt(r.get('clashes_per_residue'), '{:.3f}')} | {_fmt(r.get('rg'), '{:.1f}')} | {_fmt(r.get('rg_vs_native'), '{:.2f}')}")
+
     for r in rows:
-        pct = lambda x: "-" if r is rows[0] else _fmt(None if x is None else 100 * x, "{:+.1f}%")  # noqa: E731
-        lines.append(f"| {r['config']} | {r['nfe']} | {r['ca_lddt']:.4f} | {r['tm_score']:.4f} | {r['rmsd']:.2f} | "
-                     f"{r['seconds_per_chain']:.3f} | {pct(r['lddt_drop'])} | {pct(r['tm_drop'])} | "
-                     f"{'-' if r is rows[0] else _fmt(r['speedup'], '{:.1f}x')} | {'-' if r is rows[0] else _yes_no(r['accept'])} |")
+        first = r is rows[0]
+        pct = lambda x: "-" if first else _fmt(None if x is None else 100 * x, "{:+.1f}%")  # noqa: E731
+        lines.append(f"| {r['config']} | {r['nfe']} | {cells(r)} | {r['seconds_per_chain']:.3f} | "
+                     f"{_fmt(r.get('tm_above_unrelated'), '{:+.4f}')} | {pct(r['lddt_drop'])} | {pct(r['tm_drop'])} | "
+                     f"{'-' if first else _fmt(r['speedup'], '{:.1f}x')} | {'-' if first else _yes_no(r['accept'])} |")
+    for r in refs:
+        lines.append(f"| {r['config']} ({r['n_chains']} chains) | - | {cells(r)} | - | - | - | - | - | - |")
     lines += ["", "![structure](structure.png)", ""]
     return "\n".join(lines)
 
@@ -404,21 +448,30 @@ def _plot_structure(rows: list[dict], path: Path) -> Path:
 
     from workbench.utils import save_figure
 
-    ref, few = rows[0], rows[1:]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    samp = [r for r in rows if r.get("kind", "sampler") == "sampler"]
+    base = [r for r in rows if r.get("kind") == "baseline"]
+    ref, few = samp[0], samp[1:]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     nfe = [r["nfe"] for r in few]
-    for key, label, mk in (("ca_lddt", "CA-lDDT", "o"), ("tm_score", "TM-score", "s")):
+    for key, label, mk in (("tm_score", "TM-score (position-matched)", "s"), ("ca_lddt", "CA-lDDT", "o")):
         line = axes[0].plot(nfe, [r[key] for r in few], marker=mk, label=f"ODE {label}")[0]
         axes[0].axhline(ref[key], color=line.get_color(), ls="--", lw=1, label=f"AF3 {ref['nfe']} steps {label}")
-        axes[0].axhline(ref[key] * (1 - STRUCTURE_TOL), color=line.get_color(), ls=":", lw=0.8)
+        for b, ls in zip(base, (":", "-.")):
+            if b.get(key) is not None and np.isfinite(b[key]):
+                axes[0].axhline(b[key], color=line.get_color(), ls=ls, lw=0.8, alpha=0.6,
+                                label=f"{'unrelated chain' if 'unrelated' in b['config'] else 'straight helix'} {label}")
     axes[0].set_xlabel("NFE (ODE steps)")
-    axes[0].set_ylabel("score (dotted: -5%)")
-    axes[0].legend(fontsize=7)
-    axes[1].bar([str(r["nfe"]) for r in rows], [r["seconds_per_chain"] for r in rows], color=["0.5"] + ["C0"] * len(few))
+    axes[0].set_ylabel("score")
+    axes[0].legend(fontsize=6)
+    axes[1].bar([str(r["nfe"]) for r in samp], [r["ca_ca_outlier_fraction"] for r in samp], color=["0.5"] + ["C0"] * len(few))
     axes[1].set_xlabel("NFE")
-    axes[1].set_ylabel("seconds per chain")
-    axes[1].set_yscale("log")
-    fig.suptitle("structure_prediction: AF3 sampler vs few-step ODE (held-out test chains)", fontsize=9)
+    axes[1].set_ylabel("pred. CA-CA outlier fraction")
+    axes[2].bar([str(r["nfe"]) for r in samp], [r["seconds_per_chain"] for r in samp], color=["0.5"] + ["C0"] * len(few))
+    axes[2].set_xlabel("NFE")
+    axes[2].set_ylabel("seconds per chain")
+    axes[2].set_yscale("log")
+    fig.suptitle("structure_prediction: AF3 sampler vs few-step ODE (held-out test chains), with no-information baselines",
+                 fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
 
@@ -534,14 +587,16 @@ def timed_designability(inputs, out_dir, *, inverse_folder, folder, n_seq: int, 
     return rep
 
 
-def load_designability_models(fold_steps: int = 5):
+def load_designability_models(fold_steps: Optional[int] = 5, fold_sampler: str = "ode"):
     """``(inverse folder, folder, load seconds)``: ProteinMPNN CA-only and the default folder
-    (in-repo predictor, ``fold_steps``-step ODE), with the predictor's weights loaded."""
+    (in-repo predictor sampled with ``fold_sampler``: ``"ode"`` = the probability-flow ODE,
+    ``"af3"`` = AF3's stochastic sampler; ``fold_steps`` steps, ``None`` = that sampler's
+    default), with the predictor's weights loaded."""
     from .designability import load_folder, load_inverse_folder
 
     t0 = time.perf_counter()
     inv = load_inverse_folder("proteinmpnn_ca")
-    fold = load_folder("default", steps=int(fold_steps))
+    fold = load_folder("default", fold_sampler=fold_sampler, steps=None if fold_steps is None else int(fold_steps))
     dom = getattr(fold, "domain", None)
     if dom is not None and hasattr(dom, "teacher"):
         dom.teacher()  # load the weights now, not inside the first timed fold call
@@ -549,14 +604,15 @@ def load_designability_models(fold_steps: int = 5):
 
 
 def bench_designability(out_dir, *, n: int = 100, length: int = 100, n_seq: int = 8, fold_steps: int = 5, source: str = "ideal",
-                        batch_size: int = 8, seed: int = 0, progress: bool = True, models=None) -> dict:
+                        batch_size: int = 8, seed: int = 0, progress: bool = True, models=None, fold_sampler: str = "ode") -> dict:
     """Designability throughput on ``n`` backbones (:func:`designability_backbones`).
 
     Runs the pipeline into ``out_dir`` (resumable: a rerun skips evaluated backbones) and writes
     ``designability_bench.json`` / ``.md``: backbones per minute (this run: new backbones / wall
     time, models loaded beforehand and timed separately), seconds per backbone split into
     inverse folding, folding and metrics + I/O, designable fraction, mean best scRMSD / scTM.
-    ``models``: ``(inverse_folder, folder)`` to reuse (default :func:`load_designability_models`).
+    ``models``: ``(inverse_folder, folder)`` to reuse (default :func:`load_designability_models`
+    with ``fold_steps`` and ``fold_sampler``).
     Returns the summary dict."""
     _positive("n_seq", n_seq)
     _positive("fold_steps", fold_steps)
@@ -564,7 +620,7 @@ def bench_designability(out_dir, *, n: int = 100, length: int = 100, n_seq: int 
     out = Path(out_dir)
     backbones = designability_backbones(source, n, length, seed=seed)
     if models is None:
-        inv, fold, load_s = load_designability_models(fold_steps)
+        inv, fold, load_s = load_designability_models(fold_steps, fold_sampler)
     else:
         (inv, fold), load_s = models, 0.0
     _log(progress, f"bench designability: {len(backbones)} backbones ({source}), n_seq={n_seq}, fold: {fold.name}")
@@ -575,7 +631,7 @@ def bench_designability(out_dir, *, n: int = 100, length: int = 100, n_seq: int 
     lengths = [len(b) for b in backbones if not isinstance(b, (str, Path))]
     summary = {
         "benchmark": "designability", "source": str(source), "n": len(backbones), "length": int(length),
-        "lengths_mean": float(np.mean(lengths)) if lengths else None, "n_seq": int(n_seq), "fold_steps": int(fold_steps),
+        "lengths_mean": float(np.mean(lengths)) if lengths else None, "n_seq": int(n_seq), "fold_steps": int(fold_steps), "fold_sampler": fold_sampler,
         "batch_size": int(batch_size), "seed": int(seed), "inverse_folder": rep["inverse_folder"], "folder": rep["folder"],
         "folder_note": rep.get("folder_note"), "model_load_seconds": load_s,
         "n_evaluated": rep["n_evaluated"], "n_errors": rep["n_errors"], "n_new": k, "n_resumed": rep["n_resumed"],
@@ -627,7 +683,7 @@ def _designability_markdown(s: dict) -> str:
 
 
 DESIGNABILITY_OPTIONS = {"out": (str, "outputs/bench_designability"), "n": (int, 100), "length": (int, 100), "n_seq": (int, 8),
-                         "fold_steps": (int, 5), "source": (str, "ideal"), "batch_size": (int, 8), "seed": (int, 0),
+                         "fold_steps": (int, 5), "source": (str, "ideal"), "fold_sampler": (str, "ode"), "batch_size": (int, 8), "seed": (int, 0),
                          "threads": (int, 1), "progress": (bool, True)}
 
 
@@ -635,7 +691,8 @@ def designability_main(argv: Optional[list[str]] = None) -> int:
     """``workbench bench designability key=value ...``; returns the exit code (2 on bad input)."""
     def run(o):
         res = bench_designability(o["out"], n=o["n"], length=o["length"], n_seq=o["n_seq"], fold_steps=o["fold_steps"],
-                                  source=o["source"], batch_size=o["batch_size"], seed=o["seed"], progress=o["progress"])
+                                  source=o["source"], batch_size=o["batch_size"], seed=o["seed"], progress=o["progress"],
+                                  fold_sampler=o["fold_sampler"])
         return res["text"] + f"\nwrote {res['json']}, {res['markdown']}"
 
     return _run_main("designability", argv, DESIGNABILITY_OPTIONS, "workbench bench designability: designability "

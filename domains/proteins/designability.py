@@ -7,7 +7,10 @@ paper): for each backbone, an inverse folder designs ``n_seq`` sequences (Protei
 refolded structures are compared with the input backbone:
 
 - ``scRMSD`` = CA RMSD after optimal superposition (residue ``i`` <-> residue ``i``),
-- ``scTM`` = TM-score after TM-align, normalised by the input length.
+- ``scTM`` = TM-score with the same fixed correspondence (the refolded chain carries the designed
+  sequence on the input's positions; the TMscore program's measure,
+  :func:`~domains.proteins.metrics.tm_score_matched`), normalised by the input length;
+  ``scTM (TM-align)`` = TM-score after TM-align's own alignment is kept as a secondary column.
 
 Per backbone the best values are kept (minimum scRMSD, maximum scTM); a backbone is
 *designable* when its best scRMSD is below 2 A. The designable fraction is over the backbones
@@ -24,7 +27,19 @@ other inputs are still evaluated; such records are retried on a rerun.
 
 The default folder is the project's own small structure-prediction model (the
 ``structure_prediction`` domain), not ESMFold; ESMFold is used only when asked for and installed
-with its weights. Reports say which inverse folder and folder produced the numbers.
+with its weights. Reports say which inverse folder and folder produced the numbers. The in-repo
+folder does not refold native chains (their MPNN designs do not come back below 2 A), so the
+refolding columns cannot rank generators offline.
+
+What the report leads with instead (meaningful without a folder):
+
+* geometry and secondary structure of the input backbones (:func:`backbone_geometry`: CA-CA
+  outliers, clashes, Rg ratio, handedness of helical CA torsions, DSSP helix / strand), with the
+  same columns of native chains beside them when ``reference=`` is given;
+* ProteinMPNN's self-NLL of its own designs (:meth:`~domains.proteins.mpnn.ProteinMPNN.design_scored`:
+  mean NLL of each sampled sequence over the designed residues, ProteinMPNN's ``_scores``),
+  a *proxy* labelled as such: low = the inverse folder finds a confident sequence for the
+  backbone (see :data:`SELF_NLL_LABEL` for the natives' measured value).
 """
 from __future__ import annotations
 
@@ -44,12 +59,15 @@ import torch
 from workbench.utils import atomic_path
 
 from .chain import Chain
-from .metrics import ca_rmsd, tm_score
+from .metrics import ca_rmsd, tm_score, tm_score_matched
 
 #: designability threshold on the best scRMSD (Angstrom)
 SC_RMSD_THRESHOLD = 2.0
 #: the secondary, looser criterion: best scTM above this (as in Yim et al. 2023, FrameDiff)
 SC_TM_THRESHOLD = 0.5
+#: label of the inverse-folder proxy column (the natives' value measured with
+#: ``workbench designability reference=natives``, ProteinMPNN CA-only v_48_020, 8 designs at T = 0.1)
+SELF_NLL_LABEL = "MPNN self-NLL (nats/residue; a proxy, not designability; held-out natives ~1.1)"
 FOLDERS = ("default", "esmfold")
 INVERSE_FOLDERS = ("proteinmpnn_ca", "proteinmpnn")
 DEFAULT_FOLDER_NOTE = ("The folder is the project's small in-repo structure-prediction model (the structure_prediction "
@@ -120,18 +138,40 @@ class ESMFoldFolder:
         return out
 
 
-#: the default refolder samples the in-repo predictor with the few-step ODE form of the AF3 sampler
-#: (Protenix-Mini: gamma0 = 0, eta = 1, 2-5 steps); the 200-step AF3 sampler is ``steps=200, options={}``
+#: how the default (in-repo) refolder is sampled, ``fold_sampler=``:
+#:
+#: * ``"ode"`` (default): the few-step ODE form of the AF3 sampler (Protenix-Mini: ``af3_edm``
+#:   with ``gamma0 = 0, step_scale_eta = 1``, i.e. Euler on the probability-flow ODE), default
+#:   :data:`DEFAULT_FOLD_STEPS` steps;
+#: * ``"af3"``: AF3's own stochastic sampler (``af3_edm`` with the domain's AF3 options: ``gamma0
+#:   = 0.8, gamma_min = 1 A, noise_scale_lambda = 1.003, step_scale_eta = 1.5, s_trans = 1 A``),
+#:   default :data:`AF3_FOLD_STEPS` steps.
+FOLD_SAMPLERS = ("ode", "af3")
+#: with no ``fold_sampler``, step counts above this run AF3's sampler (a 200-step ODE is not what
+#: ``fold_steps=200`` means to an AF3 user), at most this the few-step ODE
+ODE_MAX_STEPS = 10
 DEFAULT_FOLD_STEPS = 5
+AF3_FOLD_STEPS = 200
 FEW_STEP_ODE = {"gamma0": 0.0, "step_scale_eta": 1.0}
 
 
-def load_folder(name: str = "default", **kwargs) -> Folder:
-    """A folder by name: ``"default"`` -> the ``structure_prediction`` domain's folder (the
-    project's small in-repo model, sampled by default with the :data:`DEFAULT_FOLD_STEPS`-step
-    ODE :data:`FEW_STEP_ODE`; ``kwargs`` go to ``domain.folder(...)``, e.g. ``steps=200,
-    options={}`` for the 200-step AF3 sampler), ``"esmfold"`` -> :class:`ESMFoldFolder` (needs
-    ``fair-esm`` and the weights)."""
+def load_folder(name: str = "default", *, fold_sampler: Optional[str] = None, **kwargs) -> Folder:
+    """A folder by name.
+
+    ``"default"``: the ``structure_prediction`` domain's folder (the project's small in-repo
+    model). ``fold_sampler`` picks how it is sampled (:data:`FOLD_SAMPLERS`; default ``"ode"``,
+    or ``"af3"`` when ``steps`` > :data:`ODE_MAX_STEPS`): ``"ode"`` (:data:`FEW_STEP_ODE`, ``steps`` default :data:`DEFAULT_FOLD_STEPS`; extra
+    ``options`` are added to the ODE's) or ``"af3"`` (AF3's stochastic sampler with the domain's
+    AF3 options, ``steps`` default :data:`AF3_FOLD_STEPS`; ``options`` override single AF3
+    options). With ``fold_sampler=None`` and explicit ``options`` those are used as they are
+    (``options={}`` = AF3's sampler). Other ``kwargs`` (``steps``, ``seed``) go to
+    ``domain.folder(...)``; the folder's ``name`` states the sampler and every option it runs with.
+
+    ``"esmfold"``: :class:`ESMFoldFolder` (needs ``fair-esm`` and the weights; takes no
+    ``fold_sampler``).
+    """
+    if fold_sampler is not None and fold_sampler not in FOLD_SAMPLERS:
+        raise ValueError(f"unknown fold_sampler {fold_sampler!r}; valid: {', '.join(FOLD_SAMPLERS)}")
     if name == "default":
         from workbench.domain import get_domain
 
@@ -145,10 +185,25 @@ def load_folder(name: str = "default", **kwargs) -> Folder:
             except Exception as e:
                 raise FolderUnavailable(f"the default folder needs the structure_prediction domain, which could not be "
                                         f"loaded: {' '.join(str(e).split())[:200]}") from None
-        kwargs.setdefault("steps", DEFAULT_FOLD_STEPS)
-        if kwargs.get("sampler") in (None, "af3_edm") and kwargs.get("options") is None:
-            kwargs["options"] = dict(FEW_STEP_ODE)
-        return domain.folder(**kwargs)
+        steps = kwargs.pop("steps", None)
+        if fold_sampler is None and kwargs.get("options") is None:
+            fold_sampler = "af3" if steps is not None and int(steps) > ODE_MAX_STEPS else "ode"
+        if fold_sampler is not None:
+            if kwargs.get("sampler") not in (None, "af3_edm"):
+                raise ValueError(f"fold_sampler={fold_sampler!r} runs af3_edm; do not also pass sampler={kwargs['sampler']!r}")
+            kwargs["sampler"] = "af3_edm"
+            user = dict(kwargs.get("options") or {})
+            if fold_sampler == "ode":
+                kwargs["options"] = {**FEW_STEP_ODE, **user}
+            else:
+                kwargs["options"] = {**dict(domain.opts.get("sampler_options") or {}), **user}
+        if steps is None:
+            steps = AF3_FOLD_STEPS if fold_sampler == "af3" else DEFAULT_FOLD_STEPS
+        return domain.folder(steps=int(steps), **kwargs)
+    if fold_sampler is not None:
+        raise ValueError(f"fold_sampler applies to folder='default' only, not {name!r}")
+    if kwargs.pop("steps", None) is not None:
+        raise ValueError(f"fold_steps applies to folder='default' only, not {name!r}")
     if name == "esmfold":
         return ESMFoldFolder(**kwargs)
     raise ValueError(f"unknown folder {name!r}; valid: {list(FOLDERS)} (or pass an object with .name and .fold(sequences))")
@@ -278,32 +333,116 @@ def _finite_or_none(x) -> Optional[float]:
 
 
 # --------------------------------------------------------------------------------------------
+# offline columns: geometry of the inputs, reference natives
+# --------------------------------------------------------------------------------------------
+#: per-backbone geometry columns (:func:`backbone_geometry`) -> report header
+GEOMETRY_COLUMNS = {
+    "ca_ca_outlier_fraction": "CA-CA outside 3.8 +- 0.2 A",
+    "clashes_per_residue": "CA clashes / residue",
+    "rg_ratio": "Rg / (2.2 L^0.38)",
+    "helical_right": "right-handed helical CA torsions",
+    "handedness_ratio": "right / left helical (pooled)",
+    "dssp_helix": "DSSP helix",
+    "dssp_strand": "DSSP strand",
+}
+#: ``reference="natives"``: this many held-out test chains of the protein data
+N_REFERENCE_NATIVES = 16
+
+
+def backbone_geometry(chain: Chain) -> dict:
+    """Geometry and secondary structure of one backbone (:mod:`domains.proteins.metrics`):
+    ``ca_ca_outlier_fraction`` (consecutive CA-CA outside 3.8 +- 0.2 A), ``clashes_per_residue``
+    (non-bonded CA pairs closer than 3 A, per residue), ``rg_ratio`` (Rg / (2.2 L^0.38)),
+    ``helical_right`` / ``n_right`` / ``n_left`` / ``n_torsions`` (CA virtual torsions in the
+    right- / left-handed helical windows), and the DSSP fractions
+    (:func:`~domains.proteins.dssp.dssp_fractions`, mkdssp when installed else pydssp, on the
+    N/C/O placed around a CA trace: ``dssp_helix``, ``dssp_strand``, ``dssp_helix_runs7``,
+    ``dssp_strand_runs3``; ``None`` when DSSP fails on the backbone). Non-finite values -> ``None``."""
+    from . import metrics as pm
+
+    ca = np.asarray(chain.ca, dtype=np.float64)
+    h = pm.handedness(ca)
+    out = {"ca_ca_outlier_fraction": pm.ca_ca_stats(ca)["ca_ca_outlier_fraction"],
+           "clashes_per_residue": pm.clash_count(ca) / max(1, len(ca)), "rg_ratio": pm.rg_ratio(ca),
+           "helical_right": h["helical_right"], "n_right": h["n_right"], "n_left": h["n_left"], "n_torsions": h["n_torsions"],
+           "dssp_helix": float("nan"), "dssp_strand": float("nan")}
+    try:
+        from .dssp import dssp_fractions
+
+        out.update(dssp_fractions(chain))
+    except (ValueError, RuntimeError, OSError):  # DSSP failing on one odd backbone must not stop the pipeline
+        pass
+    return {k: _finite_or_none(v) for k, v in out.items()}
+
+
+def _dssp_backend() -> Optional[str]:
+    try:
+        from .dssp import _resolve_backend
+
+        return _resolve_backend("auto")
+    except (ImportError, ValueError):
+        return None
+
+
+def summarize_geometry(geoms: Sequence[Optional[dict]]) -> dict:
+    """Means of :func:`backbone_geometry` over backbones (``None`` entries skipped); the
+    handedness ratio pools the torsion counts, ``(sum n_right + 1) / (sum n_left + 1)``."""
+    geoms = [g for g in geoms if g]
+    out: dict = {"n": len(geoms)}
+    keys = sorted({k for g in geoms for k in g} - {"n_right", "n_left", "n_torsions"})
+    for k in keys:
+        v = np.asarray([g.get(k) if g.get(k) is not None else np.nan for g in geoms], dtype=np.float64)
+        out[k] = float(np.nanmean(v)) if np.isfinite(v).any() else None
+    if geoms:
+        nr = sum(g.get("n_right") or 0.0 for g in geoms)
+        nl = sum(g.get("n_left") or 0.0 for g in geoms)
+        out["handedness_ratio"] = (nr + 1.0) / (nl + 1.0)
+    return out
+
+
+def reference_natives(n: int = N_REFERENCE_NATIVES) -> list:
+    """The first ``n`` held-out test chains of the protein data
+    (:func:`~domains.proteins.data.dataset_chains` ``("test")``): what ``reference="natives"`` runs."""
+    from .data import dataset_chains
+
+    chains = list(dataset_chains("test"))[: int(n)]
+    if not chains:
+        raise ValueError("reference='natives': the protein data has no test chains")
+    return chains
+
+
+# --------------------------------------------------------------------------------------------
 # the pipeline
 # --------------------------------------------------------------------------------------------
 def evaluate_backbone(backbone: Chain, sequences: Sequence[str], refolded: Sequence[Chain]) -> dict:
-    """scRMSD (CA, superposed) and scTM (TM-align, normalised by the input) of each refolded
-    structure against ``backbone``; best values and the index of the best (min scRMSD) design."""
+    """scRMSD (CA, superposed), scTM (position-matched TM-score, normalised by the input) and
+    the secondary scTM after TM-align (``sc_tm_align``) of each refolded structure against
+    ``backbone``; best values (min scRMSD, max scTM) and the index of the best (min scRMSD) design."""
     if len(refolded) != len(sequences):
         raise ValueError(f"the folder returned {len(refolded)} structures for {len(sequences)} sequences")
-    rmsds, tms = [], []
+    rmsds, tms, tms_align = [], [], []
     for seq, fold in zip(sequences, refolded):
         ca = fold.ca if isinstance(fold, Chain) else np.asarray(fold)
         if len(ca) != len(backbone):
             raise ValueError(f"the folder returned {len(ca)} residues for a sequence of length {len(seq)} "
                              f"(backbone {backbone.name!r} has {len(backbone)})")
         rmsds.append(ca_rmsd(ca, backbone.ca))
-        tms.append(tm_score(ca, backbone.ca))
+        tms.append(tm_score_matched(ca, backbone.ca))
+        tms_align.append(tm_score(ca, backbone.ca))
     r = np.asarray(rmsds, dtype=np.float64)
     best = int(np.nanargmin(r)) if np.isfinite(r).any() else 0
-    return {
-        "sc_rmsd": _finite_or_none(r[best]),
-        "sc_tm": _finite_or_none(np.nanmax(tms)),
-        "best_index": best,
-        "best_sequence": sequences[best],
-        "sc_rmsds": [_finite_or_none(x) for x in rmsds],
-        "sc_tms": [_finite_or_none(x) for x in tms],
-        "sequences": list(sequences),
-    }
+    with np.errstate(all="ignore"):
+        return {
+            "sc_rmsd": _finite_or_none(r[best]),
+            "sc_tm": _finite_or_none(np.nanmax(tms)),
+            "sc_tm_align": _finite_or_none(np.nanmax(tms_align)),
+            "best_index": best,
+            "best_sequence": sequences[best],
+            "sc_rmsds": [_finite_or_none(x) for x in rmsds],
+            "sc_tms": [_finite_or_none(x) for x in tms],
+            "sc_tms_align": [_finite_or_none(x) for x in tms_align],
+            "sequences": list(sequences),
+        }
 
 
 def _batch_generator(seed: int, chains: Sequence[Chain]) -> torch.Generator:
@@ -328,7 +467,8 @@ def _accepts_generator(fn) -> bool:
 
 def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_seq: int = 8, temperature: float = 0.1,
                       batch_size: int = 8, seed: int = 0, progress: bool = True, all_chains: bool = False,
-                      threshold: float = SC_RMSD_THRESHOLD, resume: bool = True, save_structures: bool = False) -> dict:
+                      threshold: float = SC_RMSD_THRESHOLD, resume: bool = True, save_structures: bool = False,
+                      reference=None) -> dict:
     """Run the designability protocol on ``inputs`` and write ``results.jsonl``, ``report.json``
     and ``report.md`` into ``out_dir``.
 
@@ -350,6 +490,9 @@ def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_se
             ``n_seq``, ``temperature`` and ``seed``; ``False`` recomputes everything.
         save_structures: also write each backbone's best refolded structure to
             ``out_dir/refolded/<name>_best.pdb``.
+        reference: native backbones run through the same pipeline (same inverse folder, folder
+            and settings) into ``out_dir/reference`` and reported beside the inputs:
+            ``"natives"`` (:func:`reference_natives`) or anything ``inputs`` accepts.
     Returns:
         the report dict (also saved as ``report.json``).
     """
@@ -388,6 +531,7 @@ def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_se
         _write_results(results_path, records)
 
     fold_kwargs_ok = _accepts_generator(folder.fold)
+    scored = callable(getattr(inverse_folder, "design_scored", None))
     bar = None
     if progress:
         try:
@@ -401,7 +545,12 @@ def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_se
         """Design, fold and score one batch of backbones -> one record each."""
         gen = _batch_generator(seed, [b[1] for b in batch])
         t0 = time.perf_counter()
-        designs = inverse_folder.design([b[1] for b in batch], n_seq=int(n_seq), temperature=float(temperature), generator=gen)
+        if scored:
+            designs, nlls = inverse_folder.design_scored([b[1] for b in batch], n_seq=int(n_seq), temperature=float(temperature),
+                                                         generator=gen)
+        else:
+            designs = inverse_folder.design([b[1] for b in batch], n_seq=int(n_seq), temperature=float(temperature), generator=gen)
+            nlls = [None] * len(batch)
         t1 = time.perf_counter()
         flat = [s for ds in designs for s in ds]
         folded = list(folder.fold(flat, generator=gen) if fold_kwargs_ok else folder.fold(flat))
@@ -415,6 +564,10 @@ def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_se
                    "fold_seconds": (t2 - t1) / len(batch)}
             try:
                 rec.update(evaluate_backbone(chain, designs[i], folded[i * int(n_seq):(i + 1) * int(n_seq)]))
+                if nlls[i] is not None:
+                    rec["mpnn_self_nlls"] = [_finite_or_none(v) for v in nlls[i]]
+                    rec["mpnn_self_nll"] = _finite_or_none(np.mean(nlls[i]))
+                rec["geometry"] = backbone_geometry(chain)
                 rec["status"] = "ok"
                 if save_structures:
                     from .io import write_chain
@@ -453,12 +606,30 @@ def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_se
     if bar is not None:
         bar.close()
 
+    missing_geometry = [(k, ch) for k, ch, _ in backbones if records.get(k, {}).get("status") == "ok" and "geometry" not in records[k]]
+    for k, ch in missing_geometry:  # records of an earlier version of the pipeline
+        records[k]["geometry"] = backbone_geometry(ch)
+    if missing_geometry:
+        _write_results(results_path, records)
     keys_now = [e["key"] for e in read_errors] + [b[0] for b in backbones]
     report = summarize([records[k] for k in keys_now if k in records], threshold=threshold)
+    if reference is not None:
+        ref_inputs = reference_natives() if isinstance(reference, str) and reference == "natives" else reference
+        if isinstance(ref_inputs, (str, Path)) and Path(ref_inputs).resolve() == out_dir.resolve():
+            raise ValueError("reference= must not be the output directory")
+        ref = run_designability(ref_inputs, out_dir / "reference", inverse_folder=inverse_folder, folder=folder, n_seq=n_seq,
+                                temperature=temperature, batch_size=batch_size, seed=seed, progress=progress,
+                                all_chains=all_chains, threshold=threshold, resume=resume, save_structures=False)
+        report["reference"] = {k: ref.get(k) for k in REFERENCE_KEYS}
+        natives = isinstance(reference, str) and reference == "natives"
+        report["reference"]["source"] = (f"held-out natives ({len(ref_inputs)} test chains)" if natives else
+                                         f"{ref.get('n_evaluated')} reference backbones")
+        report["reference"]["out_dir"] = str(out_dir / "reference")
     report.update({
         "inverse_folder": inv_name,
         "folder": fold_name,
         "folder_note": _folder_note(folder, folder_arg),
+        "dssp_backend": _dssp_backend(),
         "n_seq": int(n_seq),
         "temperature": float(temperature),
         "seed": int(seed),
@@ -476,11 +647,18 @@ def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_se
     return report
 
 
+#: what a report keeps of its reference run
+REFERENCE_KEYS = ("n_evaluated", "geometry", "mpnn_self_nll_mean", "mpnn_self_nll_std", "n_designable", "designable_fraction",
+                  "n_designable_sc_tm", "designable_fraction_sc_tm", "mean_best_sc_rmsd", "mean_best_sc_tm", "mean_best_sc_tm_align")
+
+
 def summarize(records: Sequence[dict], *, threshold: float = SC_RMSD_THRESHOLD, tm_threshold: float = SC_TM_THRESHOLD) -> dict:
     """Aggregate per-backbone records: counts, designable fraction (best scRMSD < ``threshold``
     over the evaluated backbones; the main criterion, as Proteina and RFdiffusion), the
     looser scTM-designable fraction (best scTM > ``tm_threshold``, FrameDiff's criterion,
-    reported beside it), mean/median best scRMSD and scTM, compute time per
+    reported beside it), mean/median best scRMSD and scTM (and the secondary TM-align scTM), the
+    offline columns (``geometry``: :func:`summarize_geometry`; ``mpnn_self_nll_mean/std`` over
+    backbones of the mean self-NLL of their designs), compute time per
     backbone and per designable backbone (summed over the records' own timings, so resumed runs
     count the time they originally took), and the list of errors."""
     ok = [r for r in records if r.get("status") == "ok"]
@@ -490,6 +668,8 @@ def summarize(records: Sequence[dict], *, threshold: float = SC_RMSD_THRESHOLD, 
     designable = int((rmsd < threshold).sum()) if len(ok) else 0
     tm_designable = int((tm > tm_threshold).sum()) if len(ok) else 0
     compute = float(sum(r.get("seconds", 0.0) for r in ok))
+    tm_al = np.asarray([r["sc_tm_align"] if r.get("sc_tm_align") is not None else np.nan for r in ok], dtype=np.float64)
+    nll = np.asarray([r["mpnn_self_nll"] for r in ok if r.get("mpnn_self_nll") is not None], dtype=np.float64)
 
     def f(x):
         return float(x) if len(ok) and np.isfinite(x) else None
@@ -509,6 +689,10 @@ def summarize(records: Sequence[dict], *, threshold: float = SC_RMSD_THRESHOLD, 
             "mean_best_sc_rmsd": f(np.nanmean(rmsd)) if len(ok) else None,
             "median_best_sc_rmsd": f(np.nanmedian(rmsd)) if len(ok) else None,
             "mean_best_sc_tm": f(np.nanmean(tm)) if len(ok) else None,
+            "mean_best_sc_tm_align": f(np.nanmean(tm_al)) if len(ok) and np.isfinite(tm_al).any() else None,
+            "mpnn_self_nll_mean": float(nll.mean()) if len(nll) else None,
+            "mpnn_self_nll_std": float(nll.std()) if len(nll) else None,
+            "geometry": summarize_geometry([r.get("geometry") for r in ok]),
             "compute_seconds": compute,
             "seconds_per_backbone": compute / len(ok) if ok else None,
             "seconds_per_designable": compute / designable if designable else None,
@@ -517,10 +701,13 @@ def summarize(records: Sequence[dict], *, threshold: float = SC_RMSD_THRESHOLD, 
 
 
 def format_report(report: dict) -> str:
-    """The report as Markdown (what ``report.md`` contains)."""
+    """The report as Markdown (what ``report.md`` contains): first the offline columns (geometry
+    and DSSP of the inputs, the labelled MPNN self-NLL proxy; the reference natives beside them
+    when run), then the refolding columns labelled with the folder that produced them."""
     def num(x, fmt="{:.3f}"):
         return "n/a" if x is None else fmt.format(x)
 
+    ref = report.get("reference") or None
     lines = [
         "# Designability report",
         "",
@@ -530,12 +717,47 @@ def format_report(report: dict) -> str:
         f"- {report.get('folder_note', '')}",
         f"- Backbones: {report.get('n_backbones')} ({report.get('n_evaluated')} evaluated, {report.get('n_errors')} errors, "
         f"{report.get('n_resumed', 0)} taken from an earlier run)",
+        "",
+        "## Offline checks: geometry, secondary structure, inverse-folding proxy",
+        "",
+        f"DSSP: {report.get('dssp_backend') or 'n/a'} (on N/C/O placed around CA traces). Compare each column with native chains: "
+        "`reference=natives` runs held-out natives through the same pipeline and adds their row.",
+        "",
+        "| set | n | " + " | ".join(GEOMETRY_COLUMNS.values()) + f" | {SELF_NLL_LABEL} |",
+        "|---|---:|" + "---:|" * (len(GEOMETRY_COLUMNS) + 1),
+    ]
+
+    def geo_row(name, rep):
+        g = rep.get("geometry") or {}
+        nll = rep.get("mpnn_self_nll_mean")
+        nll_s = "n/a" if nll is None else f"{nll:.3f} +- {rep.get('mpnn_self_nll_std') or 0.0:.3f}"
+        cells = [num(g.get(k), "{:.1f}" if k == "handedness_ratio" else "{:.3f}") for k in GEOMETRY_COLUMNS]
+        return f"| {name} | {g.get('n', rep.get('n_evaluated'))} | " + " | ".join(cells) + f" | {nll_s} |"
+
+    lines.append(geo_row("inputs", report))
+    if ref:
+        lines.append(geo_row(f"reference: {ref.get('source')}", ref))
+    lines += [
+        "",
+        "MPNN self-NLL: mean negative log-likelihood (nats per designed residue) of the inverse folder's own "
+        "designs under the same model (ProteinMPNN's `_scores`); lower = a more confident sequence. A proxy for "
+        "how protein-like a backbone looks to ProteinMPNN, not a designability measure.",
+        "",
+        f"## Refolding (folder: {report.get('folder')})",
+        "",
         f"- Designable (best scRMSD < {num(report.get('threshold_sc_rmsd'), '{:g}')} A): {report.get('n_designable')} "
         f"= {num(report.get('designable_fraction'))}",
-        f"- Designable by scTM (best scTM > {num(report.get('threshold_sc_tm'), '{:g}')}, the looser FrameDiff criterion): "
-        f"{report.get('n_designable_sc_tm')} = {num(report.get('designable_fraction_sc_tm'))}",
+        f"- Designable by scTM (best position-matched scTM > {num(report.get('threshold_sc_tm'), '{:g}')}, the looser "
+        f"FrameDiff criterion): {report.get('n_designable_sc_tm')} = {num(report.get('designable_fraction_sc_tm'))}",
         f"- Best scRMSD: mean {num(report.get('mean_best_sc_rmsd'))} A, median {num(report.get('median_best_sc_rmsd'))} A",
-        f"- Best scTM: mean {num(report.get('mean_best_sc_tm'))}",
+        f"- Best scTM (position-matched): mean {num(report.get('mean_best_sc_tm'))}; secondary, after TM-align's own "
+        f"alignment: {num(report.get('mean_best_sc_tm_align'))}",
+    ]
+    if ref:
+        lines.append(f"- Reference ({ref.get('source')}) through the same folder: designable {ref.get('n_designable')} / "
+                     f"{ref.get('n_evaluated')}, mean best scRMSD {num(ref.get('mean_best_sc_rmsd'))} A, mean best scTM "
+                     f"{num(ref.get('mean_best_sc_tm'))}")
+    lines += [
         f"- Wall time (this run): {num(report.get('wall_seconds'), '{:.1f}')} s; compute over all evaluated backbones: "
         f"{num(report.get('compute_seconds'), '{:.1f}')} s",
         f"- Seconds per backbone: {num(report.get('seconds_per_backbone'), '{:.2f}')}; effective seconds per designable "
@@ -549,6 +771,8 @@ def format_report(report: dict) -> str:
 
 
 __all__ = [
-    "ESMFoldFolder", "Folder", "FolderUnavailable", "SC_RMSD_THRESHOLD", "evaluate_backbone", "expand_inputs", "format_report",
-    "load_folder", "load_inverse_folder", "run_designability", "summarize",
+    "AF3_FOLD_STEPS", "DEFAULT_FOLD_STEPS", "ODE_MAX_STEPS", "ESMFoldFolder", "FOLD_SAMPLERS", "FEW_STEP_ODE", "Folder", "FolderUnavailable",
+    "GEOMETRY_COLUMNS", "SC_RMSD_THRESHOLD", "SELF_NLL_LABEL", "backbone_geometry", "evaluate_backbone", "expand_inputs",
+    "format_report", "load_folder", "load_inverse_folder", "reference_natives", "run_designability", "summarize",
+    "summarize_geometry",
 ]

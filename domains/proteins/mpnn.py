@@ -14,6 +14,14 @@ a random decoding order (``argsort |randn|``), autoregressive sampling at temper
 from torch's global RNG; :meth:`ProteinMPNN.design` runs it under ``torch.random.fork_rng``
 seeded from the caller's generator, so results are a pure function of the generator state and
 the global RNG is left untouched.
+
+:meth:`ProteinMPNN.design_scored` also returns each design's *self-NLL*: the mean negative
+log-likelihood of the sampled sequence under the model, scored along the same decoding order
+it was sampled in (``protein_mpnn_run.py``: ``log_probs = model(X, S_sample, ...,
+use_input_decoding_order=True, decoding_order=sample_dict["decoding_order"])``, then
+``_scores(S_sample, log_probs, mask * chain_M * chain_M_pos)``, i.e. the mean over designed
+residues). It is an offline *proxy* of how protein-like a backbone looks to the inverse folder
+(low = the model is confident about a sequence for it), not a designability measure.
 """
 from __future__ import annotations
 
@@ -85,6 +93,13 @@ def _seed_from(generator) -> int:
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
     return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+
+
+def _mean_nll(log_probs: torch.Tensor, S: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """ProteinMPNN's ``_scores``: ``sum_i m_i (-log p_i(S_i)) / sum_i m_i`` per row; ``log_probs``
+    ``[B, L, 21]``, ``S`` ``[B, L]`` tokens, ``mask`` ``[B, L]`` -> ``[B]`` nats per residue."""
+    nll = -(log_probs.gather(-1, S[..., None])[..., 0])
+    return (nll * mask).sum(-1) / mask.sum(-1).clamp_min(1)
 
 
 class ProteinMPNN:
@@ -185,7 +200,9 @@ class ProteinMPNN:
 
     # -- design ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def _sample_rows(self, chains: Sequence[Chain], temperature: float, seed: int) -> list[str]:
+    def _sample_rows(self, chains: Sequence[Chain], temperature: float, seed: int, score: bool = False):
+        """One batched sampling pass -> the sequences (and with ``score=True`` also their
+        self-NLLs in nats, ProteinMPNN's ``_scores`` over the designed residues)."""
         X, S, mask, ridx, chenc = self._featurize(chains)
         B, L = S.shape
         omit = np.zeros(21, dtype=np.float32)
@@ -202,15 +219,32 @@ class ProteinMPNN:
                 omit_AA_mask=torch.zeros((B, L, 21), device=self.device), pssm_coef=torch.zeros_like(mask),
                 pssm_bias=torch.zeros((B, L, 21), device=self.device), pssm_multi=0.0, pssm_log_odds_flag=False,
                 pssm_log_odds_mask=None, pssm_bias_flag=False, bias_by_res=torch.zeros((B, L, 21), device=self.device))
+            if score:  # protein_mpnn_run.py: the sample scored along its own decoding order
+                log_probs = self.model(X, out["S"], mask, torch.ones_like(mask), ridx, chenc, randn,
+                                       use_input_decoding_order=True, decoding_order=out["decoding_order"])
         toks = out["S"].cpu().numpy()
         seqs = []
         for b, ch in enumerate(chains):
             s = "".join(MPNN_ALPHABET[int(k)] for k in toks[b, : len(ch)])
             seqs.append(s.replace("X", "A"))
-        return seqs
+        if not score:
+            return seqs
+        return seqs, _mean_nll(log_probs, out["S"], mask).cpu().tolist()
 
     def design(self, chains: Union[Chain, Sequence[Chain]], n_seq: int = 8, temperature: float = 0.1,
                generator: Union[None, int, torch.Generator] = None) -> list[list[str]]:
+        """Sample ``n_seq`` sequences per backbone at ``temperature`` (0.1 = the usual
+        designability setting); see :meth:`design_scored` (same sequences, no scores)."""
+        return self._design(chains, n_seq, temperature, generator, score=False)[0]
+
+    def design_scored(self, chains: Union[Chain, Sequence[Chain]], n_seq: int = 8, temperature: float = 0.1,
+                      generator: Union[None, int, torch.Generator] = None) -> tuple[list[list[str]], list[list[float]]]:
+        """:meth:`design` plus each design's self-NLL (nats per designed residue; see the module
+        docstring): ``(sequences, nlls)``, both ``N`` lists of ``n_seq``. The sequences equal
+        :meth:`design`'s for the same generator state."""
+        return self._design(chains, n_seq, temperature, generator, score=True)
+
+    def _design(self, chains, n_seq, temperature, generator, score: bool):
         """Sample ``n_seq`` sequences per backbone at ``temperature`` (0.1 = the usual
         designability setting).
 
@@ -244,11 +278,14 @@ class ProteinMPNN:
             else:
                 chunks.append([i])
         result: list[list[str]] = [[] for _ in chains]
+        scores: list[list[float]] = [[] for _ in chains]
         for part in chunks:
-            seqs = self._sample_rows([chains[i] for i in part], temperature, _seed_from(generator))
-            for i, s in zip(part, seqs):
+            got = self._sample_rows([chains[i] for i in part], temperature, _seed_from(generator), score=score)
+            seqs, nlls = got if score else (got, [None] * len(part))
+            for i, s, v in zip(part, seqs, nlls):
                 result[i].append(s)
-        return result
+                scores[i].append(v)
+        return result, (scores if score else None)
 
     # -- scoring ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -277,9 +314,7 @@ class ProteinMPNN:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Using torch.cross without specifying the dim arg")
             log_probs = self.model(X, S, mask, torch.ones_like(mask), ridx, chenc, randn)
-        m = mask * known
-        nll = -(log_probs.gather(-1, S[..., None])[..., 0])
-        return ((nll * m).sum(-1) / m.sum(-1).clamp_min(1)).cpu().tolist()
+        return _mean_nll(log_probs, S, mask * known).cpu().tolist()
 
     def recovery(self, chains: Union[Chain, Sequence[Chain]], n_seq: int = 8, temperature: float = 0.1,
                  generator: Union[None, int, torch.Generator] = None) -> list[float]:

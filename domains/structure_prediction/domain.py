@@ -406,10 +406,7 @@ class StructurePredictionDomain(Domain):
         seqs = [check_sequence(s, f"sequences[{i}]") for i, s in enumerate(sequences)]
         steps = int(self.opts["steps"] if steps is None else steps)
         sampler = sampler or self.opts["sampler"]
-        opts = dict(self.opts["sampler_options"] or {}) if options is None else dict(options)
-        if sampler == "af3_edm":
-            opts.setdefault("gamma_min", 1.0 / self.unit)  # AF3's 1 A in state units
-            opts.setdefault("s_trans", 1.0 / self.unit)  # AF3 Alg. 19's translation std, 1 A in state units
+        opts = self.sampler_options(sampler, options)
         net = model if model is not None else self.teacher()
         proc = self.process()
         ts = af3_grid(proc, steps) if isinstance(timesteps, str) and timesteps == "af3" else timesteps
@@ -429,6 +426,30 @@ class StructurePredictionDomain(Domain):
                 out[i] = Chain(name=name, sequence=seqs[i], coords=(res.x[j, :L] * self.unit).detach().cpu().numpy().astype(np.float32),
                                source=f"structure_prediction:{sampler}:{steps}", meta={"sampler": sampler, "steps": steps, "seed": int(seed) + i})
         return out
+
+    def sampler_options(self, sampler: Optional[str] = None, options: Optional[dict] = None) -> dict:
+        """The keyword options :meth:`predict` passes to ``sampler``: ``options`` (``None``: the
+        config's ``sampler_options``), plus for ``af3_edm`` AF3's ``gamma_min`` and ``s_trans`` of
+        1 A in state units (``1 / sigma_data``) unless given."""
+        sampler = sampler or self.opts["sampler"]
+        opts = dict(self.opts["sampler_options"] or {}) if options is None else dict(options)
+        if sampler == "af3_edm":
+            opts.setdefault("gamma_min", 1.0 / self.unit)  # AF3's 1 A in state units
+            opts.setdefault("s_trans", 1.0 / self.unit)  # AF3 Alg. 19's translation std, 1 A in state units
+        return opts
+
+    def effective_sampler_options(self, sampler: Optional[str] = None, options: Optional[dict] = None) -> dict:
+        """Every keyword option ``sampler`` runs with under :meth:`predict`: the sampler
+        function's own defaults overlaid with :meth:`sampler_options` (so a report can say exactly
+        what ran, e.g. AF3's ``gamma0 = 0.8, step_scale_eta = 1.5, noise_scale_lambda = 1.003``)."""
+        import inspect
+
+        from workbench.samplers import get as get_sampler
+
+        spec = get_sampler(sampler or self.opts["sampler"])
+        defaults = {k: p.default for k, p in inspect.signature(spec.fn).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+        return {**defaults, **dict(spec.options), **self.sampler_options(sampler, options)}
 
     def folder(self, *, steps: Optional[int] = None, sampler: Optional[str] = None, options: Optional[dict] = None, seed: int = 0):
         """The designability refolder: an object with ``.name`` and ``fold(sequences) -> list[Chain]``."""
@@ -450,19 +471,24 @@ class StructurePredictionDomain(Domain):
         return out
 
     def evaluate(self, samples: Batch, *, reference: Optional[Batch] = None) -> dict:
-        """Metrics of predicted CA traces (means over samples):
+        """Metrics of predicted CA traces (means over samples; :mod:`.scoring` defines each).
 
-        * against the true structure (``reference`` sample ``i``, else the known structure of
-          the same sequence, :meth:`known_structures`): ``ca_lddt`` (CA-lDDT, 15 A inclusion
-          radius, superposition free), ``tm_score`` (TM-align normalised by the true length),
-          ``rmsd`` (CA RMSD after Kabsch superposition, A), ``gdt_like_frac_2A`` (fraction of
-          residues within 2 A after superposition), and ``with_reference`` (fraction of samples
-          that had one);
-        * structure sanity for all samples: ``ca_ca_mean`` / ``ca_ca_outlier_fraction``
-          (consecutive CA-CA distances vs 3.8 +- 0.2 A) and ``clashes_per_residue`` (non-bonded
-          CA pairs closer than 3 A).
+        Against the true structure (``reference`` sample ``i``, else the known structure of the
+        same sequence, :meth:`known_structures`), residue ``i`` <-> residue ``i``:
+
+        * primary: ``tm_score`` = TM-score with FIXED residue correspondence (the TMscore
+          program's measure, normalised by the true length) and ``ca_lddt`` (CA-lDDT);
+        * secondary: ``tm_align`` (TM-score after TM-align's own, sequence-independent alignment:
+          NOT a prediction-accuracy measure, an unrelated native chain scores ~0.28 with it),
+          ``rmsd`` (CA RMSD after Kabsch superposition, A), ``gdt_like_frac_2A``;
+        * ``rg_vs_native``: Rg(prediction) / Rg(truth); ``with_reference``: fraction of samples
+          that had a truth.
+
+        Shape of every prediction (no truth needed): ``ca_ca_mean`` / ``ca_ca_outlier_fraction``
+        (consecutive CA-CA distances vs 3.8 +- 0.2 A), ``clashes_per_residue`` (non-bonded CA pairs
+        closer than 3 A) and ``rg`` (A).
         """
-        from domains.proteins import metrics as pm
+        from .scoring import mean_scores, score_prediction, shape_metrics
 
         items = self._split_samples(samples)
         refs: list = [None] * len(items)
@@ -478,29 +504,16 @@ class StructurePredictionDomain(Domain):
                 c = known.get(seq)
                 if c is not None:
                     refs[i] = c.ca.astype(np.float64)
-        lddt, tm, rmsd, frac2 = [], [], [], []
-        ca_mean, ca_out, clash = [], [], []
+        shapes, scored = [], []
         for (seq, ca), ref in zip(items, refs):
-            st = pm.ca_ca_stats(ca)
-            ca_mean.append(st["ca_ca_mean"])
-            ca_out.append(st["ca_ca_outlier_fraction"])
-            clash.append(pm.clash_count(ca) / max(1, len(ca)))
+            shapes.append(shape_metrics(ca))
             if ref is None or len(ref) != len(ca) or len(ca) < 3:
                 continue
-            lddt.append(pm.ca_lddt(ca, ref))
-            try:
-                tm.append(pm.tm_score(ca, ref, seq, seq))
-            except ValueError:
-                tm.append(float("nan"))
-            rmsd.append(pm.ca_rmsd(ca, ref))
-            ok = np.isfinite(ref).all(1)
-            p, q = ca[ok], ref[ok]
-            R, t = pm.kabsch(p, q)
-            frac2.append(float((np.linalg.norm(p @ R.T + t - q, axis=1) < 2.0).mean()))
-        mean = lambda v: float(np.nanmean(v)) if len(v) and not np.all(np.isnan(v)) else float("nan")  # noqa: E731
-        return {"ca_lddt": mean(lddt), "tm_score": mean(tm), "rmsd": mean(rmsd), "gdt_like_frac_2A": mean(frac2),
-                "with_reference": len(lddt) / max(1, len(items)), "ca_ca_mean": mean(ca_mean),
-                "ca_ca_outlier_fraction": mean(ca_out), "clashes_per_residue": mean(clash)}
+            scored.append(score_prediction(ca, ref, seq))
+        out = mean_scores(scored, ("tm_score", "ca_lddt", "tm_align", "rmsd", "gdt_like_frac_2A", "rg_vs_native"))
+        out.update(mean_scores(shapes, ("ca_ca_mean", "ca_ca_outlier_fraction", "clashes_per_residue", "rg")))
+        out["with_reference"] = len(scored) / max(1, len(items))
+        return out
 
     # -- I/O -----------------------------------------------------------------------------------
     def save_samples(self, samples: Batch, out_dir: Path) -> list[Path]:
@@ -576,6 +589,22 @@ class StructurePredictionDomain(Domain):
         return f"StructurePredictionDomain(sequence_encoder={self.opts['sequence_encoder']!r}, recycles={self.opts['recycles']})"
 
 
+def _fmt_opt(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def sampler_kind(sampler: str, effective: dict) -> str:
+    """``"ode"`` for ``af3_edm`` without churn and with the plain Euler step (``gamma0 = 0,
+    step_scale_eta = 1``: Euler on the probability-flow ODE), ``"af3"`` for ``af3_edm`` with
+    churn (``gamma0 > 0``: AF3's stochastic sampler), else ``"custom"``."""
+    if sampler != "af3_edm":
+        return "custom"
+    g, eta = float(effective.get("gamma0", 0.8)), float(effective.get("step_scale_eta", 1.5))
+    if g == 0.0 and eta == 1.0:
+        return "ode"
+    return "af3" if g > 0 else "custom"
+
+
 class StructurePredictorFolder:
     """The designability pipeline's ``Folder`` backed by the in-repo structure predictor."""
 
@@ -588,8 +617,13 @@ class StructurePredictorFolder:
         get_sampler(self.sampler)
         self.options = dict(domain.opts["sampler_options"] or {}) if options is None else dict(options)
         self.seed = int(seed)
-        opts = f" ({', '.join(f'{k}={v}' for k, v in sorted(self.options.items()))})" if self.options else ""
-        self.name = (f"in-repo structure predictor (small, not ESMFold): AF3-style CA model, {self.sampler} {self.steps} steps{opts}, "
+        #: every option the sampler runs with (its defaults included), for the report
+        self.effective_options = domain.effective_sampler_options(self.sampler, self.options)
+        self.kind = sampler_kind(self.sampler, self.effective_options)
+        opts = ", ".join(f"{k}={_fmt_opt(v)}" for k, v in sorted(self.effective_options.items()))
+        what = {"af3": "AF3 stochastic diffusion sampler", "ode": "probability-flow ODE (Euler)"}.get(self.kind, "custom sampler")
+        self.name = (f"in-repo structure predictor (small, not ESMFold): AF3-style CA model, {what}: {self.sampler} "
+                     f"{self.steps} steps ({opts}; gamma_min, s_trans in units of sigma_data = {domain.unit:g} A), "
                      f"sequence_encoder={domain.opts['sequence_encoder']}")
 
     def fold(self, sequences: Sequence[str]) -> list:

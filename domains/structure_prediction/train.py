@@ -9,8 +9,11 @@ weights to ``domains/structure_prediction/checkpoints/structure_predictor.safete
 ``eval`` folds the held-out test chains (``--eval-max-length`` caps their length for CPU time)
 with AF3's sampler at 200 steps (``af3_edm``, AF3 defaults) and with the deterministic ODE at
 2-5 steps (``af3_edm`` with ``gamma0 = 0, step_scale_eta = 1``, i.e. Euler on the PF-ODE), all
-on AF3's noise schedule, and writes CA-lDDT / TM-score / RMSD per setting to
-``structure_predictor_quality.json`` next to the checkpoint.
+on AF3's noise schedule, and writes per setting the columns of :mod:`.scoring` (primary:
+position-matched TM-score and CA-lDDT; secondary: TM-align's TM-score, RMSD; shape of the
+predictions: CA-CA outliers, clashes, Rg vs native) to ``structure_predictor_quality.json``
+next to the checkpoint, beside the no-information baselines (an unrelated native chain, an
+ideal straight helix) scored the same way.
 """
 from __future__ import annotations
 
@@ -36,29 +39,36 @@ EVAL_SETTINGS = [("af3_edm", 200, {}), ("ode", 2, ODE), ("ode", 3, ODE), ("ode",
 def evaluate_predictor(domain: StructurePredictionDomain, *, max_length: int = 150, n_max: int = 16, seeds=(0,), settings=None,
                        log=print) -> dict:
     """Fold up to ``n_max`` test chains of at most ``max_length`` residues with every setting;
-    returns ``{setting: {metric: mean, ..., "seconds": wall time}}`` plus the chain list."""
-    from domains.proteins import metrics as pm
+    returns ``{"chains": [...], "settings": {setting: {column: mean, column_std: std, ...,
+    "seconds": wall time}}, "baselines": {label: {column: mean}}}`` with the columns of
+    :data:`.scoring.COLUMNS` (``tm_score`` = position-matched TM-score, ``tm_align`` = TM-align's)."""
+    from .scoring import COLUMNS, baseline_rows, score_prediction
 
     chains = [c for c in domain.chains("test") if len(c) <= max_length][:n_max]
     if not chains:
         raise ValueError(f"no test chains of at most {max_length} residues")
     seqs = [c.sequence for c in chains]
-    res: dict = {"chains": [f"{c.name} ({len(c)} aa)" for c in chains], "settings": {}}
+    res: dict = {"chains": [f"{c.name} ({len(c)} aa)" for c in chains], "settings": {}, "baselines": {}}
     for label, steps, opts in settings or EVAL_SETTINGS:
-        per = {"ca_lddt": [], "tm_score": [], "rmsd": []}
+        per = {k: [] for k in COLUMNS}
         t0 = time.time()
         for seed in seeds:
             preds = domain.predict(seqs, steps=steps, sampler="af3_edm", options=opts, seed=1000 * seed)
             for p, c in zip(preds, chains):
-                per["ca_lddt"].append(pm.ca_lddt(p.ca, c.ca))
-                per["tm_score"].append(pm.tm_score(p.ca, c.ca, p.sequence, c.sequence))
-                per["rmsd"].append(pm.ca_rmsd(p.ca, c.ca))
+                sc = score_prediction(p.ca, c.ca, c.sequence)
+                for k in COLUMNS:
+                    per[k].append(sc[k])
         secs = time.time() - t0
         key = f"{label}_{steps}"
         res["settings"][key] = {"sampler": "af3_edm", "steps": steps, "options": opts, "seconds": secs,
                                 **{k: float(np.nanmean(v)) for k, v in per.items()},
                                 **{f"{k}_std": float(np.nanstd(v)) for k, v in per.items()}}
-        log(f"{key}: " + ", ".join(f"{k}={res['settings'][key][k]:.4g}" for k in ("ca_lddt", "tm_score", "rmsd", "seconds")))
+        log(f"{key}: " + ", ".join(f"{k}={res['settings'][key][k]:.4g}"
+                                   for k in ("tm_score", "ca_lddt", "tm_align", "ca_ca_outlier_fraction", "rg_vs_native", "seconds")))
+    pool = [c for split in ("test", "val", "train") for c in domain.chains(split)]
+    for row in baseline_rows(chains, pool):
+        res["baselines"][row["config"]] = {k: v for k, v in row.items() if k != "config"}
+        log(f"{row['config']}: tm_score={row['tm_score']:.4g}, ca_lddt={row['ca_lddt']:.4g}, tm_align={row['tm_align']:.4g}")
     return res
 
 
