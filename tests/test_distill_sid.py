@@ -390,9 +390,9 @@ def test_sid_proteina_options_in_the_recipe():
     for phase in ("fake", "generator"):
         loss = obj(setup.nets, b, torch.Generator().manual_seed(1), phase=phase)
         assert loss.shape == (4,) and torch.isfinite(loss).all()
-    # the image defaults leave the spec as it was (no scale_initial_noise key, gamma = train scale)
+    # the image defaults: only the re-injected noise is scaled, gamma = the train scale
     plain = setup_method("sid", ctx, {"student": SMALL["pointset"], "train_noise_scale": 0.8})
-    assert "scale_initial_noise" not in plain.spec and plain.spec["noise_scale"] == 0.8 and plain.objective.phase_betas == {}
+    assert plain.spec["scale_initial_noise"] is False and plain.spec["noise_scale"] == 0.8 and plain.objective.phase_betas == {}
     for bad, msg in ((("fake_t_sampling", "beta"), "unknown fake_t_sampling 'beta'; valid: uniform, proteina_beta"),
                      (("fake_loss", "fm"), "unknown fake_loss 'fm'; valid: denoising, proteina_fm"),
                      (("generator_betas", (0.9,)), "generator_betas must be two numbers"),

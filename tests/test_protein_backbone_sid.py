@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import inspect
 
 from domains.protein_backbone.distill_sid import (METHOD_OPTIONS, NOISE_SCALE, VARIANTS, default_checkpoint, distill_student,
                                                   evaluate_student)
@@ -40,9 +39,9 @@ def _json(d):
 
 def _effective(options):
     """Every SiD recipe option: the recipe's defaults updated by ``options`` (JSON-normalised)."""
-    from workbench.distill.sid import sid_recipe
+    from workbench.distill.api import METHODS
 
-    defaults = {k: p.default for k, p in inspect.signature(sid_recipe).parameters.items() if p.default is not inspect.Parameter.empty}
+    defaults = METHODS["sid"].defaults()
     return _json({**defaults, **{k: v for k, v in options.items() if k != "student"}})
 
 

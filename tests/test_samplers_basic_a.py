@@ -1,5 +1,4 @@
-"""Basic contract tests of the exponential-integrator / multistep samplers
-(dpm_solver_pp_2s/2m/3m, deis_1-3, unipc_1-3, ipndm): exact NFE, the clean-end contract,
+"""Basic contract tests of every deterministic registered sampler: exact NFE, the clean-end contract,
 mask / zero-CoM preservation, finiteness on every process type, and a convergence smoke
 test on a Gaussian data distribution with an exact denoiser. (Formal order-of-convergence
 tests live elsewhere.)"""
@@ -15,8 +14,12 @@ from workbench import timegrids
 from workbench.processes import VE, RectifiedFlow, VPCosine, VPDiscrete, VPLinear, from_diffusers
 from workbench.samplers import get
 
-SAMPLERS = ["dpm_solver_pp_2s", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "deis_1", "deis_2", "deis_3", "deis_logrho_2", "deis_logrho_3",
-            "unipc_1", "unipc_2", "unipc_3", "ipndm"]
+#: every deterministic sampler of the registry (a new sampler file is checked with no edit here)
+SAMPLERS = [n for n in workbench.samplers.available() if not get(n).stochastic]
+#: exemptions by design, with the reason (a new sampler is held to every check unless listed here)
+MIXED_LAST_X0 = {"dualfast": "the last step uses the mixed prediction x0~ = x0 - (sigma/alpha) c (eps - eps_tau), not the model's x0"}
+NOT_REFINING = {"dualfast": "the mixing term c_i (eps_i - eps_tau) stays on at every step: no convergence as the grid is refined",
+                "time_shift": "feeds the network a variance-matched time t' != t, a bias that does not vanish with more steps"}
 
 M, S = 0.7, 0.3  # data distribution N(M, S^2 I)
 
@@ -74,7 +77,8 @@ def test_nfe_exact_and_clean_end_returns_last_x0(name):
             assert out.nfe == spec.nfe(steps) == len(seen), (name, pname, steps)
             assert float(out.timesteps[-1]) == 0.0
             # the step into t = 0 returns the data prediction of the last model call
-            torch.testing.assert_close(out.x, seen[-1], rtol=0, atol=1e-12)
+            if name not in MIXED_LAST_X0:
+                torch.testing.assert_close(out.x, seen[-1], rtol=0, atol=1e-12)
 
 
 def test_registered_metadata():
@@ -160,6 +164,8 @@ def test_float32_state_keeps_dtype():
 def test_error_decreases_with_steps(name):
     """Against the exact flow of Gaussian data on a grid from t = 1 to t_end = 0.05
     (uniform in log-SNR): the error shrinks with more steps and is small at 48 steps."""
+    if name in NOT_REFINING:
+        pytest.skip(NOT_REFINING[name])
     t_end = 0.05
     for pname in ("vp_linear", "vp_cosine", "ve", "flow"):
         proc = PROCESSES[pname]

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from . import timegrids
+from .losses import Batch, tree_cat, tree_map
 from .processes import GaussianProcess, canonical_prediction
 from .samplers import ModelFn, get
 from .utils import Generator
@@ -91,3 +92,21 @@ def sample(model: Callable, process: GaussianProcess, x_T: Tensor, *, sampler: s
     with torch.no_grad():
         return run_sampler(model, process, x_T, sampler=sampler, steps=steps, prediction=prediction, timesteps=timesteps,
                            mask=mask, cond=cond, generator=generator, **options).x
+
+
+def generation_batches(domain, n: int, seed: int, batch_size: int, cond: Any = None):
+    """Yield ``(domain.generation_batch(...), generators)`` chunks of ``n`` samples; sample
+    ``i`` uses seed ``seed + i`` whatever the chunking (per-sample generators), and gets row
+    ``i`` of ``cond`` (tensors or dicts of tensors)."""
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        gens = [torch.Generator().manual_seed(seed + start + j) for j in range(m)]
+        c = tree_map(lambda a: a[start:start + m], cond)
+        yield domain.generation_batch(m, generator=gens, cond=c), gens
+
+
+def cat_batches(parts: list) -> Batch:
+    """One :class:`~workbench.losses.Batch` from chunks (``x``, ``mask``, ``cond`` concatenated)."""
+    x = torch.cat([p.x for p in parts])
+    mask = torch.cat([p.mask for p in parts]) if parts[0].mask is not None else None
+    return Batch(x=x, mask=mask, cond=tree_cat([p.cond for p in parts]))

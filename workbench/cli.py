@@ -1,6 +1,8 @@
 """``workbench`` command line: a thin layer over :mod:`workbench.runner` and
-:mod:`workbench.bench` on hydra configs (``configs/``). Errors are one line naming the
-problem and the valid choices; exit code 2.
+:mod:`workbench.bench` on hydra configs (``workbench/configs/``, shipped in the package; a
+domain's options come from its ``Config`` dataclass, registered at start-up, or a YAML there).
+Errors are one line naming the problem and the valid choices; exit code 2.
+``workbench COMMAND --help`` lists a command's keys with their defaults.
 
     workbench domains | samplers
     workbench train domain=toy out=runs/toy train.steps=2000
@@ -12,6 +14,7 @@ problem and the valid choices; exit code 2.
     workbench bench distill domain=toy domain.teacher=exact bench_distill.methods=[consistency,dmd2] train.steps=2000
     workbench bench peers threads=1 out=runs/bench_peers
     workbench check domain=toy
+    workbench generate --help
     workbench demo out=demo
 
 Domain plugins add commands through the entry-point group ``workbench.commands`` (e.g.
@@ -39,12 +42,20 @@ class CLIError(Exception):
 
 
 def config_dir() -> Path:
-    """``$WORKBENCH_CONFIG_DIR`` or the repository's ``configs/`` (editable installs)."""
+    """``$WORKBENCH_CONFIG_DIR`` or the configs shipped in the package (``workbench/configs``)."""
     env = os.environ.get("WORKBENCH_CONFIG_DIR")
-    d = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    d = Path(env) if env else Path(__file__).resolve().parent / "configs"
     if not (d / "config.yaml").exists():
-        raise CLIError(f"config directory not found at {d}; set WORKBENCH_CONFIG_DIR to the repository's configs/")
+        raise CLIError(f"config directory not found at {d} (no config.yaml); unset WORKBENCH_CONFIG_DIR or point it at a copy of "
+                       "the package's workbench/configs")
     return d
+
+
+#: groups whose keys ``unknown config key`` errors and ``--help`` list one by one
+GROUPS = ("domain", "train", "bench", "bench_peers", "bench_distill")
+#: former top-level keys that are now protein domain options (``domain.lengths=``, ``domain.fasta=``);
+#: ``lengths=...`` / ``fasta=...`` still work as deprecated aliases
+MOVED_TO_DOMAIN = ("lengths", "fasta")
 
 
 def _valid_keys(cfg, prefix="") -> list[str]:
@@ -53,46 +64,120 @@ def _valid_keys(cfg, prefix="") -> list[str]:
     out = []
     for k, v in cfg.items():
         out.append(prefix + str(k))
-        if isinstance(v, DictConfig) and k in ("train", "bench", "bench_peers", "domain"):
+        if isinstance(v, DictConfig) and not prefix and k in GROUPS:
             out += _valid_keys(v, prefix + str(k) + ".")
     return out
 
 
+def _default_domain(cdir: Path) -> str:
+    from omegaconf import OmegaConf
+
+    for item in OmegaConf.load(cdir / "config.yaml").get("defaults", []):
+        if isinstance(item, dict) or OmegaConf.is_dict(item):
+            if "domain" in item:
+                return str(item["domain"])
+    return "toy"
+
+
+def register_domain_config(name: str, cls: type) -> None:
+    """Register domain ``name`` as the hydra config ``domain=<name>``: its ``Config`` dataclass
+    (plus ``name``) when it has one, else just ``{"name": name}``."""
+    import dataclasses
+
+    from hydra.core.config_store import ConfigStore
+
+    conf = getattr(cls, "Config", None)
+    if conf is not None:
+        if not dataclasses.is_dataclass(conf):
+            raise CLIError(f"domain {name!r}: Config must be a dataclass, got {conf!r}")
+        node = dataclasses.make_dataclass(f"{conf.__name__}WithName", [("name", str, dataclasses.field(default=name))], bases=(conf,))
+    else:
+        node = {"name": name}
+    ConfigStore.instance().store(group="domain", name=name, node=node)
+
+
+def _dict_options(cls: type) -> set:
+    """Names of the dict-valued options of a domain's ``Config`` (overridden with ``++``)."""
+    import dataclasses
+
+    conf = getattr(cls, "Config", None)
+    if conf is None:
+        return set()
+    out = set()
+    for f in dataclasses.fields(conf):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        if isinstance(default, dict):
+            out.add(f.name)
+    return out
+
+
+def _prepare(overrides: list[str], cdir: Path) -> tuple[list[str], str]:
+    """Check the ``key=value`` form, map deprecated keys, register the selected domain's
+    config when it has no YAML; returns the overrides for hydra and the domain name."""
+    from .domain import available_domains, get_domain_class
+
+    out = []
+    for o in overrides:
+        if "=" not in o:
+            raise CLIError(f"expected key=value, got {o!r} (e.g. steps=5)")
+        key = o.split("=", 1)[0]
+        if key in MOVED_TO_DOMAIN:  # deprecated alias of domain.lengths= / domain.fasta=
+            o = "domain." + o
+        out.append(o)
+    dom = next((o.split("=", 1)[1] for o in reversed(out) if o.split("=", 1)[0] == "domain"), None) or _default_domain(cdir)
+    yamls = {p.stem for p in (cdir / "domain").glob("*.yaml")}
+    extra = set()
+    if dom not in yamls:
+        registry = available_domains()
+        if dom not in registry:
+            raise CLIError(f"unknown domain {dom!r}; valid: {', '.join(sorted(yamls | set(registry)))}")
+        try:
+            cls = get_domain_class(dom)
+        except Exception as e:  # a broken plugin: one line naming it
+            raise CLIError(f"domain {dom!r} failed to load: {type(e).__name__}: {e}") from None
+        register_domain_config(dom, cls)
+        extra = _dict_options(cls)
+    # free-form dicts: sampler / method options add keys (options.eta=1.0), and so do dict-valued domain options
+    free = ("options.", "distill.", "bench_distill.options.")
+    res = []
+    for o in out:
+        key = o.split("=", 1)[0]
+        if o.startswith(free):
+            o = "+" + o
+        elif any(key == f"domain.{k}" or key.startswith(f"domain.{k}.") for k in extra):
+            o = "++" + o
+        res.append(o)
+    return res, dom
+
+
 def load_config(overrides: list[str]):
-    """Compose ``configs/config.yaml`` with ``overrides``; unknown keys and domains become
-    one-line :class:`CLIError`s."""
+    """Compose ``config.yaml`` (:func:`config_dir`) with ``overrides``; unknown keys and
+    domains become one-line :class:`CLIError`s."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf import OmegaConf
 
-    from .domain import available_domains
-
     cdir = config_dir()
-    for o in overrides:
-        if "=" not in o:
-            raise CLIError(f"expected key=value, got {o!r} (e.g. steps=5)")
-    # sampler options are free-form: options.eta=1.0 adds a key to the (empty) options dict
-    overrides = ["+" + o if o.startswith(("options.", "distill.", "bench_distill.options.")) else o for o in overrides]
+    overrides, dom = _prepare(list(overrides), cdir)
     with initialize_config_dir(config_dir=str(cdir), version_base=None):
         try:
             cfg = compose(config_name="config", overrides=list(overrides))
         except MissingConfigException:
-            names = sorted({p.stem for p in (cdir / "domain").glob("*.yaml")} | set(available_domains()))
-            dom = next((o.split("=", 1)[1] for o in overrides if o.startswith("domain=")), "?")
-            raise CLIError(f"unknown domain {dom!r}; valid: {', '.join(names)}") from None
+            raise CLIError(f"no config for domain {dom!r} under {cdir / 'domain'}") from None
         except (ConfigCompositionException, OverrideParseException) as e:
             msg = str(e).splitlines()[0]
-            bad = next((o.split("=", 1)[0].lstrip("+~") for o in overrides if f"'{o}'" in msg or o.split("=", 1)[0] in msg), None)
-            if bad is not None and "domain=" not in f"{bad}=":
-                base = compose(config_name="config")
-                raise CLIError(f"unknown config key {bad!r}; valid: {', '.join(_valid_keys(base))}") from None
+            bad = next((o.split("=", 1)[0].lstrip("+~") for o in overrides
+                        if f"'{o}'" in msg or f"'{o.split('=', 1)[0].lstrip('+~')}'" in msg), None)
+            if bad is not None and bad != "domain":
+                valid = _valid_keys(compose(config_name="config", overrides=[f"domain={dom}"]))
+                if bad not in valid:
+                    raise CLIError(f"unknown config key {bad!r}; valid: {', '.join(valid)}") from None
+                cause = e.__cause__ if e.__cause__ is not None else e
+                detail = str(cause).strip().splitlines()[0] if str(cause).strip() else msg
+                raise CLIError(f"bad value for {bad}: {detail}") from None
             raise CLIError(f"bad override: {msg}") from None
     OmegaConf.set_readonly(cfg, True)
     return cfg
-
-
-#: top-level generation inputs passed on to the domain's config when set (``lengths=[50,100]``, ``fasta=FILE``)
-DOMAIN_INPUTS = ("lengths", "fasta")
 
 
 def _domain_kwargs(cfg) -> tuple[str, dict]:
@@ -100,11 +185,22 @@ def _domain_kwargs(cfg) -> tuple[str, dict]:
 
     d = OmegaConf.to_container(cfg.domain, resolve=True)
     name = d.pop("name")
-    for k in DOMAIN_INPUTS:
-        v = cfg.get(k)
-        if v is not None:
-            d[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+    for k in MOVED_TO_DOMAIN:  # passed on only when set, as when they were top-level keys
+        if k in d and d[k] is None:
+            del d[k]
     return name, d
+
+
+def _train_overrides(cfg) -> dict:
+    """The ``train.*`` keys the user set; ``seed`` and ``device`` default to the top-level ones."""
+    from omegaconf import OmegaConf
+
+    from .utils import resolve_device
+
+    tr = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if v is not None}
+    tr.setdefault("seed", int(cfg.seed))
+    tr.setdefault("device", str(resolve_device(cfg.device)))
+    return tr
 
 
 def _options(cfg) -> dict:
@@ -142,13 +238,10 @@ def cmd_samplers(_cfg) -> int:
 
 
 def cmd_train(cfg) -> int:
-    from omegaconf import OmegaConf
-
     from .runner import train_domain_teacher
 
     name, kw = _domain_kwargs(cfg)
-    tr = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if v is not None}
-    res = train_domain_teacher(name, cfg.out, train=tr, domain_config=kw, resume=bool(cfg.resume))
+    res = train_domain_teacher(name, cfg.out, train=_train_overrides(cfg), domain_config=kw, resume=bool(cfg.resume))
     print(f"trained {name} teacher for {res['steps']} steps in {res['seconds']:.1f} s -> {res['checkpoint']}")
     return 0
 
@@ -159,9 +252,9 @@ def cmd_distill(cfg) -> int:
     from .runner import distill
 
     name, kw = _domain_kwargs(cfg)
-    tr = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if v is not None}
+    tr = _train_overrides(cfg)
     res = distill(name, method=cfg.method, student_steps=cfg.student_steps, out_dir=cfg.out, train=tr, teacher=cfg.teacher,
-                  method_options=OmegaConf.to_container(cfg.distill, resolve=True) or {}, domain_config=kw, device=cfg.device,
+                  method_options=OmegaConf.to_container(cfg.distill, resolve=True) or {}, domain_config=kw, device=tr["device"],
                   resume=bool(cfg.resume))
     print(f"distilled {name} with {cfg.method} for {res['steps']} steps in {res['seconds']:.1f} s -> {res['generator']}")
     return 0
@@ -190,11 +283,35 @@ def cmd_evaluate(cfg) -> int:
 
 
 def cmd_check(cfg) -> int:
-    from .domain import check_domain, get_domain
+    """The conformance check, then what the domain supports: optional capabilities, samplers
+    (each run for 2 steps) and distillation methods (those whose required capabilities it has)."""
+    from .domain import OPTIONAL_CAPABILITIES, check_domain, get_domain, supported_samplers
 
     name, kw = _domain_kwargs(cfg)
-    rep = check_domain(get_domain(name, **kw))
+    dom = get_domain(name, **kw)
+    teacher = cfg.teacher if cfg.teacher is not None else dom.default_teacher_path() is not None
+    rep = check_domain(dom, teacher=teacher)
     print(f"domain {name!r} passes the conformance check: {rep}")
+    if teacher is False:
+        print("  (no shipped teacher: checked an untrained backbone; pass teacher=PATH to check a checkpoint)")
+    caps = dom.capabilities()
+    print(f"capabilities: {', '.join(caps) or '(none)'}"
+          + (f"; not implemented: {', '.join(c for c in OPTIONAL_CAPABILITIES if c not in caps)}" if len(caps) < len(OPTIONAL_CAPABILITIES) else ""))
+    net = dom.load_teacher(None if teacher is True else teacher) if teacher is not False else dom.build_backbone().eval()
+    samp = supported_samplers(dom, net)
+    ok = [k for k, v in samp.items() if v is None]
+    print(f"samplers ({len(ok)} of {len(samp)}): {', '.join(ok)}")
+    for k, v in samp.items():
+        if v is not None:
+            print(f"  not supported: {k} ({v})")
+    from .distill.api import METHODS
+
+    meth = {m: [r for r in METHODS[m].requires if not dom.supports(r)] for m in sorted(METHODS)}
+    ok = [m for m, missing in meth.items() if not missing]
+    print(f"distillation methods ({len(ok)} of {len(meth)}): {', '.join(ok)}")
+    for m, missing in meth.items():
+        if missing:
+            print(f"  not supported: {m} (needs {', '.join(missing)})")
     return 0
 
 
@@ -237,6 +354,109 @@ def cmd_demo(cfg) -> int:
     return 0
 
 
+#: what each command does and the config keys it reads (``workbench COMMAND --help``)
+COMMAND_HELP = {
+    "domains": ("list the installed domains", ()),
+    "samplers": ("list the training-free samplers", ()),
+    "train": ("train the domain's teacher with the shared loop (resumable) -> out/teacher.safetensors",
+              ("domain", "out", "resume", "seed", "device", "threads", "train")),
+    "distill": ("distil the teacher into a few-step generator -> out/generator.safetensors",
+                ("domain", "method", "student_steps", "teacher", "out", "resume", "seed", "device", "threads", "distill", "train")),
+    "generate": ("sample with a training-free sampler on the teacher (or a distilled generator), write samples, metrics, report",
+                 ("domain", "sampler", "steps", "n", "seed", "out", "teacher", "generator", "timesteps", "batch_size", "device",
+                  "threads", "n_ref", "options")),
+    "evaluate": ("evaluate samples written by generate", ("domain", "samples")),
+    "check": ("conformance check of a domain, and the capabilities, samplers and distillation methods it supports",
+              ("domain", "teacher", "threads")),
+    "demo": ("few-step generation in every installed domain -> out/README.md", ("out", "device", "threads")),
+    "bench samplers": ("every sampler at several NFEs against the reference ODE solution",
+                       ("domain", "out", "seed", "teacher", "device", "threads", "timesteps", "bench")),
+    "bench distill": ("every distillation method at several student steps next to the teacher",
+                      ("domain", "out", "seed", "teacher", "device", "threads", "train", "bench_distill")),
+    "bench peers": ("workbench samplers against diffusers and k-diffusion on an exact Gaussian mixture",
+                    ("out", "seed", "threads", "bench_peers")),
+}
+
+
+def _yaml_comments(path: Path) -> dict:
+    """``{"key" | "group.key": comment}`` of a YAML file's ``key: value  # comment`` lines."""
+    import re
+
+    out, group = {}, None
+    for line in path.read_text().splitlines():
+        m = re.match(r"^(\s*)([A-Za-z_][\w]*):\s*(.*?)\s*(?:#\s*(.*))?$", line)
+        if not m:
+            continue
+        indent, key, value, comment = m.groups()
+        if not indent:
+            group = key if not value else None
+            full = key
+        elif group is not None:
+            full = f"{group}.{key}"
+        else:
+            continue
+        if comment:
+            out[full] = comment
+    return out
+
+
+def command_help(cmd: str, cfg) -> str:
+    """``workbench CMD --help``: what the command does and its keys with their current values
+    (defaults unless overridden on the same command line) and descriptions."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from .domain import get_domain_class
+
+    what, keys = COMMAND_HELP[cmd]
+    cdir = config_dir()
+    notes = _yaml_comments(cdir / "config.yaml")
+    dname = cfg.domain.name
+    ypath = cdir / "domain" / f"{dname}.yaml"
+    if ypath.exists():
+        notes.update({f"domain.{k}": v for k, v in _yaml_comments(ypath).items()})
+    else:
+        conf = getattr(get_domain_class(dname), "Config", None)
+        for f in dataclasses.fields(conf) if conf is not None else ():
+            if f.metadata.get("help"):
+                notes[f"domain.{f.name}"] = f.metadata["help"]
+    effective = {}
+    if "train" in keys:  # what a null train.* key means for this domain
+        try:
+            from .training import TrainConfig
+
+            name, kw = _domain_kwargs(cfg)
+            effective = dataclasses.asdict(TrainConfig(**get_domain_class(name)(**kw).train_defaults))
+            effective.update(seed=cfg.seed, device=cfg.device)
+        except Exception:  # noqa: BLE001 - help must not fail on a domain that cannot be built here
+            effective = {}
+    lines = [f"workbench {cmd} [key=value ...]: {what}", ""]
+    if keys:
+        lines.append("keys (current value; `workbench " + cmd + " domain=NAME --help` shows that domain's keys):")
+    for k in keys:
+        v = cfg[k]
+        if OmegaConf.is_dict(v) and k in GROUPS:
+            lines.append(f"  {k}.*" + (f"  # {notes[k]}" if k in notes else ""))
+            for sk, sv in v.items():
+                val = OmegaConf.to_container(sv, resolve=True) if OmegaConf.is_config(sv) else sv
+                dflt = f" (default {effective[sk]!r})" if k == "train" and val is None and sk in effective else ""
+                lines.append(f"    {k}.{sk}={val!r}{dflt}" + (f"  # {notes[f'{k}.{sk}']}" if f"{k}.{sk}" in notes else ""))
+            continue
+        val = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        lines.append(f"  {k}={dname if k == 'domain' else val!r}" + (f"  # {notes[k]}" if k in notes else ""))
+    if cmd == "distill":
+        from .distill import available_methods, describe_methods
+
+        lines += ["", f"methods: {', '.join(available_methods())}", f"options of method={cfg.method} (distill.<option>=...):",
+                  describe_methods(cfg.method)]
+    if cmd == "generate":
+        from .samplers import available
+
+        lines += ["", f"samplers: {', '.join(available())}"]
+    return "\n".join(lines)
+
+
 def plugin_commands(group: str = COMMAND_GROUP) -> dict:
     """``{name: entry point}`` of the commands installed plugins add (group ``workbench.commands``,
     or ``workbench.bench`` for ``workbench bench NAME ...`` kinds)."""
@@ -267,7 +487,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not rest or rest[0] not in BENCH_KINDS:
                 raise CLIError(f"bench needs a kind; valid: {', '.join(list(BENCH_KINDS) + sorted(plugins))}")
             kind, rest = rest[0], rest[1:]
-        cfg = load_config(rest)
+        helpflag = any(a in ("-h", "--help") for a in rest)
+        cfg = load_config([a for a in rest if a not in ("-h", "--help")])
+        if helpflag:
+            print(command_help(f"bench {kind}" if kind else cmd, cfg))
+            return 0
         _validate(cfg)
         if cfg.threads is not None:
             import torch
@@ -297,13 +521,37 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
 
 
+def check_device(device, key: str = "device") -> None:
+    """One-line :class:`CLIError` unless ``device`` names a device this machine has
+    (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``; ``None`` = default)."""
+    import torch
+
+    if device is None or device == "auto":
+        return
+    try:
+        d = torch.device(str(device))
+    except (RuntimeError, ValueError):
+        raise CLIError(f"unknown {key} {device!r}; valid: cpu, cuda, cuda:N, auto") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"{key}={device} but CUDA is not available on this machine; valid here: cpu, auto")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise CLIError(f"{key}={device} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif d.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise CLIError(f"{key}={device} but MPS is not available on this machine; valid here: cpu, auto")
+    elif d.type != "cpu":
+        raise CLIError(f"unsupported {key} {device!r}; valid: cpu, cuda, cuda:N, auto")
+
+
 def _validate(cfg) -> None:
     """Cheap checks before any work starts, so bad input fails fast with valid choices."""
+    from .distill import available_methods
     from .samplers import available
     from .timegrids import available as grids
 
-    from .distill.recipes import available_methods
-
+    check_device(cfg.device)
+    check_device(cfg.train.device, "train.device")
     if cfg.method not in available_methods():
         raise CLIError(f"unknown distillation method {cfg.method!r}; valid: {', '.join(available_methods())}")
     if cfg.sampler not in available():

@@ -1,6 +1,7 @@
 """``workbench demo``: few-step generation with the shipped teacher in every installed
 domain, evaluated against a many-step baseline of the same teacher, with samples,
-metrics and plots in one report (``demo/README.md``)."""
+metrics and plots in one report (``demo/README.md``). A domain steers it through the
+:class:`~workbench.domain.Domain` hooks ``demo_configs``, ``demo_n`` and ``demo_n_ref``."""
 from __future__ import annotations
 
 import time
@@ -26,14 +27,14 @@ def run_demo(out_dir: Union[str, Path] = "demo", *, device: str = "cpu", n: int 
         except Exception as e:  # a broken plugin is reported, not fatal to the others
             failures.append(f"{name}: {type(e).__name__}: {e}")
             continue
-        for cfg in getattr(base, "demo_configs", [dict(base.config)]):
+        for cfg in base.demo_configs or (dict(base.config),):  # the Domain demo hooks
             dom = get_domain(name, **cfg)
             tag = "_".join([name] + [str(v) for v in cfg.values()]) if cfg else name
-            n_dom = n or getattr(dom, "demo_n", 64)
+            n_dom = n or dom.demo_n
             for label, sampler, steps in DEMO_RUNS:
                 run_dir = out / tag / f"{sampler}_{steps}"
                 m = generate(dom, sampler=sampler, steps=steps, n=n_dom, seed=0, out_dir=run_dir, device=device,
-                             n_ref=getattr(dom, "demo_n_ref", 0), progress=progress)
+                             n_ref=dom.demo_n_ref, progress=progress)
                 rows.append({"domain": tag, "run": label, "sampler": sampler, "steps": steps, "dir": str(run_dir.relative_to(out)), **m})
     write_json(out / "metrics.json", rows)
     lines = ["# Demo report", "",

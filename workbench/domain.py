@@ -9,9 +9,18 @@ adding to its ``pyproject.toml``::
 
     [project.entry-points."workbench.domains"]
     my_domain = "my_package.my_module:MyDomain"
+
+The contract (``docs/design.md``, "The domain contract"): the abstract methods below; the
+options as a ``Config`` dataclass (the CLI registers it as ``domain=my_domain``, no YAML
+needed); :meth:`Domain.load_teacher` is a template method a domain customises through hooks
+(:meth:`~Domain.default_teacher_path`, :meth:`~Domain.check_checkpoint`,
+:meth:`~Domain.adopt_checkpoint_architecture`); optional capabilities
+(:data:`OPTIONAL_CAPABILITIES`) raise "domain X does not support Y" until a domain implements
+them, and :meth:`Domain.supports` tells which it has.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from abc import ABC, abstractmethod
@@ -27,6 +36,10 @@ from .losses import Batch
 from .processes import GaussianProcess
 
 ENTRY_POINT_GROUP = "workbench.domains"
+#: optional :class:`Domain` methods (capabilities) that distillation methods may require
+#: (``workbench.distill.api.Method.requires`` names them); the base versions raise
+#: ``NotImplementedError("domain X does not support ...")``
+OPTIONAL_CAPABILITIES = ("build_two_time_backbone", "slim_backbone_kwargs", "reward")
 
 
 @dataclass
@@ -42,10 +55,16 @@ class GenerationBatch:
 
 class Domain(ABC):
     """Base class of a domain plugin. Subclasses set ``name`` and implement the abstract
-    methods; ``config`` holds domain options (from hydra ``domain.*`` keys)."""
+    methods; ``config`` holds domain options (from hydra ``domain.*`` keys).
+
+    ``Config``: optional dataclass of the options with their defaults. When set,
+    ``__init__`` fills the defaults and rejects unknown keys, and the CLI registers it in
+    hydra's ConfigStore as ``domain=<name>`` (type-checked ``domain.<key>=`` overrides)."""
 
     name: str = ""
     description: str = ""
+    #: dataclass of the domain's options (field defaults = option defaults), or ``None``
+    Config: Optional[type] = None
     #: formats ``save_samples`` writes, e.g. ``("png",)`` or ``("pdb", "cif")``
     formats: tuple = ()
     #: True if the domain has an exact (closed-form) denoiser for ground-truth metrics
@@ -54,8 +73,22 @@ class Domain(ABC):
     prediction: str = "epsilon"
     #: :class:`workbench.training.TrainConfig` overrides for training the teacher
     train_defaults: dict = {}
+    #: the metric benchmarks tabulate and rank by (a key of :meth:`evaluate`; lower is better
+    #: unless the benchmark says otherwise); ``""``: none declared
+    primary_metric: str = ""
+    #: ``workbench demo``: the domain configs it runs (empty: the domain's default config),
+    #: samples per run, and how many of them are checked against the reference ODE solution
+    demo_configs: tuple = ()
+    demo_n: int = 64
+    demo_n_ref: int = 0
 
     def __init__(self, **config):
+        if self.Config is not None:
+            valid = [f.name for f in dataclasses.fields(self.Config)]
+            unknown = sorted(set(config) - set(valid))
+            if unknown:
+                raise ValueError(f"unknown {self.name} domain option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+            config = {**dataclasses.asdict(self.Config()), **config}
         self.config = dict(config)
 
     # -- modelling ---------------------------------------------------------------------------
@@ -68,27 +101,61 @@ class Domain(ABC):
         """A fresh (untrained) denoiser (a :class:`workbench.model.Denoiser`)."""
 
     @abstractmethod
-    def load_teacher(self, path: Optional[str] = None, *, device="cpu") -> nn.Module:
-        """The shipped (or user-given ``path``) teacher as a :class:`workbench.model.Denoiser`
-        in eval mode."""
-
-    @abstractmethod
     def train_data(self, split: str = "train"):
         """A pure batch sampler ``f(batch_size, generator) -> Batch`` over ``split``."""
 
+    def load_teacher(self, path: Optional[str] = None, *, device="cpu") -> nn.Module:
+        """The shipped (or user-given ``path``) teacher as a :class:`workbench.model.Denoiser`
+        in eval mode. A template method: resolve the path (:meth:`default_teacher_path`), read
+        it safely (:func:`~workbench.checkpoint.load_weights`), :meth:`check_checkpoint` its
+        header, :meth:`adopt_checkpoint_architecture`, :meth:`build_backbone`, load the
+        weights strictly. Failures raise :class:`~workbench.checkpoint.CheckpointError`."""
+        from .checkpoint import CheckpointError, load_state_into, load_weights
+
+        p = Path(path) if path is not None else self.default_teacher_path()
+        hint = self.teacher_regenerate_command()
+        if p is None:
+            raise CheckpointError(f"domain {self.name!r} ships no teacher; pass teacher=PATH (e.g. from 'workbench train domain={self.name}')")
+        if not p.exists():
+            raise CheckpointError(f"checkpoint not found: {p}" + (f"; regenerate it with `{hint}`" if hint else ""))
+        state, meta = load_weights(p, device=device)
+        meta = meta if isinstance(meta, dict) else {}
+        self.check_checkpoint(meta, p)
+        self.adopt_checkpoint_architecture(meta, state.keys())
+        net = self.build_backbone()
+        load_state_into(net, state, p)
+        return net.to(device).eval()
+
+    def default_teacher_path(self) -> Optional[Path]:
+        """Hook of :meth:`load_teacher`: the shipped teacher checkpoint for the current config
+        (``None``: the domain ships none, ``teacher=PATH`` is required)."""
+        return None
+
+    def teacher_regenerate_command(self) -> Optional[str]:
+        """Hook of :meth:`load_teacher`: the command that rebuilds a missing shipped teacher
+        (named in the error), or ``None``."""
+        return None
+
+    def check_checkpoint(self, meta: dict, path: Path) -> None:
+        """Hook of :meth:`load_teacher`: raise :class:`~workbench.checkpoint.CheckpointError` if
+        the header ``meta`` shows the checkpoint at ``path`` is not for this domain / config.
+        Default: its ``"domain"`` (when recorded) must be this domain's name."""
+        from .checkpoint import CheckpointError
+
+        dom = meta.get("domain")
+        if dom is not None and dom != self.name:
+            raise CheckpointError(f"checkpoint {path} was trained for domain {dom!r}, not {self.name!r}")
+
     def adopt_checkpoint_architecture(self, meta: dict, keys) -> None:
-        """Make :meth:`build_backbone` build the architecture a checkpoint was saved with.
+        """Hook of :meth:`load_teacher`: make :meth:`build_backbone` build the architecture a
+        checkpoint was saved with.
 
         Called with the checkpoint's header ``meta`` (its ``"config"`` is the domain config it
         was trained with) and its state-dict ``keys`` before the network is built, by
-        :meth:`load_teacher` implementations and :func:`workbench.runner.load_generator`, so a
-        checkpoint trained with another (e.g. an older default) architecture still loads, and
-        students distilled from it (``domain.build_backbone()``) match it. Default: no-op
-        (domains with one architecture)."""
-
-    def default_teacher_path(self) -> Optional[Path]:
-        """Path of the shipped teacher checkpoint for the current config (or ``None``)."""
-        return None
+        :meth:`load_teacher` and :func:`workbench.runner.load_generator`, so a checkpoint
+        trained with another (e.g. an older default) architecture still loads, and students
+        distilled from it (``domain.build_backbone()``) match it. Default: no-op (domains with
+        one architecture)."""
 
     def objective(self):
         """The teacher's training objective (default: :class:`~workbench.losses.DenoisingLoss`
@@ -100,6 +167,43 @@ class Domain(ABC):
     def exact_model(self):
         """The exact denoiser (``model(x, t, **kw)`` in x0 parameterization), if any."""
         return None
+
+    # -- optional capabilities (OPTIONAL_CAPABILITIES) ---------------------------------------------
+    def _unsupported(self, what: str):
+        return NotImplementedError(f"domain {self.name!r} does not support {what}")
+
+    def build_two_time_backbone(self, **kwargs) -> nn.Module:
+        """A fresh average-velocity student ``u(z, r, t, mask=, cond=)`` (a
+        :class:`~workbench.model.TwoTimeDenoiser` in the linear view of the process) whose
+        parameter names match :meth:`build_backbone`'s, so teacher weights copy by name;
+        ``kwargs``: backbone sizes plus ``prediction``, ``time_scale``, ``gap_scale`` for the
+        wrapper. Needed by MeanFlow and SplitMeanFlow."""
+        raise self._unsupported("two-time (average-velocity) students: build_two_time_backbone is not implemented")
+
+    def slim_backbone_kwargs(self, factor: float) -> dict:
+        """``build_backbone`` kwargs of a student ``factor`` times narrower than the teacher's
+        architecture (current config). Needed by SlimFlow (unless the user passes
+        ``student_backbone``)."""
+        raise self._unsupported("slimmer students: slim_backbone_kwargs is not implemented (pass distill.student_backbone)")
+
+    def reward(self, samples: Batch) -> Tensor:
+        """A differentiable per-sample reward ``[B]`` of clean samples (higher is better), used
+        by reward fine-tuning (Flash-DMD) and reward-guided sampling. Report the domain's true
+        metrics beside any reward optimised."""
+        raise self._unsupported("rewards: it defines no reward (Domain.reward), which reward fine-tuning needs")
+
+    @classmethod
+    def supports(cls, capability: str) -> bool:
+        """Whether the domain implements the optional ``capability`` (a name of
+        :data:`OPTIONAL_CAPABILITIES`)."""
+        if capability not in OPTIONAL_CAPABILITIES:
+            raise ValueError(f"unknown domain capability {capability!r}; valid: {', '.join(OPTIONAL_CAPABILITIES)}")
+        return getattr(cls, capability) is not getattr(Domain, capability)
+
+    @classmethod
+    def capabilities(cls) -> tuple:
+        """The optional capabilities the domain implements."""
+        return tuple(c for c in OPTIONAL_CAPABILITIES if cls.supports(c))
 
     # -- generation ---------------------------------------------------------------------------
     @abstractmethod
@@ -119,12 +223,6 @@ class Domain(ABC):
     @abstractmethod
     def plot(self, samples: Batch, path: Path) -> Path:
         """A PNG overview of ``samples``."""
-
-    def reward(self, samples: Batch) -> Tensor:
-        """A differentiable per-sample reward ``[B]`` of clean samples (higher is better), used
-        by reward fine-tuning (Flash-DMD) and reward-guided sampling. Domains without one raise
-        ``NotImplementedError``; report the domain's true metrics beside any reward optimised."""
-        raise NotImplementedError(f"domain {self.name!r} defines no reward; reward fine-tuning needs Domain.reward")
 
     def reference_batch(self, n: int, *, generator=None, split: str = "test") -> Batch:
         """``n`` real samples for metrics (default: from :meth:`train_data`)."""
@@ -151,14 +249,18 @@ def available_domains() -> dict[str, Any]:
     return dict(sorted(found.items()))
 
 
-def get_domain(name: str, **config) -> Domain:
-    """Instantiate the domain registered as ``name``."""
+def get_domain_class(name: str) -> type:
+    """The class registered as ``name`` (loads its entry point)."""
     found = available_domains()
     if name not in found:
         raise ValueError(f"unknown domain {name!r}; valid: {', '.join(found) or '(none installed)'}")
     obj = found[name]
-    cls = obj if isinstance(obj, type) else obj.load()
-    return cls(**config)
+    return obj if isinstance(obj, type) else obj.load()
+
+
+def get_domain(name: str, **config) -> Domain:
+    """Instantiate the domain registered as ``name``."""
+    return get_domain_class(name)(**config)
 
 
 # -- conformance ----------------------------------------------------------------------------
@@ -166,9 +268,10 @@ class ConformanceError(AssertionError):
     pass
 
 
-def check_domain(domain: Domain, *, n: int = 4, steps: int = 3, tmpdir: Optional[Path] = None, teacher: bool = True) -> dict:
+def check_domain(domain: Domain, *, n: int = 4, steps: int = 3, tmpdir: Optional[Path] = None, teacher=True) -> dict:
     """Check that ``domain`` honours the plugin contract; raise :class:`ConformanceError`
-    naming the first violation. Returns a small report dict.
+    naming the first violation. Returns a small report dict. ``teacher``: ``True`` checks the
+    shipped teacher, a path that checkpoint, ``False`` a fresh :meth:`Domain.build_backbone`.
 
     Checks: a Gaussian process; a batch sampler returning a :class:`Batch` with a matching
     mask; a generation batch whose noise already satisfies the constraints (zero padding,
@@ -197,7 +300,10 @@ def check_domain(domain: Domain, *, n: int = 4, steps: int = 3, tmpdir: Optional
     gb = domain.generation_batch(n, generator=per_sample_generators(0, n))
     need(isinstance(gb, GenerationBatch) and gb.x_T.shape[0] == n, "generation_batch(n) must return a GenerationBatch of n")
     need(torch.allclose(proc.project(gb.x_T, gb.mask), gb.x_T, atol=1e-5), "generation noise violates the constraints")
-    net = domain.load_teacher() if teacher else domain.build_backbone()
+    if teacher is False or teacher is None:
+        net = domain.build_backbone().eval()
+    else:
+        net = domain.load_teacher(None if teacher is True else teacher)
     t = torch.rand(n)
     with torch.no_grad():
         out = net(gb.x_T, t, mask=gb.mask, cond=gb.cond)
@@ -227,9 +333,34 @@ def check_domain(domain: Domain, *, n: int = 4, steps: int = 3, tmpdir: Optional
     return {"domain": domain.name, "metrics": sorted(metrics), "files": len(paths)}
 
 
+def supported_samplers(domain: Domain, net: nn.Module, *, n: int = 2, steps: int = 2) -> dict:
+    """``{sampler: None if it runs, else the one-line reason}``: each registered sampler is
+    run for ``steps`` steps on ``n`` samples of ``domain`` with ``net``; it is supported if it
+    returns finite samples that keep the process constraints."""
+    from . import api
+    from .samplers import available
+    from .utils import per_sample_generators
+
+    proc = domain.process()
+    gb = domain.generation_batch(n, generator=per_sample_generators(0, n))
+    pred = getattr(net, "prediction", domain.prediction)
+    out = {}
+    for name in available():
+        try:
+            with torch.no_grad():
+                x = api.sample(net, proc, gb.x_T, sampler=name, steps=steps, prediction=pred, mask=gb.mask, cond=gb.cond,
+                               generator=per_sample_generators(1, n))
+            ok = bool(torch.isfinite(x).all()) and torch.allclose(proc.project(x, gb.mask), x, atol=1e-4)
+            out[name] = None if ok else "non-finite samples or broken constraints"
+        except Exception as e:  # noqa: BLE001 - any failure means "not supported here", reported with its reason
+            out[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return out
+
+
 def train_teacher(domain: Domain, cfg=None, out_dir=None, *, resume: bool = True, init=None, init_strict: bool = True):
     """Train the domain's teacher with the shared loop and export ``teacher.safetensors``
-    (EMA weights; metadata records the domain name and config). Returns the
+    (EMA weights; metadata records the domain name and config); ``cfg.seed`` fixes the
+    initial weights and the data stream. Returns the
     :class:`~workbench.training.TrainResult`; the weights land in ``out_dir``.
 
     ``init``: a safetensors file (e.g. the shipped teacher) the network starts from, for a
@@ -246,6 +377,7 @@ def train_teacher(domain: Domain, cfg=None, out_dir=None, *, resume: bool = True
     base = TrainConfig(**domain.train_defaults)
     cfg = base if cfg is None else (replace(base, **cfg) if isinstance(cfg, dict) else cfg)
     meta = {"domain": domain.name, "config": domain.config, "prediction": domain.prediction}
+    torch.manual_seed(cfg.seed)  # the initial weights follow the seed too
     net = domain.build_backbone()
     if init is not None:
         load_into(net, init, strict=init_strict)

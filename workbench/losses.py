@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .processes import GaussianProcess, append_dims, canonical_prediction
-from .utils import Generator, randn
+from .utils import Generator, first_generator, randn
 
 def tree_map(fn, v):
     """Apply ``fn`` to every tensor in ``v`` (a tensor, or a dict / list / tuple nesting
@@ -22,7 +22,8 @@ def tree_map(fn, v):
     if isinstance(v, dict):
         return {k: tree_map(fn, a) for k, a in v.items()}
     if isinstance(v, (list, tuple)):
-        return type(v)(tree_map(fn, a) for a in v)
+        out = [tree_map(fn, a) for a in v]
+        return type(v)(*out) if hasattr(v, "_fields") else type(v)(out)  # namedtuples too
     return v
 
 
@@ -85,7 +86,7 @@ def sample_time(n: int, kind: str, *, process: GaussianProcess, generator: Gener
     * ``edm``: ``log sigma~ ~ N(p_mean, p_std^2)`` mapped through ``t_of_lambda``
       (Karras et al. 2022, Table 1).
     """
-    g = generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
+    g = first_generator(generator)
     if kind == "uniform":
         u = torch.rand(n, generator=g, device=g.device if g is not None else device, dtype=torch.float64)
         t = t_eps + (1 - t_eps) * u
@@ -156,18 +157,9 @@ class DenoisingLoss:
         return err
 
     def _eps_per_pred(self, t: Tensor) -> Tensor:
-        """Factor r(t) with ||eps_hat - eps||^2 = r(t) ||pred_hat - pred||^2 at fixed x_t."""
-        a, s = self.process.alpha(t), self.process.sigma(t)
-        if self.prediction == "epsilon":
-            return torch.ones_like(t)
-        if self.prediction == "x0":
-            return (a / s) ** 2
-        if self.prediction == "v":
-            return (a / (a * a + s * s)) ** 2
-        if self.prediction == "score":
-            return s**2
-        da, ds = self.process.d_alpha_sigma(t)
-        return (a / (a * ds - s * da)) ** 2
+        """Factor r(t) with ||eps_hat - eps||^2 = r(t) ||pred_hat - pred||^2 at fixed x_t: the
+        square of the ``eps_out`` coefficient of the prediction (``GaussianProcess.coefficients``)."""
+        return self.process.coefficients(t, self.prediction).eps_out ** 2
 
     def __repr__(self) -> str:
         return f"DenoisingLoss(prediction={self.prediction!r}, weighting={self.weighting!r}, time_sampler={self.time_sampler!r})"

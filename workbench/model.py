@@ -151,13 +151,10 @@ def linear_view_time(process: GaussianProcess, u: Tensor) -> Tensor:
     implicit differentiation, ``du/dt`` a forward-mode derivative of the schedule."""
     u64 = torch.as_tensor(u).to(torch.float64)
     u0 = u64.detach()
-    uc = u0.clamp(1e-12, 1 - 1e-12)
-    t0 = process.t_of_lambda(torch.log1p(-uc) - torch.log(uc))
-    t0 = torch.where(u0 <= 0, torch.zeros_like(t0), t0).detach()
+    t0 = process.t_of_u(u0).detach()
 
     def lin(s: Tensor) -> Tensor:
-        la, ls = process.log_alpha_sigma(s)
-        return torch.sigmoid(ls - la)
+        return process.u_of_t(s)
 
     ts = t0.clamp_min(float(getattr(process, "t_min", 1e-3)) * 1e-3)
     dudt = torch.func.jvp(lin, (ts,), (torch.ones_like(ts),))[1].detach()

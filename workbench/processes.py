@@ -25,13 +25,15 @@ Edges convert to and from this convention: diffusers' integer timesteps
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "PREDICTIONS",
+    "Coefficients",
+    "prediction_coefficients",
     "Process",
     "GaussianProcess",
     "VPLinear",
@@ -120,6 +122,36 @@ class Process:
         return project(x, mask, zero_com=self.zero_com)
 
 
+class Coefficients(NamedTuple):
+    """``x0 = x0_x x_t + x0_out out`` and ``eps = eps_x x_t + eps_out out`` for a model output
+    ``out`` (floats, or tensors shaped like ``t``)."""
+
+    x0_x: Union[float, Tensor]
+    x0_out: Union[float, Tensor]
+    eps_x: Union[float, Tensor]
+    eps_out: Union[float, Tensor]
+
+
+def prediction_coefficients(prediction: str, a, s, da=None, ds=None) -> Coefficients:
+    """The :class:`Coefficients` of ``prediction`` from ``alpha = a``, ``sigma = s`` (and, for
+    ``velocity``, their time derivatives ``da``, ``ds``); floats or tensors. The one place the
+    parameterizations are inverted (module docstring for the definitions)."""
+    p = canonical_prediction(prediction)
+    if p == "x0":
+        return Coefficients(0.0, 1.0, 1.0 / s, -a / s)
+    if p == "epsilon":
+        return Coefficients(1.0 / a, -s / a, 0.0, 1.0)
+    if p == "score":  # eps = -s score
+        return Coefficients(1.0 / a, s * s / a, 0.0, -s)
+    if p == "v":  # v = a eps - s x0 with x_t = a x0 + s eps
+        n = a * a + s * s
+        return Coefficients(a / n, -s / n, s / n, a / n)
+    if da is None or ds is None:
+        raise ValueError("velocity coefficients need the time derivatives da, ds of alpha and sigma")
+    det = a * ds - s * da  # velocity u = a' x0 + s' eps with x_t = a x0 + s eps: a 2x2 linear solve
+    return Coefficients(ds / det, -s / det, -da / det, a / det)
+
+
 class GaussianProcess(Process):
     """A Gaussian process ``x_t = alpha(t) x_0 + sigma(t) eps`` with ``t`` in ``[0, 1]``.
 
@@ -177,6 +209,24 @@ class GaussianProcess(Process):
         zero = torch.zeros_like(t.detach())
         return (zero if da is None else da.detach()), (zero if ds is None else ds.detach())
 
+    # -- the linear view ----------------------------------------------------------------------
+    def u_of_t(self, t) -> Tensor:
+        """Linear-view time ``u = sigma / (alpha + sigma) = sigmoid(-lambda)`` (float64, shape
+        of ``t``; 0 at ``t = 0``, 1 where ``alpha = 0``). With ``z = x / (alpha + sigma)`` the
+        path ``x_t = alpha x0 + sigma eps`` becomes ``z_u = (1 - u) x0 + u eps``, the
+        rectified-flow interpolant (Karras et al. 2022, eq. 4 for the scaling)."""
+        la, ls = self.log_alpha_sigma(torch.as_tensor(t, dtype=torch.float64))
+        return torch.sigmoid(ls - la)
+
+    def t_of_u(self, u) -> Tensor:
+        """Inverse of :meth:`u_of_t` (float64): ``t_of_lambda(log((1 - u) / u))``, with ``t = 0``
+        for ``u <= 0`` and ``t = 1`` for ``u >= 1`` (``u`` clamped to ``[1e-12, 1 - 1e-12]``
+        inside)."""
+        u = torch.as_tensor(u, dtype=torch.float64)
+        uc = u.clamp(1e-12, 1 - 1e-12)
+        t = self.t_of_lambda(torch.log1p(-uc) - torch.log(uc)).to(torch.float64)
+        return torch.where(u <= 0, torch.zeros_like(t), torch.where(u >= 1, torch.ones_like(t), t))
+
     # -- prior and corruption ----------------------------------------------------------------
     def prior_std(self) -> float:
         """Standard deviation of the prior at ``t = 1`` (``x_1 ~ N(0, prior_std^2 I)``)."""
@@ -197,30 +247,34 @@ class GaussianProcess(Process):
         return self.project(a * x0 + s * noise, mask)
 
     # -- parameterizations -------------------------------------------------------------------
+    def coefficients(self, t, prediction: str) -> Coefficients:
+        """:func:`prediction_coefficients` at time ``t`` (a float -> floats; a tensor -> tensors
+        shaped like ``t``): ``x0 = c.x0_x x_t + c.x0_out out``, ``eps = c.eps_x x_t + c.eps_out out``."""
+        scalar = not isinstance(t, Tensor)
+        tt = torch.as_tensor(t, dtype=torch.float64) if scalar else t
+        a, s = self.alpha(tt), self.sigma(tt)
+        da = ds = None
+        if canonical_prediction(prediction) == "velocity":
+            da, ds = self.d_alpha_sigma(tt)
+        c = prediction_coefficients(prediction, a, s, da, ds)
+        if scalar:
+            return Coefficients(*(float(v) for v in c))
+        return Coefficients(*(v if isinstance(v, Tensor) else torch.full_like(a, v) for v in c))
+
     def to_x0_eps(self, pred: Tensor, prediction: str, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Convert a model output to ``(x0, eps)``. ``pred``, ``x_t`` ``[B, ...]``; ``t`` ``[B]``."""
         prediction = canonical_prediction(prediction)
         t = torch.as_tensor(t, device=x_t.device)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
-        a = append_dims(self.alpha(t).to(x_t.dtype), x_t.ndim)
-        s = append_dims(self.sigma(t).to(x_t.dtype), x_t.ndim)
         if prediction == "x0":
-            return pred, (x_t - a * pred) / s
+            c = self.coefficients(t, prediction)
+            return pred, _lin(c.eps_x, x_t, c.eps_out, pred)
         if prediction == "epsilon":
-            return (x_t - s * pred) / a, pred
-        if prediction == "score":
-            eps = -s * pred
-            return (x_t - s * eps) / a, eps
-        if prediction == "v":
-            n = a * a + s * s
-            return (a * x_t - s * pred) / n, (s * x_t + a * pred) / n
-        # velocity u = a' x0 + s' eps together with x_t = a x0 + s eps: a 2x2 linear solve
-        da, ds = self.d_alpha_sigma(t)
-        da = append_dims(da.to(x_t.dtype), x_t.ndim)
-        ds = append_dims(ds.to(x_t.dtype), x_t.ndim)
-        det = a * ds - s * da
-        return (ds * x_t - s * pred) / det, (a * pred - da * x_t) / det
+            c = self.coefficients(t, prediction)
+            return _lin(c.x0_x, x_t, c.x0_out, pred), pred
+        c = self.coefficients(t, prediction)
+        return _lin(c.x0_x, x_t, c.x0_out, pred), _lin(c.eps_x, x_t, c.eps_out, pred)
 
     def convert(self, pred: Tensor, from_: str, to: str, x_t: Tensor, t: Tensor) -> Tensor:
         """Convert a prediction between ``x0 / epsilon / v / velocity / score``."""
@@ -252,6 +306,11 @@ class GaussianProcess(Process):
     def __repr__(self) -> str:
         keys = {k: v for k, v in vars(self).items() if not k.startswith("_") and not isinstance(v, Tensor)}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in keys.items())})"
+
+
+def _lin(cx: Tensor, x: Tensor, co: Tensor, out: Tensor) -> Tensor:
+    """``cx x + co out`` with per-sample coefficients ``[B]`` broadcast over ``x`` ``[B, ...]``."""
+    return append_dims(cx.to(x.dtype), x.ndim) * x + append_dims(co.to(x.dtype), x.ndim) * out
 
 
 class VPLinear(GaussianProcess):

@@ -51,27 +51,13 @@ class ReferenceResult:
 
 
 def u_of_t(process: GaussianProcess, t: float) -> float:
-    """``u = sigma / (alpha + sigma)`` at scalar ``t`` (``1 / (1 + exp(lambda))``), float64."""
-    if float(t) <= 0.0:
-        return 0.0
-    lam = float(process.lambda_(torch.tensor(float(t), dtype=_F64)))
-    if lam == -math.inf:
-        return 1.0
-    if lam >= 0.0:  # expit(-lam), overflow-free on both sides
-        e = math.exp(-lam)
-        return e / (1.0 + e)
-    return 1.0 / (1.0 + math.exp(lam))
+    """:meth:`GaussianProcess.u_of_t` at a scalar ``t``, as a float."""
+    return 0.0 if float(t) <= 0.0 else float(process.u_of_t(float(t)))
 
 
 def t_of_u(process: GaussianProcess, u: float) -> float:
-    """Inverse of :func:`u_of_t`: ``t = process.t_of_lambda(log((1 - u) / u))``."""
-    u = float(u)
-    if u >= 1.0:
-        return 1.0
-    if u <= 0.0:
-        return 0.0
-    lam = math.log1p(-u) - math.log(u)
-    return float(process.t_of_lambda(torch.tensor(lam, dtype=_F64)))
+    """:meth:`GaussianProcess.t_of_u` at a scalar ``u``, as a float."""
+    return float(process.t_of_u(float(u)))
 
 
 def reference_run(model: Callable, process: GaussianProcess, x_T: Tensor, *, prediction: str = "epsilon",

@@ -12,31 +12,15 @@ import numpy as np
 import torch
 
 from . import api
+from .api import cat_batches, generation_batches
 from .domain import Domain, get_domain
-from .losses import Batch, tree_cat, tree_map
+from .losses import Batch, tree_map
 from .model import prepare_cond_all
 from .utils import resolve_device, write_json, write_text
 
 PathLike = Union[str, Path]
 #: tolerance of reference solves of network teachers (float32 networks; errors of interest >= 1e-5)
 REF_TOL = 1e-7
-
-
-def _cat_batches(parts: list[Batch]) -> Batch:
-    x = torch.cat([p.x for p in parts])
-    mask = torch.cat([p.mask for p in parts]) if parts[0].mask is not None else None
-    cond = tree_cat([p.cond for p in parts])
-    return Batch(x=x, mask=mask, cond=cond)
-
-
-def generation_batches(domain: Domain, n: int, seed: int, batch_size: int, cond: Any = None):
-    """Yield :class:`GenerationBatch` chunks; sample ``i`` uses seed ``seed + i`` whatever
-    the chunking (per-sample generators)."""
-    for start in range(0, n, batch_size):
-        m = min(batch_size, n - start)
-        gens = [torch.Generator().manual_seed(seed + start + j) for j in range(m)]
-        c = tree_map(lambda a: a[start:start + m], cond)
-        yield domain.generation_batch(m, generator=gens, cond=c), gens
 
 
 def sample_domain(domain: Domain, model, *, sampler: str = "dpm_solver_pp_2m", steps: int = 5, n: int = 64, seed: int = 0,
@@ -64,7 +48,7 @@ def sample_domain(domain: Domain, model, *, sampler: str = "dpm_solver_pp_2m", s
         parts.append(Batch(x=out.x.cpu(), mask=gb.mask, cond=gb.cond))
         bar.update(len(x_T))
     bar.close()
-    return _cat_batches(parts), {"nfe": nfe, "seconds": secs, "timesteps": [float(t) for t in ts]}
+    return cat_batches(parts), {"nfe": nfe, "seconds": secs, "timesteps": [float(t) for t in ts]}
 
 
 def ode_reference_error(domain: Domain, model, samples: Batch, *, seed: int, n_ref: int, device="cpu") -> Optional[float]:
@@ -189,17 +173,18 @@ def distill(domain: Union[str, Domain], *, method: str = "consistency", student_
     :func:`workbench.distill.available_methods`) into a few-step generator with the shared
     training loop (resumable from ``out_dir/state.pt``: nets, auxiliary nets, optimizers,
     EMA and RNG states) and export ``out_dir/generator.safetensors`` (the generator's
-    weights, EMA where kept; the header holds the generator spec), which :func:`generate`,
+    weights, EMA where kept; the header key ``spec`` holds its ``to_config()``), which :func:`generate`,
     :func:`load_generator` and ``workbench bench distill`` use."""
     from dataclasses import replace
 
     from .checkpoint import save_weights
-    from .distill.recipes import RecipeContext, setup_method
+    from .distill import RecipeContext, method_options as validated_options, setup_method
     from .training import TrainConfig
     from .training import train as train_loop
 
     if int(student_steps) < 1:
         raise ValueError(f"student_steps must be a positive integer, got {student_steps}")
+    opts = validated_options(method, method_options)  # type-checked before the teacher loads
     dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
     device = str(resolve_device(device))
     user = {k: v for k, v in (train or {}).items() if v is not None}
@@ -208,28 +193,29 @@ def distill(domain: Union[str, Domain], *, method: str = "consistency", student_
     out = Path(out_dir)
     ctx = RecipeContext(domain=dom, teacher=t_net, student_steps=int(student_steps), out_dir=out, device=device,
                         seed=int(user.get("seed", 0)), train=dict(user))
-    setup = setup_method(method, ctx, method_options)
+    setup = setup_method(method, ctx, opts)
     cfg = replace(replace(TrainConfig(**dom.train_defaults), **setup.train_defaults), **user)
     meta = {"kind": "generator", "method": method, "domain": dom.name, "config": dom.config, "student_steps": int(student_steps),
-            "spec": setup.spec, "options": method_options or {}, "info": setup.info}
-    # a resumed run must have the same recipe; ``spec`` and ``info`` are derived from it (and may
-    # hold searched time steps or timings that vary in the last bits between invocations)
-    settings = {k: v for k, v in meta.items() if k not in ("spec", "info")}
+            "options": method_options or {}, "info": setup.info}
+    # a resumed run must have the same recipe; ``info`` and the generator config are derived from it
+    # (and may hold searched time steps or timings that vary in the last bits between invocations)
+    settings = {k: v for k, v in meta.items() if k != "info"}
     res = train_loop(setup.objective, setup.nets, setup.data or dom.train_data("train"), cfg, out_dir=out, resume=resume,
                      trainable=setup.trainable, ema=setup.ema, meta=meta, settings=settings)
     final = {n: res.ema.get(n, m) for n, m in res.nets.items()}
     gen = setup.make_generator(final)
     path = out / "generator.safetensors"
-    save_weights(path, gen, {**meta, "steps": res.step, "train_seconds": res.seconds})
+    save_weights(path, gen, {**meta, "spec": gen.to_config(), "steps": res.step, "train_seconds": res.seconds})
     return {"steps": res.step, "seconds": res.seconds, "final_loss": res.history[-1] if res.history else None, "generator": str(path),
             "method": method}
 
 
 def load_generator(domain: Domain, path: PathLike, *, device="cpu"):
     """``(generator, meta)`` from a ``generator.safetensors`` written by :func:`distill`: the
-    module is rebuilt from the spec in the header and the domain's backbone."""
+    module is rebuilt from the generator config in the header (``meta["spec"]``: its
+    ``to_config()``, or the older hand-written spec, upgraded) and the domain's backbone."""
     from .checkpoint import CheckpointError, load_state_into, load_weights
-    from .distill.recipes import build_generator
+    from .distill.generators import build_generator
 
     state, meta = load_weights(path, device=device)
     if meta.get("kind") != "generator":
@@ -237,7 +223,7 @@ def load_generator(domain: Domain, path: PathLike, *, device="cpu"):
     if meta.get("domain") != domain.name:
         raise CheckpointError(f"{path} was distilled for domain {meta.get('domain')!r}, not {domain.name!r}")
     if "spec" not in meta:
-        raise CheckpointError(f"{path} has no generator spec in its header; re-export it with this version's 'workbench distill'")
+        raise CheckpointError(f"{path} has no generator config in its header; re-export it with this version's 'workbench distill'")
     domain.adopt_checkpoint_architecture(meta, state.keys())
     gen = build_generator(domain, meta["spec"])
     load_state_into(gen, state, path)
@@ -261,4 +247,4 @@ def sample_generator(domain: Domain, gen, *, steps: int, n: int, seed: int, batc
             x = gen.generate(gb.x_T.to(device), int(steps), mask=mask, cond=c, generator=gens, **kw)
         secs += time.perf_counter() - t0
         parts.append(Batch(x=x.cpu(), mask=gb.mask, cond=gb.cond))
-    return _cat_batches(parts), {"nfe": int(gen.nfe(int(steps))), "seconds": secs}
+    return cat_batches(parts), {"nfe": int(gen.nfe(int(steps))), "seconds": secs}

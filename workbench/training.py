@@ -40,7 +40,8 @@ from .utils import write_json
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of the shared loop (every field is a hydra key)."""
+    """Hyper-parameters of the shared loop; every field is a CLI key ``train.<field>``
+    (``workbench train --help``). Checked on construction (one-line ``ValueError``)."""
 
     steps: int = 1000
     batch_size: int = 128
@@ -56,6 +57,37 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
+
+    def __post_init__(self):
+        import numbers
+
+        def bad(name, what):
+            return ValueError(f"TrainConfig.{name} must be {what}, got {getattr(self, name)!r}")
+
+        def integral(v):
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def real(v):
+            return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+        for name in ("steps", "batch_size", "warmup", "ckpt_every", "log_every", "seed"):
+            if not integral(getattr(self, name)):
+                raise bad(name, "an integer")
+        for name in ("batch_size", "ckpt_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise bad(name, "a positive integer")
+        for name in ("lr", "weight_decay", "ema_decay"):
+            if not real(getattr(self, name)):
+                raise bad(name, "a number")
+        if self.grad_clip is not None and not real(self.grad_clip):
+            raise bad("grad_clip", "a number or None")
+        if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2 and all(real(b) for b in self.betas)):
+            raise bad("betas", "two numbers, e.g. [0.9, 0.999]")
+        self.betas = tuple(float(b) for b in self.betas)
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown lr schedule {self.schedule!r}; valid: constant, cosine")
+        if not isinstance(self.progress, bool):
+            raise bad("progress", "true or false")
 
 
 @dataclass

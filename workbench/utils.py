@@ -40,6 +40,12 @@ def randn(shape, *, generator: Generator = None, device=None, dtype=torch.float3
     return out.to(device) if device is not None else out
 
 
+def first_generator(generator: Generator) -> Optional[torch.Generator]:
+    """One ``torch.Generator`` for batch-level draws (times, masks): ``generator`` itself, or
+    the first of a list of per-sample generators; ``None`` stays ``None`` (global RNG)."""
+    return generator if generator is None or isinstance(generator, torch.Generator) else generator[0]
+
+
 def randn_like(x: Tensor, generator: Generator = None) -> Tensor:
     return randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 

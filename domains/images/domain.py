@@ -18,6 +18,7 @@ Config keys (hydra ``domain.*``):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from workbench.checkpoint import CheckpointError, load_weights
+from workbench.checkpoint import CheckpointError
 from workbench.domain import Domain, GenerationBatch
 from workbench.losses import Batch, DenoisingLoss
 from workbench.model import Denoiser
@@ -81,28 +82,44 @@ class LabelDropoutLoss:
         return f"LabelDropoutLoss({self.base!r}, p_uncond={self.p_uncond})"
 
 
+@dataclass
+class ImagesConfig:
+    """Options of the images domain (``domain.<key>=`` on the command line)."""
+
+    dataset: str = field(default="digits", metadata={"help": "digits (sklearn, 8x8) or fashion_mnist (28x28, Debian package dataset-fashion-mnist)"})
+    conditional: bool = field(default=True, metadata={"help": "class-conditional generation (labels 0-9; 10 = unconditional)"})
+    guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance weight (1 = plain conditional)"})
+    p_uncond: float = field(default=0.1, metadata={"help": "label-dropout probability in teacher training"})
+    unet: dict = field(default_factory=dict, metadata={"help": "UNet2DModel config overrides, e.g. domain.unet={block_out_channels: [8, 16]}"})
+    data_root: Optional[str] = field(default=None, metadata={"help": "folder of the Fashion-MNIST IDX files (default: the Debian package's)"})
+    classifier: Optional[str] = field(default=None, metadata={"help": "metric classifier checkpoint (default: the shipped one)"})
+    max_reference: int = field(default=2000, metadata={"help": "size cap of the default metric reference (test split)"})
+
+
 class ImagesDomain(Domain):
-    """Grey-scale images in ``[-1, 1]``, states ``[B, 1, H, W]``, ``cond`` = labels ``[B]``."""
+    """Grey-scale images in ``[-1, 1]``, states ``[B, 1, H, W]``, ``cond`` = labels ``[B]``.
+    Config: :class:`ImagesConfig`."""
 
     name = "images"
     description = "sklearn digits (8x8) / Fashion-MNIST (28x28) with a diffusers UNet2DModel, class-conditional and unconditional"
+    Config = ImagesConfig
     formats = ("png", "npz")
     has_exact_model = False
     prediction = "epsilon"
-    #: metric the sampler benchmark tabulates
     primary_metric = "fd_classifier"
+    #: ``workbench demo``: the shipped digits teacher, class-conditional
+    demo_configs = ({"dataset": "digits", "conditional": True},)
 
     def __init__(self, **config):
-        config.setdefault("dataset", "digits")
-        config.setdefault("conditional", True)
         super().__init__(**config)
         self.dataset = check_dataset(str(self.config["dataset"]))
         self.conditional = bool(self.config["conditional"])
-        self.guidance = float(self.config.get("guidance", 1.0))
-        self.p_uncond = float(self.config.get("p_uncond", 0.1))
+        self.guidance = float(self.config["guidance"])
+        self.p_uncond = float(self.config["p_uncond"])
         self.shape = image_shape(self.dataset)
         self.class_names = CLASS_NAMES[self.dataset]
         self.train_defaults = dict(TRAIN_DEFAULTS[self.dataset])
+        self._explicit_unet = bool(self.config.get("unet"))
         self._classifier = None
         self._ref_cache: dict = {}
         if self.dataset == "fashion_mnist":
@@ -159,31 +176,43 @@ class ImagesDomain(Domain):
             return TwoTimeDenoiser(bb, self.process(), time_map="diffusers", **wrap)
         return Denoiser(bb, self.process(), prediction=self.prediction, time_map="diffusers")
 
+    def build_two_time_backbone(self, **kwargs):
+        """``build_backbone(two_time=True, **kwargs)``: a UNet with a second timestep embedding
+        of ``t - r`` in a :class:`~workbench.model.TwoTimeDenoiser`."""
+        return self.build_backbone(two_time=True, **kwargs)
+
+    def slim_backbone_kwargs(self, factor: float) -> dict:
+        """``block_out_channels`` divided by ``factor`` (of the current UNet config) and the
+        largest ``norm_num_groups`` (at most the current one) dividing every width."""
+        cfg = self.unet_config()
+        ch = [max(1, int(int(c) // factor)) for c in cfg["block_out_channels"]]
+        g = int(cfg.get("norm_num_groups", 32))
+        while g > 1 and any(c % g for c in ch):
+            g -= 1
+        return {"block_out_channels": ch, "norm_num_groups": g}
+
     def default_teacher_path(self) -> Path:
         return CHECKPOINT_DIR / f"{self.dataset}_unet.safetensors"
 
     def classifier_path(self) -> Path:
         return Path(self.config["classifier"]) if self.config.get("classifier") else CHECKPOINT_DIR / f"{self.dataset}_classifier.safetensors"
 
-    def load_teacher(self, path: Optional[str] = None, *, device="cpu") -> Denoiser:
-        path = Path(path) if path is not None else self.default_teacher_path()
-        if not path.exists():
-            raise CheckpointError(f"images teacher checkpoint not found: {path}; regenerate it with `{regenerate_command(self.dataset, 'unet')}`")
-        state, meta = load_weights(path, device=device)
+    def teacher_regenerate_command(self) -> str:
+        return regenerate_command(self.dataset, "unet")
+
+    def check_checkpoint(self, meta: dict, path: Path) -> None:
+        """The checkpoint must be an images teacher of this ``dataset``."""
         if meta.get("domain", self.name) != self.name:
             raise CheckpointError(f"checkpoint {path} is a {meta.get('domain')!r} teacher, not an images teacher")
-        mcfg = meta.get("config") or {}
-        if mcfg.get("dataset", self.dataset) != self.dataset:
-            raise CheckpointError(f"checkpoint {path} was trained on {mcfg.get('dataset')!r}, not {self.dataset!r}")
-        overrides = {} if self.config.get("unet") else dict(mcfg.get("unet") or {})
-        net = self.build_backbone(**overrides)
-        try:
-            missing, unexpected = net.load_state_dict(state, strict=False)
-        except RuntimeError as e:
-            raise CheckpointError(f"checkpoint {path} does not fit the images UNet: {str(e).splitlines()[0]}") from None
-        if missing or unexpected:
-            raise CheckpointError(f"checkpoint {path} does not fit the images UNet: missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
-        return net.to(device).eval().requires_grad_(False)
+        ds = (meta.get("config") or {}).get("dataset", self.dataset)
+        if ds != self.dataset:
+            raise CheckpointError(f"checkpoint {path} was trained on {ds!r}, not {self.dataset!r}")
+
+    def adopt_checkpoint_architecture(self, meta: dict, keys) -> None:
+        """Unless ``unet`` was set explicitly, build the UNet the checkpoint's header
+        (``config["unet"]``) records."""
+        if not self._explicit_unet:
+            self.config["unet"] = dict((meta.get("config") or {}).get("unet") or {})
 
     # -- generation ----------------------------------------------------------------------------
     def labels(self, n: int, cond: Any = None) -> Tensor:

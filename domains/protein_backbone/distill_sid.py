@@ -101,8 +101,10 @@ VARIANTS = {
 TRAIN = {"batch_size": 4, "warmup": 200, "schedule": "cosine", "log_every": 10}
 #: the inference noise scale the students are meant to be sampled with (the published 0.45)
 NOISE_SCALE = METHOD_OPTIONS["sample_noise_scale"]
-SUMMARY_KEYS = ("ca_ca_mean", "ca_ca_std", "ca_ca_outlier_fraction", "clashes_mean", "clash_free_fraction", "helix", "strand", "coil",
-                "diversity_mean_pairwise_tm", "diversity_cluster_fraction", "novelty_max_tm_mean", "nonfinite_fraction")
+SUMMARY_KEYS = ("ca_ca_mean", "ca_ca_std", "ca_ca_outlier_fraction", "clashes_mean", "clash_free_fraction", "dssp_helix", "dssp_strand",
+                "dssp_helix_runs7", "dssp_strand_runs3", "helical_right", "helical_left", "handedness_ratio", "rg_ratio_mean",
+                "helix", "strand", "coil", "diversity_mean_pairwise_tm", "diversity_cluster_fraction", "novelty_max_tm_mean",
+                "nonfinite_fraction")
 
 
 def default_checkpoint(student_steps: int) -> Path:
@@ -207,7 +209,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise-scales", default="1.0,0.8,0.6,0.45")
     ap.add_argument("--teacher-steps", default="100", help="comma-separated Euler step counts of the teacher reference")
-    ap.add_argument("--eval-lengths", help="comma-separated lengths (default: the training length histogram)")
+    ap.add_argument("--eval-lengths", help="comma-separated lengths or ranges, e.g. 80-100 (default: the training length histogram)")
     ap.add_argument("--teacher", help="teacher checkpoint to distil (default: the shipped checkpoints/teacher.safetensors)")
     ap.add_argument("--data", choices=DATA_SOURCES, help="training-chain set of the domain (novelty reference and length "
                     "histogram); default: the teacher checkpoint's, else real")
@@ -243,7 +245,9 @@ def main(argv=None) -> int:
                            "train": res["train"], "train_seconds": res["seconds"], "size_bytes": ckpt.stat().st_size}
     if "eval" in steps:
         scales = [float(v) for v in args.noise_scales.split(",")]
-        lengths = [int(v) for v in args.eval_lengths.split(",")] if args.eval_lengths else None
+        from .train import parse_lengths
+
+        lengths = parse_lengths(args.eval_lengths) if args.eval_lengths else None
         info["quality"] = evaluate_student(ckpt, student_steps=K, noise_scales=scales, n=args.eval_n, seed=args.seed,
                                            teacher_steps=[int(v) for v in args.teacher_steps.split(",")], lengths=lengths,
                                            domain_config=dcfg, teacher=args.teacher)

@@ -26,26 +26,20 @@ estimate through :class:`~domains.protein_backbone.nets.SelfCondState` (the back
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
 from workbench.losses import Batch, masked_mean
 from workbench.processes import GaussianProcess, append_dims
-from workbench.utils import Generator, randn
+from workbench.utils import Generator, first_generator, randn
 
 TIME_SAMPLERS = ("proteina", "uniform", "logit_normal")
 LOSS_SPACES = ("velocity", "x0")
 
 
-def _gen(generator: Generator) -> Optional[torch.Generator]:
-    return generator if generator is None or isinstance(generator, torch.Generator) else generator[0]
-
-
 def sample_times(n: int, kind: str, generator: Generator = None, *, t_eps: float = 1e-3) -> Tensor:
     """``[n]`` float64 training times in ``[t_eps, 1]`` (``t = 0`` data); see the module docstring."""
-    g = _gen(generator)
+    g = first_generator(generator)
     if kind == "uniform":
         u = torch.rand(n, generator=g, dtype=torch.float64)
         return t_eps + (1 - t_eps) * u
@@ -105,7 +99,7 @@ class SelfCondFlowLoss:
         tf = t.to(x0.dtype)
         cond = dict(batch.cond) if isinstance(batch.cond, dict) else {}
         pred = getattr(net, "prediction", self.prediction)
-        use_sc = self.p_self_cond > 0 and bool(torch.rand((), generator=_gen(generator), dtype=torch.float64) < self.p_self_cond)
+        use_sc = self.p_self_cond > 0 and bool(torch.rand((), generator=first_generator(generator), dtype=torch.float64) < self.p_self_cond)
         if use_sc:
             with torch.no_grad():
                 first = net(x_t, tf, mask=mask, cond=cond)

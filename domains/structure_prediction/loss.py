@@ -29,7 +29,7 @@ from torch import Tensor
 
 from workbench.losses import Batch, tree_map
 from workbench.processes import GaussianProcess, append_dims
-from workbench.utils import Generator
+from workbench.utils import Generator, first_generator
 
 LDDT_CUTOFF = 15.0
 LDDT_THRESHOLDS = (0.5, 1.0, 2.0, 4.0)
@@ -112,7 +112,7 @@ class StructureDiffusionLoss:
 
     def __call__(self, nets, batch: Batch, generator: Generator = None) -> Tensor:
         net = nets["model"] if isinstance(nets, (dict, torch.nn.ModuleDict)) else nets
-        g = generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
+        g = first_generator(generator)
         x0, B, K = batch.x, batch.x.shape[0], self.K
         mask = batch.mask if batch.mask is not None else torch.ones(x0.shape[:2], dtype=x0.dtype, device=x0.device)
         cond = net.prepare_cond(batch.cond, mask=mask, batch_size=B)  # the trunk, once per crop (with gradients)

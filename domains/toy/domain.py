@@ -20,6 +20,7 @@ closed-form posterior mean (x0 prediction), i.e. a perfect teacher.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from workbench.analytic import GaussianMixture, PointSetMixture
-from workbench.checkpoint import CheckpointError, load_into
+from workbench.checkpoint import CheckpointError
 from workbench.domain import Domain, GenerationBatch
 from workbench.losses import Batch
 from workbench.model import Denoiser
@@ -123,17 +124,28 @@ class ExactTeacher(nn.Module):
         return self.fn(x, t, mask=mask) if self.masked else self.fn(x, t)
 
 
+@dataclass
+class ToyConfig:
+    """Options of the toy domain (``domain.<key>=`` on the command line)."""
+
+    dataset: str = field(default="gmm", metadata={"help": "gmm (2-D mixture) or pointset (masked, zero-CoM variable-size point sets)"})
+    teacher: str = field(default="mlp", metadata={"help": "mlp (shipped trained network) or exact (closed-form denoiser)"})
+
+
+#: width of the toy backbones (``ResidualMLP`` / ``SetTransformer`` ``hidden``)
+HIDDEN = {"gmm": 128, "pointset": 64}
+
+
 class ToyDomain(Domain):
-    """Analytic toy domain (see the module docstring). Config: ``dataset`` in
-    ``{"gmm", "pointset"}`` (default ``gmm``), ``teacher`` in ``{"mlp", "exact"}`` (default
-    ``mlp``)."""
+    """Analytic toy domain (see the module docstring). Config (:class:`ToyConfig`):
+    ``dataset`` in ``{"gmm", "pointset"}``, ``teacher`` in ``{"mlp", "exact"}``."""
 
     name = "toy"
     description = "Gaussian mixtures with an exact denoiser: 2-D GMM or masked zero-CoM 3-D point sets"
+    Config = ToyConfig
     formats = ("csv", "npz")
     has_exact_model = True
     prediction = "epsilon"
-    #: metric the sampler benchmark tabulates
     primary_metric = "sw"
     #: ``workbench demo`` runs both datasets with the shipped MLP teachers
     demo_configs = ({"dataset": "gmm", "teacher": "mlp"}, {"dataset": "pointset", "teacher": "mlp"})
@@ -141,11 +153,6 @@ class ToyDomain(Domain):
     demo_n_ref = 16
 
     def __init__(self, **config):
-        unknown = sorted(set(config) - {"dataset", "teacher"})
-        if unknown:
-            raise ValueError(f"unknown toy domain option(s) {unknown}; valid: dataset, teacher")
-        config.setdefault("dataset", "gmm")
-        config.setdefault("teacher", "mlp")
         super().__init__(**config)
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown toy dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
@@ -193,6 +200,7 @@ class ToyDomain(Domain):
         wrap = {k: kwargs.pop(k) for k in ("prediction", "time_scale", "gap_scale") if k in kwargs}
         if wrap and not two_time:
             raise ValueError(f"{', '.join(sorted(wrap))} only apply to two-time students (two_time=True)")
+        kwargs.setdefault("hidden", HIDDEN[self.dataset])
         if self.dataset == "pointset":
             net = SetTransformer(dim=POINTSET_SPEC["dim"], n_max=N_MAX, two_time=two_time, **kwargs)
         else:
@@ -204,30 +212,38 @@ class ToyDomain(Domain):
             return TwoTimeDenoiser(net, self._process, time_map="diffusers", **wrap)
         return Denoiser(net, self._process, self.prediction, time_map="diffusers")
 
+    def build_two_time_backbone(self, **kwargs):
+        """``build_backbone(two_time=True, **kwargs)``: the teacher's net with a second
+        (zero-initialised) embedding of ``t - r`` in a :class:`~workbench.model.TwoTimeDenoiser`."""
+        return self.build_backbone(two_time=True, **kwargs)
+
+    def slim_backbone_kwargs(self, factor: float) -> dict:
+        """``{"hidden": width // factor}`` of the dataset's backbone (:data:`HIDDEN`)."""
+        return {"hidden": max(1, int(HIDDEN[self.dataset] // factor))}
+
     def default_teacher_path(self) -> Path:
         return CHECKPOINT_DIR / f"{self.dataset}_mlp.safetensors"
+
+    def teacher_regenerate_command(self) -> str:
+        return "python -m domains.toy.train_teachers"
+
+    def check_checkpoint(self, meta: dict, path: Path) -> None:
+        """The checkpoint must be a toy network of this ``dataset``."""
+        super().check_checkpoint(meta, path)
+        ds = (meta.get("config") or {}).get("dataset")
+        if ds is not None and ds != self.dataset:
+            raise CheckpointError(f"checkpoint {path} was trained for toy dataset {ds!r}, not {self.dataset!r}")
 
     def exact_model(self):
         """The exact denoiser ``model(x, t, mask=None) -> E[x_0 | x_t]`` (x0 prediction)."""
         return self.mixture.denoiser(self._process, "x0")
 
     def load_teacher(self, path: Optional[str] = None, *, device="cpu") -> nn.Module:
-        """``teacher=exact`` (and no ``path``): :class:`ExactTeacher`. Otherwise the trained
-        network from ``path`` or the shipped ``checkpoints/{dataset}_mlp.safetensors``;
-        a missing, corrupt or mismatched file raises
-        :class:`~workbench.checkpoint.CheckpointError`."""
+        """``teacher=exact`` (and no ``path``): :class:`ExactTeacher`. Otherwise
+        :meth:`Domain.load_teacher` (``path`` or the shipped ``checkpoints/{dataset}_mlp.safetensors``)."""
         if path is None and self.config["teacher"] == "exact":
             return ExactTeacher(self.exact_model(), self._process, masked=self.dataset == "pointset").eval()
-        p = Path(path) if path is not None else self.default_teacher_path()
-        if path is None and not p.exists():
-            raise CheckpointError(f"checkpoint not found: {p} (the shipped toy teacher; regenerate it with "
-                                  f"'python -m domains.toy.train_teachers', or use domain.teacher=exact)")
-        model = self.build_backbone()
-        meta = load_into(model, p, device=device)
-        ds = (meta.get("config") or {}).get("dataset") if isinstance(meta, dict) else None
-        if ds is not None and ds != self.dataset:
-            raise CheckpointError(f"checkpoint {p} was trained for toy dataset {ds!r}, not {self.dataset!r}")
-        return model.to(device).eval()
+        return super().load_teacher(path, device=device)
 
     # -- data --------------------------------------------------------------------------------
     def sample_true(self, n: int, generator=None) -> Batch:

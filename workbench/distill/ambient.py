@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -72,8 +73,9 @@ from torch import Tensor
 
 from ..losses import TIME_SAMPLERS, Batch, masked_mean
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator, randn
-from .recipes import DistillSetup, RecipeContext, register_method, student_spec
+from ..utils import Generator, first_generator, randn
+from .api import DistillSetup, MethodOptions, RecipeContext, register_method
+from .students import student_spec
 
 __all__ = ["AmbientLoss", "AmbientData", "tweedie_coefficients", "sample_time_above", "NOISY_LOSSES", "WEIGHTINGS",
            "AMBIENT_WEIGHTINGS"]
@@ -129,7 +131,7 @@ def sample_time_above(t_lo: Tensor, kind: str, *, process: GaussianProcess, gene
     ``edm`` with ``log sigma~ >= -lambda(t_lo)`` (Ambient Omni's truncated log-normal)."""
     if kind not in TIME_SAMPLERS:
         raise ValueError(f"unknown time sampler {kind!r}; valid: {', '.join(TIME_SAMPLERS)}")
-    g = generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
+    g = first_generator(generator)
     lo = torch.as_tensor(t_lo, dtype=torch.float64).clamp_min(t_eps)
     u = torch.rand(lo.shape, generator=g, device=g.device if g is not None else lo.device, dtype=torch.float64).to(lo.device)
     if kind == "uniform":
@@ -383,17 +385,46 @@ def _resolve_t_noisy(process: GaussianProcess, t_noisy: Optional[float], sigma_n
     return t
 
 
-@register_method("ambient", kind="flow",
+@dataclass
+class AmbientOptions(MethodOptions):
+    """Options of method ``ambient`` (``distill.KEY=VALUE``, documented in :func:`ambient_recipe`)."""
+
+    clean_fraction: float = 0.1
+    t_noisy: Optional[float] = None
+    sigma_noisy: Optional[float] = None
+    dataset_size: Optional[int] = None
+    data_seed: int = 0
+    noisy_loss: str = "ambient"
+    weighting: str = "epsilon"
+    ambient_weighting: str = "xtn"
+    time_sampler: str = "uniform"
+    balance: bool = True
+    sigma_data: float = 0.5
+    max_factor: float = 1e4
+    init: str = "scratch"
+    backbone: Optional[dict] = None
+    sampler: str = "dpm_solver_pp_3m"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_choice("noisy_loss", self.noisy_loss, NOISY_LOSSES)
+        _check_choice("init", self.init, INITS)
+        if not 0.0 < float(self.clean_fraction) <= 1.0:
+            raise ValueError(f"clean_fraction must be in (0, 1], got {self.clean_fraction}")
+        if self.dataset_size is not None and (isinstance(self.dataset_size, bool) or int(self.dataset_size) != self.dataset_size or int(self.dataset_size) < 1):
+            raise ValueError(f"dataset_size must be a positive integer or None, got {self.dataset_size!r}")
+        if not isinstance(self.balance, bool):
+            raise ValueError(f"balance must be true or false, got {self.balance!r}")
+        if self.backbone is not None and not isinstance(self.backbone, dict):
+            raise ValueError(f"backbone must be a dict of domain.build_backbone kwargs, got {type(self.backbone).__name__}")
+
+
+@register_method("ambient", options=AmbientOptions, kind="flow",
                  description="train a teacher from mostly noisy data (fixed per-example noise at t_noisy) plus a small clean set "
                              "with the Tweedie-consistent ambient loss; sampled by a training-free solver",
                  paper="Daras et al. 2024 (Consistent Diffusion Meets Tweedie; How much is a noisy image worth?); "
                        "Daras et al. 2025 (Ambient Diffusion Omni)")
-def ambient_recipe(ctx: RecipeContext, *, clean_fraction: float = 0.1, t_noisy: Optional[float] = None,
-                   sigma_noisy: Optional[float] = None, dataset_size: Optional[int] = None, data_seed: int = 0,
-                   noisy_loss: str = "ambient", weighting: str = "epsilon", ambient_weighting: str = "xtn",
-                   time_sampler: str = "uniform", balance: bool = True, sigma_data: float = 0.5, max_factor: float = 1e4,
-                   init: str = "scratch",
-                   backbone: Optional[dict] = None, sampler: str = "dpm_solver_pp_3m") -> DistillSetup:
+def ambient_recipe(ctx: RecipeContext, opts: AmbientOptions) -> DistillSetup:
     """Ambient training of a denoiser (module docstring) as a method of the registry.
 
     The trained net ``"model"`` (with EMA) is a fresh ``domain.build_backbone(**backbone)``
@@ -424,26 +455,16 @@ def ambient_recipe(ctx: RecipeContext, *, clean_fraction: float = 0.1, t_noisy: 
     from .generators import FlowGenerator
     from .recipes import make_student
 
-    _check_choice("noisy_loss", noisy_loss, NOISY_LOSSES)
-    _check_choice("init", init, INITS)
-    get_sampler(sampler)
-    if not 0.0 < float(clean_fraction) <= 1.0:
-        raise ValueError(f"clean_fraction must be in (0, 1], got {clean_fraction}")
-    if dataset_size is not None and (isinstance(dataset_size, bool) or int(dataset_size) != dataset_size or int(dataset_size) < 1):
-        raise ValueError(f"dataset_size must be a positive integer or None, got {dataset_size!r}")
-    if not isinstance(balance, bool):
-        raise ValueError(f"balance must be true or false, got {balance!r}")
-    if backbone is not None and not isinstance(backbone, dict):
-        raise ValueError(f"backbone must be a dict of domain.build_backbone kwargs, got {type(backbone).__name__}")
+    get_sampler(opts.sampler)
     proc = ctx.process
-    tn = _resolve_t_noisy(proc, t_noisy, sigma_noisy)
-    loss = AmbientLoss(proc, None, noisy_loss="naive" if noisy_loss == "naive" else "ambient", weighting=weighting,
-                       ambient_weighting=ambient_weighting, time_sampler=time_sampler, sigma_data=sigma_data, max_factor=max_factor)
-    data = AmbientData(ctx.domain, clean_fraction=float(clean_fraction), t_noisy=tn,
-                       dataset_size=None if dataset_size is None else int(dataset_size), data_seed=data_seed,
-                       noisy_loss=noisy_loss, time_sampler=time_sampler if balance else None)
-    sspec = student_spec(ctx.teacher, ctx.domain, backbone=backbone)
-    model = make_student(ctx, sspec, init=init)
+    tn = _resolve_t_noisy(proc, opts.t_noisy, opts.sigma_noisy)
+    loss = AmbientLoss(proc, None, noisy_loss="naive" if opts.noisy_loss == "naive" else "ambient", weighting=opts.weighting,
+                       ambient_weighting=opts.ambient_weighting, time_sampler=opts.time_sampler, sigma_data=opts.sigma_data, max_factor=opts.max_factor)
+    data = AmbientData(ctx.domain, clean_fraction=float(opts.clean_fraction), t_noisy=tn,
+                       dataset_size=None if opts.dataset_size is None else int(opts.dataset_size), data_seed=opts.data_seed,
+                       noisy_loss=opts.noisy_loss, time_sampler=opts.time_sampler if opts.balance else None)
+    sspec = student_spec(ctx.teacher, ctx.domain, backbone=opts.backbone)
+    model = make_student(ctx, sspec, init=opts.init)
     objective: Any = loss
     dom_obj = ctx.domain.objective()
     if hasattr(dom_obj, "base"):  # e.g. label dropout for classifier-free guidance
@@ -451,12 +472,11 @@ def ambient_recipe(ctx: RecipeContext, *, clean_fraction: float = 0.1, t_noisy: 
         wrapper = copy.copy(dom_obj)
         wrapper.base = adapter
         objective = _DomainWrapped(wrapper, adapter)
-    spec = {"kind": "flow", "student": sspec, "sampler": sampler, "timesteps": None, "options": {}}
 
     def make_generator(n):
-        return FlowGenerator(n["model"], proc, sampler=sampler, prediction=sspec["prediction"])
+        return FlowGenerator(n["model"], proc, sampler=opts.sampler, prediction=sspec["prediction"])
 
     a_n, s_n = float(proc.alpha(torch.tensor(tn, dtype=torch.float64))), float(proc.sigma(torch.tensor(tn, dtype=torch.float64)))
     info = {"dataset_size": len(data), "n_clean": data.n_clean, "n_noisy": len(data) - data.n_clean, "t_noisy": tn,
-            "sigma_noisy": s_n / a_n, "noisy_loss": noisy_loss, "balance": balance, "teacher_used_for_training": False, "init": init}
-    return DistillSetup(objective, {"model": model}, ["model"], ["model"], spec, make_generator, data=data, info=info)
+            "sigma_noisy": s_n / a_n, "noisy_loss": opts.noisy_loss, "balance": opts.balance, "teacher_used_for_training": False, "init": opts.init}
+    return DistillSetup(objective, {"model": model}, ["model"], ["model"], make_generator, data=data, info=info)

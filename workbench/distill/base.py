@@ -27,6 +27,8 @@ from torch import Tensor, nn
 
 from ..processes import GaussianProcess, append_dims, canonical_prediction
 from ..utils import Generator, randn_like
+from .generators import BaseGenerator, _floats, default_grid, start_state
+from .students import build_student, student_config_of
 
 __all__ = ["PARAMETERIZATIONS", "consistency_output", "student_x0", "FewStepGenerator", "student_from_teacher"]
 
@@ -121,7 +123,7 @@ def student_from_teacher(teacher: nn.Module) -> nn.Module:
     return student.train()
 
 
-class FewStepGenerator(nn.Module):
+class FewStepGenerator(BaseGenerator):
     """A student predicting x0 from ``(x_t, t)`` as a few-step generator.
 
     Args:
@@ -162,6 +164,17 @@ class FewStepGenerator(nn.Module):
             raise ValueError(f"scale_initial_noise must be True or False, got {scale_initial_noise!r}")
         #: whether ``noise_scale`` also scales the first input (Proteina-SiD's noise modulation)
         self.scale_initial_noise = scale_initial_noise
+
+    def _config(self) -> dict:
+        return {"student": student_config_of(self.student), "prediction": self.prediction,
+                "parameterization": self.parameterization, "sigma_data": self.sigma_data, "timesteps": _floats(self.timesteps),
+                "noise_scale": self.noise_scale, "scale_initial_noise": self.scale_initial_noise}
+
+    @classmethod
+    def from_config(cls, domain, config: dict) -> "FewStepGenerator":
+        return cls(build_student(domain, config["student"]), domain.process(), prediction=config["prediction"],
+                   parameterization=config["parameterization"], sigma_data=config["sigma_data"], timesteps=config["timesteps"],
+                   noise_scale=config["noise_scale"], scale_initial_noise=bool(config["scale_initial_noise"]))
 
     def nfe(self, steps: Optional[int] = None) -> int:
         """Network evaluations of :meth:`generate` with ``steps`` steps (one per step)."""
@@ -204,8 +217,6 @@ class FewStepGenerator(nn.Module):
         if timesteps is None and self.timesteps is not None and (steps is None or int(steps) == len(self.timesteps) - 1):
             timesteps = self.timesteps
         if timesteps is None:
-            from .generators import default_grid
-
             t0 = float(self.timesteps[0]) if self.timesteps is not None else 1.0  # keep the trained start time
             timesteps = default_grid(self.process, steps, t_start=t0)
         ts = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
@@ -213,8 +224,6 @@ class FewStepGenerator(nn.Module):
             raise ValueError("timesteps must be a strictly decreasing grid of at least 2 points")
         if float(ts[-1]) != 0.0:
             raise ValueError(f"timesteps must end at the clean end t=0, got {float(ts[-1])}")
-        from .generators import start_state
-
         p = self.process
         gamma = float(self.noise_scale if noise_scale is None else noise_scale)
         x = start_state(p, x_T, float(ts[0]))

@@ -45,6 +45,7 @@ student was not refined for).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -53,8 +54,10 @@ from torch import Tensor
 from ..losses import Batch, masked_mean
 from ..processes import GaussianProcess, canonical_prediction
 from ..search.boss import boss_search_domain, ddim_target_x0
-from ..utils import Generator
+from ..utils import Generator, first_generator
 from .base import student_x0
+from .api import DistillSetup, MethodOptions, RecipeContext, register_method
+from .students import make_student, student_spec
 
 __all__ = ["BossRefinement", "WEIGHTINGS", "boss_recipe"]
 
@@ -106,7 +109,7 @@ class BossRefinement:
             got = None if traj is None else tuple(traj.shape)
             raise ValueError(f"BOSS needs batch.extra['trajectory'] [B, {self.steps + 1}, ...] on its schedule, got {got}")
         B = traj.shape[0]
-        g = generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
+        g = first_generator(generator)
         k = torch.randint(0, self.steps, (B,), generator=g, device=g.device if g is not None else None).to(traj.device)
         x_i, t_i, t_n, x0_star = self.targets(traj, k, batch.mask)
         x0_hat = student_x0(nets["student"], self.process, x_i, t_i, prediction=self.prediction, mask=batch.mask, cond=batch.cond)
@@ -121,14 +124,32 @@ class BossRefinement:
 
 
 # -- recipe ----------------------------------------------------------------------------------------
-from .recipes import DistillSetup, RecipeContext, make_student, register_method, student_spec  # noqa: E402
 
 
-@register_method("boss", kind="flow", paper="Nguyen, Nguyen & Le 2024 (BOSS)",
+@dataclass
+class BOSSOptions(MethodOptions):
+    """Options of method ``boss`` (``distill.KEY=VALUE``, documented in :func:`boss_recipe`)."""
+
+    fine_steps: int = 100
+    fine_grid: str = "uniform_t"
+    n_search: int = 256
+    n_pairs: int = 4096
+    sampler: str = "euler"
+    weighting: str = "velocity"
+    backbone: Optional[dict] = None
+    init: str = "teacher"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+        if int(self.n_search) < 1 or int(self.n_pairs) < 1:
+            raise ValueError(f"n_search and n_pairs must be positive, got {self.n_search}, {self.n_pairs}")
+
+
+@register_method("boss", options=BOSSOptions, kind="flow", paper="Nguyen, Nguyen & Le 2024 (BOSS)",
                  description="Bellman-optimal K-step schedule search + velocity refinement of the teacher on it")
-def boss_recipe(ctx: RecipeContext, *, fine_steps: int = 100, fine_grid: str = "uniform_t", n_search: int = 256,
-                n_pairs: int = 4096, sampler: str = "euler", weighting: str = "velocity", backbone: Optional[dict] = None,
-                init: str = "teacher") -> DistillSetup:
+def boss_recipe(ctx: RecipeContext, opts: BOSSOptions) -> DistillSetup:
     """BOSS on the domain teacher, ``K = ctx.student_steps``.
 
     1. Search (:func:`~workbench.search.boss.boss_search_domain`): ``n_search`` reference
@@ -142,36 +163,31 @@ def boss_recipe(ctx: RecipeContext, *, fine_steps: int = 100, fine_grid: str = "
        (``init="teacher"``; ``backbone`` kwargs give a different student architecture, loaded
        from the teacher where names and shapes match).
 
-    The generator is Euler / DDIM on the searched grid (``spec["timesteps"]``)."""
+    The generator is Euler / DDIM on the searched grid (its config's ``timesteps``)."""
     from .generators import FlowGenerator
     from .pairs import TeacherPairs, build_teacher_pairs
 
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
     K = int(ctx.student_steps)
-    if not 1 <= K <= int(fine_steps):
-        raise ValueError(f"student_steps={K} must lie in [1, fine_steps={fine_steps}]")
-    if int(n_search) < 1 or int(n_pairs) < 1:
-        raise ValueError(f"n_search and n_pairs must be positive, got {n_search}, {n_pairs}")
+    if not 1 <= K <= int(opts.fine_steps):
+        raise ValueError(f"student_steps={K} must lie in [1, fine_steps={opts.fine_steps}]")
     out = ctx.out_dir
     seed = int(ctx.seed) + SEED_OFFSET
-    search = boss_search_domain(ctx.domain, ctx.teacher, n=int(n_search), seed=seed, fine_steps=int(fine_steps),
-                                fine_grid=fine_grid, sampler=sampler, device=ctx.device,
+    search = boss_search_domain(ctx.domain, ctx.teacher, n=int(opts.n_search), seed=seed, fine_steps=int(opts.fine_steps),
+                                fine_grid=opts.fine_grid, sampler=opts.sampler, device=ctx.device,
                                 cache=None if out is None else out / "boss_search.pt")
     idx, total = search.path(K)
     schedule = search.fine_timesteps[idx].clone()
-    pool = build_teacher_pairs(ctx.domain, ctx.teacher, int(n_pairs), sampler=sampler, steps=int(fine_steps),
+    pool = build_teacher_pairs(ctx.domain, ctx.teacher, int(opts.n_pairs), sampler=opts.sampler, steps=int(opts.fine_steps),
                                timesteps=search.fine_timesteps, keep_trajectory=True, seed=seed, device=ctx.device,
                                cache=None if out is None else out / "pairs.pt", progress=False)
     if pool.trajectory is None or not torch.allclose(pool.timesteps.to(torch.float64), search.fine_timesteps):
         raise ValueError("the teacher trajectory pool does not lie on the search's fine grid")
     data = TeacherPairs(pool.noise, pool.x0, mask=pool.mask, cond=pool.cond, trajectory=pool.trajectory[:, idx].contiguous(),
                         timesteps=schedule, info=pool.info)
-    sspec = student_spec(ctx.teacher, ctx.domain, backbone=backbone)
-    student = make_student(ctx, sspec, init=init)
-    obj = BossRefinement(ctx.process, schedule, weighting=weighting, prediction=sspec["prediction"])
+    sspec = student_spec(ctx.teacher, ctx.domain, backbone=opts.backbone)
+    student = make_student(ctx, sspec, init=opts.init)
+    obj = BossRefinement(ctx.process, schedule, weighting=opts.weighting, prediction=sspec["prediction"])
     ts_list = [float(t) for t in schedule]
-    spec = {"kind": "flow", "student": sspec, "sampler": "euler", "timesteps": ts_list, "options": {}}
 
     def make_generator(n):
         return FlowGenerator(n["student"], ctx.process, sampler="euler", timesteps=ts_list, prediction=sspec["prediction"])
@@ -180,6 +196,6 @@ def boss_recipe(ctx: RecipeContext, *, fine_steps: int = 100, fine_grid: str = "
     info = {"timesteps": ts_list, "fine_steps": F, "search_cost": total, "n_search": search.n, "n_pairs": len(pool)}
     if F % K == 0:
         info["uniform_cost"] = search.path_cost([i * F // K for i in range(K + 1)])
-    return DistillSetup(obj, {"student": student, "teacher": ctx.teacher}, ["student"], ["student"], spec, make_generator,
+    return DistillSetup(obj, {"student": student, "teacher": ctx.teacher}, ["student"], ["student"], make_generator,
                         data=data, train_defaults={"lr": 3e-4, "warmup": 100, "schedule": "cosine", "ema_decay": 0.999},
                         info=info)

@@ -7,18 +7,21 @@ method call it; users call it on their own methods):
 * a few optimisation steps with the shared loop lower the loss on a fixed batch, measured
   with the same times and noises before and after; for multi-phase objectives only the nets
   of the phase checked (``decrease_phase``, e.g. DMD's ``fake``) train, the others stay fixed;
-* the generator built by ``make_generator`` round-trips through its spec
-  (:func:`~workbench.distill.recipes.build_generator` + ``state_dict``), produces samples of
+* the generator built by ``make_generator`` round-trips through its JSON config
+  (``to_config`` -> :func:`~workbench.distill.generators.build_generator` + ``state_dict``,
+  the rebuilt generator reporting the same config), produces samples of
   the right shape, and respects masks (zero padding) and zero centre of mass.
 """
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 import torch
 
 from ..losses import Batch
-from .recipes import DistillSetup, build_generator
+from .api import DistillSetup
+from .generators import build_generator
 
 __all__ = ["check_recipe", "fixed_data"]
 
@@ -104,7 +107,9 @@ def check_recipe(setup: DistillSetup, domain, *, batch_size: int = 8, steps: int
         for p0, p in zip(ps, nets[n].parameters()):
             assert torch.equal(p0, p.detach()), f"frozen net {n!r} changed during training"
     gen = setup.make_generator(nets).eval()
-    re = build_generator(domain, setup.spec).eval()
+    config = json.loads(json.dumps(gen.to_config()))
+    re = build_generator(domain, config).eval()
+    assert re.to_config() == config, "the generator rebuilt from its config reports another config"
     re.load_state_dict(gen.state_dict())
     gb = domain.generation_batch(4, generator=[torch.Generator().manual_seed(i) for i in range(4)])
     with torch.no_grad():
@@ -112,7 +117,7 @@ def check_recipe(setup: DistillSetup, domain, *, batch_size: int = 8, steps: int
         x2 = re.generate(gb.x_T, gen_steps, mask=gb.mask, cond=gb.cond, generator=torch.Generator().manual_seed(3))
     assert x.shape == gb.x_T.shape, f"generator output {tuple(x.shape)} != {tuple(gb.x_T.shape)}"
     assert bool(torch.isfinite(x).all()), "generator output is not finite"
-    assert torch.allclose(x, x2, atol=1e-5), "generator rebuilt from its spec differs from the trained one"
+    assert torch.allclose(x, x2, atol=1e-5), "generator rebuilt from its config differs from the trained one"
     proc = domain.process()
     if gb.mask is not None:
         pad = (1 - gb.mask)[..., None] * x

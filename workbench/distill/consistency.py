@@ -6,6 +6,7 @@ segments and the consistency function of a segment maps onto the segment's lower
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -13,8 +14,10 @@ from torch import Tensor
 
 from ..losses import Batch, masked_mean
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator, model_kwargs, randn
+from ..utils import Generator, first_generator, model_kwargs, randn
 from .base import PARAMETERIZATIONS, consistency_output, student_x0
+from .api import DistillSetup, MethodOptions, RecipeContext, register_method
+from .students import make_student, student_spec
 
 __all__ = ["ConsistencyDistillation"]
 
@@ -101,7 +104,7 @@ class ConsistencyDistillation:
     def sample_indices(self, B: int, generator: Generator = None, device=None) -> tuple[Tensor, Tensor, Tensor]:
         """``(m, n, lo)`` grid indices ``[B]``: student time, teacher-step target time and the
         lower segment edge (``lo <= n < m``)."""
-        g = generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
+        g = first_generator(generator)
         m = torch.randint(1, self.num_scales + 1, (B,), generator=g, device=g.device if g is not None else None)
         per = self.num_scales // self.segments
         lo = ((m - 1) // per) * per
@@ -180,14 +183,26 @@ class ConsistencyDistillation:
 
 
 # -- recipe ----------------------------------------------------------------------------------------
-from .recipes import DistillSetup, RecipeContext, make_student, register_method, student_spec  # noqa: E402
 
 
-@register_method("consistency", kind="consistency", paper="Song et al. 2023; Luo et al. 2023 (LCM); Wang et al. 2024 (PCM)",
+@dataclass
+class ConsistencyOptions(MethodOptions):
+    """Options of method ``consistency`` (``distill.KEY=VALUE``, documented in :func:`consistency_recipe`)."""
+
+    segments: int = 1
+    skip: int = 1
+    num_scales: int = 50
+    loss: str = "l2"
+    parameterization: str = "x0"
+    sigma_data: float = 0.5
+    target_decay: float = 0.95
+    huber_c: Optional[float] = None
+    init_sigma: Optional[float] = 2.5
+
+
+@register_method("consistency", options=ConsistencyOptions, kind="consistency", paper="Song et al. 2023; Luo et al. 2023 (LCM); Wang et al. 2024 (PCM)",
                  description="consistency distillation, single or multi-segment, LCM-style skipping")
-def consistency_recipe(ctx: RecipeContext, *, segments: int = 1, skip: int = 1, num_scales: int = 50, loss: str = "l2",
-                       parameterization: str = "x0", sigma_data: float = 0.5, target_decay: float = 0.95,
-                       huber_c: Optional[float] = None, init_sigma: Optional[float] = 2.5) -> DistillSetup:
+def consistency_recipe(ctx: RecipeContext, opts: ConsistencyOptions) -> DistillSetup:
     """Consistency distillation of the domain teacher; the student starts from the teacher,
     the target network is an EMA of the student (``target_decay``). ``init_sigma`` sets the
     top of the grid ``t_max`` where ``sigma / alpha = init_sigma`` (default 2.5 as SiD's
@@ -198,18 +213,16 @@ def consistency_recipe(ctx: RecipeContext, *, segments: int = 1, skip: int = 1, 
     from .base import FewStepGenerator
     from .generators import default_grid, t_of_init_sigma
 
-    t_max = t_of_init_sigma(ctx.process, init_sigma) if init_sigma is not None else None
-    obj = ConsistencyDistillation(ctx.process, ctx.prediction, segments=segments, skip=skip, num_scales=num_scales, loss=loss,
-                                  parameterization=parameterization, sigma_data=sigma_data, target_decay=target_decay, huber_c=huber_c,
+    t_max = t_of_init_sigma(ctx.process, opts.init_sigma) if opts.init_sigma is not None else None
+    obj = ConsistencyDistillation(ctx.process, ctx.prediction, segments=opts.segments, skip=opts.skip, num_scales=opts.num_scales, loss=opts.loss,
+                                  parameterization=opts.parameterization, sigma_data=opts.sigma_data, target_decay=opts.target_decay, huber_c=opts.huber_c,
                                   t_max=t_max)
-    grid = default_grid(ctx.process, ctx.student_steps, t_start=obj.t_max) if init_sigma is not None else None
+    grid = default_grid(ctx.process, ctx.student_steps, t_start=obj.t_max) if opts.init_sigma is not None else None
     sspec = student_spec(ctx.teacher, ctx.domain)
     student = make_student(ctx, sspec)
     nets = {"student": student, "teacher": ctx.teacher, "target": copy.deepcopy(student).requires_grad_(False)}
-    spec = {"kind": "consistency", "student": sspec, "parameterization": parameterization, "sigma_data": float(sigma_data),
-            "timesteps": None if grid is None else [float(t) for t in grid]}
 
     def make_generator(n):
-        return FewStepGenerator(n["student"], ctx.process, parameterization=parameterization, sigma_data=sigma_data, timesteps=grid)
+        return FewStepGenerator(n["student"], ctx.process, parameterization=opts.parameterization, sigma_data=opts.sigma_data, timesteps=grid)
 
-    return DistillSetup(obj, nets, ["student"], ["student"], spec, make_generator, train_defaults={"lr": 1e-4, "ema_decay": 0.99})
+    return DistillSetup(obj, nets, ["student"], ["student"], make_generator, train_defaults={"lr": 1e-4, "ema_decay": 0.99})

@@ -17,6 +17,7 @@ training inputs at step ``k`` come from running the generator itself, Sec. 4.5).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -25,8 +26,9 @@ from torch import Tensor
 
 from ..losses import Batch
 from ..utils import Generator, model_kwargs
-from .recipes import DistillSetup, RecipeContext, make_student, register_method, student_spec
 from .score_distill import Discriminator, dmd_loss, fake_score_loss, frozen, noise_like, rollout, sample_t, teacher_x0
+from .api import DistillSetup, MethodOptions, RecipeContext, register_method
+from .students import make_student, student_spec
 
 __all__ = ["DMD2"]
 
@@ -104,11 +106,22 @@ class DMD2:
                 f"backward_simulation={self.backward_simulation}, generator_every={self.generator_every})")
 
 
-@register_method("dmd2", kind="consistency", paper="Yin et al. 2024 (DMD2)",
+@dataclass
+class DMD2Options(MethodOptions):
+    """Options of method ``dmd2`` (``distill.KEY=VALUE``, documented in :func:`dmd2_recipe`)."""
+
+    t_min: float = 0.02
+    t_max: float = 0.98
+    gan_weight: float = 0.0
+    backward_simulation: bool = True
+    generator_every: int = 5
+    student: Optional[dict] = None
+    init_sigma: Optional[float] = 2.5
+
+
+@register_method("dmd2", options=DMD2Options, kind="consistency", paper="Yin et al. 2024 (DMD2)",
                  description="distribution matching with a fake score, two time-scale updates, optional GAN head, backward simulation")
-def dmd2_recipe(ctx: RecipeContext, *, t_min: float = 0.02, t_max: float = 0.98, gan_weight: float = 0.0,
-                backward_simulation: bool = True, generator_every: int = 5, student: Optional[dict] = None,
-                init_sigma: Optional[float] = 2.5) -> DistillSetup:
+def dmd2_recipe(ctx: RecipeContext, opts: DMD2Options) -> DistillSetup:
     """DMD2 on the domain's teacher: the student (x0 generator on a ``student_steps`` grid
     uniform in ``t`` from ``t(init_sigma)`` to 0, see
     :func:`~workbench.distill.generators.t_of_init_sigma`; ``None`` starts at ``t = 1``) and
@@ -117,20 +130,18 @@ def dmd2_recipe(ctx: RecipeContext, *, t_min: float = 0.02, t_max: float = 0.98,
     from .base import FewStepGenerator
     from .generators import default_grid, t_of_init_sigma
 
-    grid = default_grid(ctx.process, ctx.student_steps, t_start=t_of_init_sigma(ctx.process, init_sigma))
-    obj = DMD2(ctx.process, grid, teacher_prediction=ctx.prediction, t_min=t_min, t_max=t_max, gan_weight=gan_weight,
-               backward_simulation=backward_simulation, generator_every=generator_every)
-    sspec = student_spec(ctx.teacher, ctx.domain, backbone=student)
+    grid = default_grid(ctx.process, ctx.student_steps, t_start=t_of_init_sigma(ctx.process, opts.init_sigma))
+    obj = DMD2(ctx.process, grid, teacher_prediction=ctx.prediction, t_min=opts.t_min, t_max=opts.t_max, gan_weight=opts.gan_weight,
+               backward_simulation=opts.backward_simulation, generator_every=opts.generator_every)
+    sspec = student_spec(ctx.teacher, ctx.domain, backbone=opts.student)
     nets = {"student": make_student(ctx, sspec), "teacher": ctx.teacher,
             "fake_score": make_student(ctx, student_spec(ctx.teacher, ctx.domain))}
     trainable = ["student", "fake_score"]
-    if gan_weight > 0:
+    if opts.gan_weight > 0:
         nets["disc"] = Discriminator(copy.deepcopy(nets["fake_score"]))
         trainable.append("disc")
-    spec = {"kind": "consistency", "student": sspec, "parameterization": "x0", "sigma_data": 0.5,
-            "timesteps": [float(t) for t in grid]}
 
     def make_generator(n):
         return FewStepGenerator(n["student"], ctx.process, parameterization="x0", timesteps=grid)
 
-    return DistillSetup(obj, nets, trainable, ["student"], spec, make_generator, train_defaults={"lr": 1e-3, "ema_decay": 0.99})
+    return DistillSetup(obj, nets, trainable, ["student"], make_generator, train_defaults={"lr": 1e-3, "ema_decay": 0.99})

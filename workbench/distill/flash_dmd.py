@@ -87,7 +87,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -96,11 +96,11 @@ from torch import Tensor, nn
 
 from ..losses import Batch
 from ..processes import append_dims
-from ..utils import Generator, model_kwargs
+from ..utils import Generator, first_generator, model_kwargs
 from .base import student_x0
-from .dmd import DMD2, dmd2_recipe
-from .recipes import DistillSetup, RecipeContext, register_method
+from .dmd import DMD2, DMD2Options, dmd2_recipe
 from .score_distill import dmd_loss, fake_score_loss, frozen, noise_like, rollout, sample_t, teacher_x0
+from .api import DistillSetup, MethodOptions, RecipeContext, register_method
 
 __all__ = ["FlashDMD", "FlashState", "COMBINES", "GAN_LOSSES", "RL_MODES"]
 
@@ -225,7 +225,7 @@ class FlashDMD(DMD2):
     @staticmethod
     def _draw(lo: int, hi: int, generator: Generator) -> int:
         """A uniform integer in ``lo..hi-1`` from ``generator``."""
-        g = generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
+        g = first_generator(generator)
         return lo + int(torch.randint(0, hi - lo, (1,), generator=g))
 
     def is_dm_step(self, k: int) -> bool:
@@ -414,16 +414,37 @@ class FlashDMD(DMD2):
                 f"gan_loss={self.gan_loss!r}, score_ema={self.score_ema}, rl={self.rl!r}, generator_every={self.generator_every})")
 
 
-@register_method("flash_dmd", kind="consistency", paper="Chen et al. 2025 (Flash-DMD, arXiv 2511.20549)",
+@dataclass
+class FlashDMDOptions(MethodOptions):
+    """Options of method ``flash_dmd`` (``distill.KEY=VALUE``, documented in :func:`flash_dmd_recipe`)."""
+
+    dm_steps: Optional[int] = None
+    t_min: float = 0.02
+    t_max: float = 0.98
+    gan_weight: Optional[float] = None
+    combine: str = "sum"
+    gan_loss: str = "hinge"
+    score_ema: Optional[float] = 0.99
+    rl: str = "none"
+    rl_beta: float = 1.0
+    rl_candidates: int = 4
+    rl_every: int = 5
+    rl_start: int = 0
+    rl_steps: Optional[int] = None
+    rl_threshold: float = 0.0
+    rl_ratio_clip: Optional[float] = None
+    reward_weight: float = 0.0
+    reward_steps: Optional[int] = None
+    backward_simulation: bool = True
+    generator_every: int = 2
+    student: Optional[dict] = None
+    init_sigma: Optional[float] = 2.5
+
+
+@register_method("flash_dmd", options=FlashDMDOptions, kind="consistency", paper="Chen et al. 2025 (Flash-DMD, arXiv 2511.20549)",
                  description="timestep-aware DMD (L_DMD on high-noise + lambda hinge GAN on low-noise steps, summed), fake-score EMA, "
                              "optional joint preference RL (DPO pairs, 5:1)")
-def flash_dmd_recipe(ctx: RecipeContext, *, dm_steps: Optional[int] = None, t_min: float = 0.02, t_max: float = 0.98,
-                     gan_weight: Optional[float] = None, combine: str = "sum", gan_loss: str = "hinge",
-                     score_ema: Optional[float] = 0.99, rl: str = "none", rl_beta: float = 1.0, rl_candidates: int = 4,
-                     rl_every: int = 5, rl_start: int = 0, rl_steps: Optional[int] = None, rl_threshold: float = 0.0,
-                     rl_ratio_clip: Optional[float] = None, reward_weight: float = 0.0, reward_steps: Optional[int] = None,
-                     backward_simulation: bool = True, generator_every: int = 2, student: Optional[dict] = None,
-                     init_sigma: Optional[float] = 2.5) -> DistillSetup:
+def flash_dmd_recipe(ctx: RecipeContext, opts: FlashDMDOptions) -> DistillSetup:
     """Flash-DMD on the domain's teacher: the nets, generator, grid (from ``t(init_sigma)``)
     and spec of ``dmd2`` (student and fake score from the teacher, discriminator from the
     teacher's architecture when ``gan_weight > 0``) with the :class:`FlashDMD` objective, plus
@@ -434,23 +455,24 @@ def flash_dmd_recipe(ctx: RecipeContext, *, dm_steps: Optional[int] = None, t_mi
     ``Domain.reward``."""
     from ..domain import Domain
 
-    if gan_weight is None:
-        gan_weight = 0.1 if int(ctx.student_steps) >= 2 else 0.0
-    if rl != "none" and type(ctx.domain).reward is Domain.reward:
+    if opts.gan_weight is None:
+        opts = replace(opts, gan_weight=0.1 if int(ctx.student_steps) >= 2 else 0.0)
+    if opts.rl != "none" and type(ctx.domain).reward is Domain.reward:
         raise ValueError(f"domain {ctx.domain.name!r} defines no reward; use rl='none'")
-    if score_ema is not None and student:
+    if opts.score_ema is not None and opts.student:
         raise ValueError("score_ema blends the student into the fake score and needs the teacher's architecture; "
                          "use score_ema=None with a smaller student")
-    base = dmd2_recipe(ctx, t_min=t_min, t_max=t_max, gan_weight=gan_weight, backward_simulation=backward_simulation,
-                       generator_every=generator_every, student=student, init_sigma=init_sigma)
-    obj = FlashDMD(ctx.process, base.objective.grid, dm_steps=dm_steps, combine=combine, gan_loss=gan_loss, score_ema=score_ema,
-                   rl=rl, reward_fn=ctx.domain.reward if rl != "none" else None, rl_beta=rl_beta, rl_candidates=rl_candidates,
-                   rl_every=rl_every, rl_start=rl_start, rl_steps=rl_steps, rl_threshold=rl_threshold, rl_ratio_clip=rl_ratio_clip,
-                   reward_weight=reward_weight, reward_steps=reward_steps, teacher_prediction=ctx.prediction, t_min=t_min,
-                   t_max=t_max, gan_weight=gan_weight, backward_simulation=backward_simulation, generator_every=generator_every)
+    base = dmd2_recipe(ctx, DMD2Options(t_min=opts.t_min, t_max=opts.t_max, gan_weight=opts.gan_weight,
+                                        backward_simulation=opts.backward_simulation, generator_every=opts.generator_every,
+                                        student=opts.student, init_sigma=opts.init_sigma))
+    obj = FlashDMD(ctx.process, base.objective.grid, dm_steps=opts.dm_steps, combine=opts.combine, gan_loss=opts.gan_loss, score_ema=opts.score_ema,
+                   rl=opts.rl, reward_fn=ctx.domain.reward if opts.rl != "none" else None, rl_beta=opts.rl_beta, rl_candidates=opts.rl_candidates,
+                   rl_every=opts.rl_every, rl_start=opts.rl_start, rl_steps=opts.rl_steps, rl_threshold=opts.rl_threshold, rl_ratio_clip=opts.rl_ratio_clip,
+                   reward_weight=opts.reward_weight, reward_steps=opts.reward_steps, teacher_prediction=ctx.prediction, t_min=opts.t_min,
+                   t_max=opts.t_max, gan_weight=opts.gan_weight, backward_simulation=opts.backward_simulation, generator_every=opts.generator_every)
     nets = {**base.nets, "flash_state": obj.state}
-    if rl == "preference":
+    if opts.rl == "preference":
         nets["reference"] = copy.deepcopy(base.nets["student"]).requires_grad_(False)
     return replace(base, objective=obj, nets=nets,
-                   info={**base.info, "dm_steps": obj.dm_steps, "combine": combine, "gan_loss": gan_loss, "score_ema": obj.score_ema,
-                         "rl": rl, "rl_steps": obj.rl_steps})
+                   info={**base.info, "dm_steps": obj.dm_steps, "combine": opts.combine, "gan_loss": opts.gan_loss, "score_ema": obj.score_ema,
+                         "rl": opts.rl, "rl_steps": obj.rl_steps})

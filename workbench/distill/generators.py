@@ -30,19 +30,108 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from ..losses import tree_map
+from ..samplers import get as get_sampler
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator
+from ..utils import Generator, model_kwargs
+from .students import build_student, student_config_of
 
-__all__ = ["GENERATOR_KINDS", "FlowGenerator", "TwoTimeGenerator", "ExpertsGenerator", "MultiStudentGenerator",
-           "linear_view", "from_linear_view", "default_grid", "route_by_noise", "slice_batch"]
+__all__ = ["GENERATORS", "GENERATOR_KINDS", "BaseGenerator", "build_generator", "upgrade_spec", "FlowGenerator", "TwoTimeGenerator",
+           "ExpertsGenerator", "MultiStudentGenerator", "linear_view", "from_linear_view", "default_grid", "route_by_noise",
+           "slice_batch"]
 
-GENERATOR_KINDS = ("consistency", "flow", "meanflow", "experts", "multi_student")
+#: class name -> generator class (every :class:`BaseGenerator` subclass registers itself)
+GENERATORS: dict[str, type] = {}
+
+
+class BaseGenerator(nn.Module):
+    """A few-step generator that describes itself: ``to_config()`` is a JSON dict (with its
+    ``"class"`` and ``kind``) stored in the ``generator.safetensors`` header, and
+    ``cls.from_config(domain, config)`` rebuilds the (untrained) module from it and the
+    domain, so a checkpoint needs nothing but the domain to load. Subclasses register
+    themselves by class name (:data:`GENERATORS`; :func:`build_generator` dispatches on it)."""
+
+    kind = "base"
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.__name__ in GENERATORS and GENERATORS[cls.__name__] is not cls:
+            raise ValueError(f"a generator class named {cls.__name__!r} is already registered")
+        GENERATORS[cls.__name__] = cls
+
+    def to_config(self) -> dict:
+        return {"class": type(self).__name__, "kind": self.kind, **self._config()}
+
+    def _config(self) -> dict:  # the class's own JSON fields
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, domain, config: dict) -> "BaseGenerator":
+        raise NotImplementedError
+
+    def nfe(self, steps: Optional[int] = None) -> int:
+        raise NotImplementedError
+
+    def generate(self, x_T: Tensor, steps: Optional[int] = None, *, timesteps=None, mask: Optional[Tensor] = None,
+                 cond: Any = None, generator: Generator = None, noise_scale: Optional[float] = None) -> Tensor:
+        raise NotImplementedError
+
+
+def _floats(ts) -> Optional[list]:
+    return None if ts is None else [float(t) for t in ts]
+
+
+def _same_inner(parts) -> dict:
+    cfgs = [g.to_config() for g in parts]
+    if any(c != cfgs[0] for c in cfgs[1:]):
+        raise ValueError("the sub-generators differ in their config; one inner config describes them all")
+    return cfgs[0]
+
+
+#: the ``kind`` of the headers written before generators had a ``"class"`` -> the class name
+_KIND_CLASS = {"consistency": "FewStepGenerator", "flow": "FlowGenerator", "meanflow": "TwoTimeGenerator",
+               "experts": "ExpertsGenerator", "multi_student": "MultiStudentGenerator"}
+GENERATOR_KINDS = tuple(_KIND_CLASS)
+
+
+def upgrade_spec(spec: dict) -> dict:
+    """The config of a header written before ``to_config`` (its ``"spec"``: ``kind`` but no
+    ``"class"``), with the defaults those files relied on made explicit (e.g. experts without
+    a ``transition`` were re-noised); a config passes through unchanged."""
+    if "class" in spec:
+        return spec
+    kind = spec.get("kind")
+    if kind not in _KIND_CLASS:
+        raise ValueError(f"unknown generator kind {kind!r}; valid: {', '.join(GENERATOR_KINDS)}")
+    cfg = {"class": _KIND_CLASS[kind], **spec}
+    if "inner" in cfg:
+        cfg["inner"] = upgrade_spec(cfg["inner"])
+    if kind == "consistency":
+        cfg = {"parameterization": "x0", "sigma_data": 0.5, "timesteps": None, "noise_scale": 1.0, "scale_initial_noise": False,
+               "prediction": spec["student"].get("prediction"), **cfg}
+    elif kind == "flow":
+        cfg = {"sampler": "euler", "timesteps": None, "options": {}, "prediction": spec["student"].get("prediction"), **cfg}
+    elif kind == "experts":
+        cfg = {"transition": "renoise", **cfg}
+    elif kind == "multi_student":
+        cfg = {"router": "cond", **cfg}
+    return cfg
+
+
+def build_generator(domain, config: dict) -> nn.Module:
+    """The (untrained) generator described by ``config`` (a ``to_config()`` dict, or the
+    ``spec`` of an older header) for ``domain``; load the exported ``state_dict`` into it."""
+    cfg = upgrade_spec(dict(config))
+    cls = GENERATORS.get(cfg["class"])
+    if cls is None:
+        raise ValueError(f"unknown generator class {cfg['class']!r}; valid: {', '.join(sorted(GENERATORS))}")
+    return cls.from_config(domain, cfg)
 
 
 def default_grid(process: GaussianProcess, steps: int, timesteps=None, *, t_start: float = 1.0) -> Tensor:
     """The float64 grid ``[steps + 1]`` a generator samples on: ``timesteps`` if given
     (validated), else uniform in ``t`` from ``t_start`` to 0."""
-    from ..timegrids import custom, uniform_t
+    from ..timegrids import custom, uniform_t  # noqa: PLC0415  (timegrids is light; kept local to the one user)
 
     if timesteps is not None:
         return custom(timesteps)
@@ -83,21 +172,18 @@ def linear_view(process: GaussianProcess, x: Tensor, t: Tensor) -> tuple[Tensor,
     t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
     a, s = process.alpha(t), process.sigma(t)
     z = x / append_dims((a + s).to(x.dtype), x.ndim)
-    return z, s / (a + s)
+    return z, process.u_of_t(t)
 
 
 def from_linear_view(process: GaussianProcess, z: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """Inverse of :func:`linear_view`: ``(x, t)`` from ``(z [B, ...], u [B])``; ``t`` is found
-    through ``lambda = log((1 - u) / u)`` and ``process.t_of_lambda``."""
-    u = torch.as_tensor(u, dtype=torch.float64, device=z.device)
-    uc = u.clamp(1e-12, 1 - 1e-12)
-    t = process.t_of_lambda(torch.log((1 - uc) / uc))
-    t = torch.where(u <= 0, torch.zeros_like(t), t)
+    """Inverse of :func:`linear_view`: ``(x, t)`` from ``(z [B, ...], u [B])``, ``t =
+    process.t_of_u(u)``."""
+    t = process.t_of_u(torch.as_tensor(u, dtype=torch.float64, device=z.device))
     a, s = process.alpha(t), process.sigma(t)
     return z * append_dims((a + s).to(z.dtype), z.ndim), t
 
 
-class FlowGenerator(nn.Module):
+class FlowGenerator(BaseGenerator):
     """A student denoiser sampled by a training-free sampler of the core.
 
     Args:
@@ -114,19 +200,24 @@ class FlowGenerator(nn.Module):
     def __init__(self, student: nn.Module, process: GaussianProcess, *, sampler: str = "euler", timesteps=None,
                  prediction: Optional[str] = None, options: Optional[dict] = None):
         super().__init__()
-        from ..samplers import get
-
-        get(sampler)  # validate the name
+        get_sampler(sampler)  # validate the name
         self.student, self.process, self.sampler = student, process, sampler
         self.prediction = canonical_prediction(prediction or getattr(student, "prediction", "epsilon"))
         self.timesteps = None if timesteps is None else torch.as_tensor(timesteps, dtype=torch.float64).flatten()
         self.options = dict(options or {})
 
-    def nfe(self, steps: Optional[int] = None) -> int:
-        from ..samplers import get
+    def _config(self) -> dict:
+        return {"student": student_config_of(self.student), "sampler": self.sampler, "timesteps": _floats(self.timesteps),
+                "options": dict(self.options), "prediction": self.prediction}
 
+    @classmethod
+    def from_config(cls, domain, config: dict) -> "FlowGenerator":
+        return cls(build_student(domain, config["student"]), domain.process(), sampler=config["sampler"],
+                   timesteps=config["timesteps"], prediction=config["prediction"], options=config["options"])
+
+    def nfe(self, steps: Optional[int] = None) -> int:
         k = len(self.timesteps) - 1 if self.timesteps is not None and steps is None else int(steps)
-        return int(get(self.sampler).nfe(k))
+        return int(get_sampler(self.sampler).nfe(k))
 
     def generate(self, x_T: Tensor, steps: Optional[int] = None, *, timesteps=None, mask: Optional[Tensor] = None, cond: Any = None,
                  generator: Generator = None, noise_scale: float = 1.0) -> Tensor:
@@ -142,7 +233,7 @@ class FlowGenerator(nn.Module):
                            timesteps=ts, mask=mask, cond=cond, generator=generator, **self.options).x
 
 
-class TwoTimeGenerator(nn.Module):
+class TwoTimeGenerator(BaseGenerator):
     """An average-velocity student ``u(z [B, ...], r [B], t [B], *, mask, cond) -> [B, ...]``
     in the linear view of ``process`` (:func:`linear_view`; the student's times are the
     linear-view times ``u``). One step ``z_r = z_t - (t - r) u(z_t, r, t)`` (Geng et al. 2025,
@@ -154,6 +245,13 @@ class TwoTimeGenerator(nn.Module):
         super().__init__()
         self.student, self.process = student, process
 
+    def _config(self) -> dict:
+        return {"student": student_config_of(self.student)}
+
+    @classmethod
+    def from_config(cls, domain, config: dict) -> "TwoTimeGenerator":
+        return cls(build_student(domain, config["student"]), domain.process())
+
     def nfe(self, steps: Optional[int] = None) -> int:
         return int(steps)
 
@@ -163,9 +261,8 @@ class TwoTimeGenerator(nn.Module):
         ts = default_grid(p, steps, timesteps).to(x_T.device)
         B = x_T.shape[0]
         z, us = linear_view(p, p.project(x_T, mask), ts[0].expand(B))
-        a, s = p.alpha(ts), p.sigma(ts)
-        u_grid = s / (a + s)
-        kw = {k: v for k, v in (("mask", mask), ("cond", cond)) if v is not None}
+        u_grid = p.u_of_t(ts)
+        kw = model_kwargs(mask, cond)
         for k in range(len(ts) - 1):
             t = torch.full((B,), float(u_grid[k]), device=z.device, dtype=z.dtype)
             r = torch.full((B,), float(u_grid[k + 1]), device=z.device, dtype=z.dtype)
@@ -173,7 +270,7 @@ class TwoTimeGenerator(nn.Module):
         return z  # at u = 0 the linear view is the data itself
 
 
-class ExpertsGenerator(nn.Module):
+class ExpertsGenerator(BaseGenerator):
     """One x0 expert per step (Phased DMD: one expert per SNR phase). Step ``k`` from ``t_k`` to
     ``t_{k+1}`` uses the expert of the phase containing ``t_k`` (:meth:`expert_for`); with the
     default grid (the boundaries) step ``k`` uses ``experts[k]``. Between steps
@@ -206,6 +303,15 @@ class ExpertsGenerator(nn.Module):
         self.boundaries = torch.as_tensor(boundaries, dtype=torch.float64).flatten()
         if len(self.boundaries) != len(experts) + 1:
             raise ValueError(f"{len(experts)} experts need {len(experts) + 1} boundaries, got {len(self.boundaries)}")
+
+    def _config(self) -> dict:
+        return {"n": len(self.experts), "boundaries": _floats(self.boundaries), "transition": self.transition,
+                "inner": _same_inner(self.experts)}
+
+    @classmethod
+    def from_config(cls, domain, config: dict) -> "ExpertsGenerator":
+        experts = nn.ModuleList([build_generator(domain, config["inner"]) for _ in range(int(config["n"]))])
+        return cls(experts, domain.process(), config["boundaries"], transition=config["transition"])
 
     def nfe(self, steps: Optional[int] = None) -> int:
         return len(self.experts) if steps is None else int(steps)
@@ -280,19 +386,16 @@ def slice_batch(v: Any, sel: Tensor, batch_size: Optional[int] = None) -> Any:
     anything else (``None``, a scalar, a tensor without the batch dimension, a string) is passed
     unchanged. ``batch_size`` (``B``) guards against indexing a non-batched tensor; ``None``
     indexes every tensor with at least one dimension."""
-    if isinstance(v, Tensor):
-        if v.ndim == 0 or (batch_size is not None and v.shape[0] != int(batch_size)):
-            return v
-        return v[sel.to(v.device)]
-    if isinstance(v, dict):
-        return type(v)((k, slice_batch(x, sel, batch_size)) for k, x in v.items())
-    if isinstance(v, (list, tuple)):
-        out = [slice_batch(x, sel, batch_size) for x in v]
-        return type(v)(*out) if hasattr(v, "_fields") else type(v)(out)
-    return v
+
+    def rows(a: Tensor) -> Tensor:
+        if a.ndim == 0 or (batch_size is not None and a.shape[0] != int(batch_size)):
+            return a
+        return a[sel.to(a.device)]
+
+    return tree_map(rows, v)
 
 
-class MultiStudentGenerator(nn.Module):
+class MultiStudentGenerator(BaseGenerator):
     """Several students, each owning a part of the condition space (Song et al. 2024,
     "Multi-student diffusion distillation", Sec. 4.1): ``router(x_T, cond) -> student index [B]``.
     ``router="cond"`` uses ``cond % n`` (class labels; the paper splits ImageNet into blocks of
@@ -309,6 +412,14 @@ class MultiStudentGenerator(nn.Module):
         if router not in self.ROUTERS:
             raise ValueError(f"unknown router {router!r}; valid: {', '.join(self.ROUTERS)}")
         self.students, self.router = students, router
+
+    def _config(self) -> dict:
+        return {"n": len(self.students), "router": self.router, "inner": _same_inner(self.students)}
+
+    @classmethod
+    def from_config(cls, domain, config: dict) -> "MultiStudentGenerator":
+        students = nn.ModuleList([build_generator(domain, config["inner"]) for _ in range(int(config["n"]))])
+        return cls(students, router=config["router"])
 
     def route(self, x_T: Tensor, cond: Any = None, mask: Optional[Tensor] = None) -> Tensor:
         n = len(self.students)

@@ -106,6 +106,7 @@ branch never computes ``dv_dt`` (it would raise), and the released SLat config n
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -113,20 +114,16 @@ from torch import Tensor
 
 from ..losses import Batch, masked_mean
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator, randn
+from ..utils import Generator, first_generator, randn
 from .base import student_x0
 from .generators import from_linear_view
+from .api import DistillSetup, MethodOptions, RecipeContext, register_method
+from .students import make_student, student_spec
 
 __all__ = ["MDTDistillation", "TIME_SAMPLERS", "FORMS"]
 
 TIME_SAMPLERS = ("logit_normal", "uniform")
 FORMS = ("explicit", "implicit")
-
-
-def _u_of_t(process: GaussianProcess, t: float) -> float:
-    tt = torch.tensor(float(t), dtype=torch.float64)
-    a, s = process.alpha(tt), process.sigma(tt)
-    return float(s / (a + s))
 
 
 class MDTDistillation:
@@ -182,9 +179,9 @@ class MDTDistillation:
         self.vd_steps = int(vd_steps)
         #: phase edges in ``t`` (increasing from 0 to 1) and in ``u``
         self.edges_t = torch.linspace(0.0, 1.0, self.multiphase + 1, dtype=torch.float64)
-        self.edges_u = torch.tensor([0.0] + [_u_of_t(process, float(e)) for e in self.edges_t[1:]], dtype=torch.float64)
+        self.edges_u = torch.tensor([0.0] + [float(process.u_of_t(float(e))) for e in self.edges_t[1:]], dtype=torch.float64)
         self.u_hi = float(self.edges_u[-1])
-        self.u_min = _u_of_t(process, getattr(process, "t_min", 1e-3))
+        self.u_min = float(process.u_of_t(getattr(process, "t_min", 1e-3)))
         self.interval = float(interval)
         if not 0.0 < self.interval < self.u_hi - self.u_min:
             raise ValueError(f"interval must lie in (0, {self.u_hi - self.u_min:.4g}) (the linear-view time range), got {interval}")
@@ -192,7 +189,7 @@ class MDTDistillation:
     # -- pieces -------------------------------------------------------------------------------
     def sample_u(self, B: int, generator: Generator = None, device=None) -> Tensor:
         """Linear-view times ``u`` ``[B]`` (float64) in ``[u(t_min) + Delta, u(1)]``."""
-        g = generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
+        g = first_generator(generator)
         gd = g.device if g is not None else None
         if self.time_sampler == "uniform":
             s = torch.rand(B, generator=g, device=gd, dtype=torch.float64)
@@ -298,16 +295,36 @@ class MDTDistillation:
 
 
 # -- recipe ----------------------------------------------------------------------------------------
-from .recipes import DistillSetup, RecipeContext, make_student, register_method, student_spec  # noqa: E402
 
 
-@register_method("mdt_dist", kind="flow", paper="Zhou et al. 2025 (MDT-dist)",
+@dataclass
+class MDTDistOptions(MethodOptions):
+    """Options of method ``mdt_dist`` (``distill.KEY=VALUE``, documented in :func:`mdt_dist_recipe`)."""
+
+    lambda_vm: float = 1.0
+    lambda_vd: float = 1.0
+    interval: float = 0.01
+    tangent_norm: Optional[float] = 0.1
+    form: str = "explicit"
+    multiphase: int = 1
+    vd_steps: int = 1
+    time_sampler: str = "logit_normal"
+    logit_mean: float = 1.0
+    logit_std: float = 1.0
+    prediction: Optional[str] = "v"
+    backbone: Optional[dict] = None
+    init: str = "teacher"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.backbone is not None and not isinstance(self.backbone, dict):
+            raise ValueError(f"backbone must be a dict of domain.build_backbone kwargs or None, got {self.backbone!r}")
+
+
+@register_method("mdt_dist", options=MDTDistOptions, kind="flow", paper="Zhou et al. 2025 (MDT-dist)",
                  description="marginal-data transport distillation: velocity matching + velocity distillation, "
                              "flow student sampled with a few Euler (DDIM) steps")
-def mdt_dist_recipe(ctx: RecipeContext, *, lambda_vm: float = 1.0, lambda_vd: float = 1.0, interval: float = 0.01,
-                    tangent_norm: Optional[float] = 0.1, form: str = "explicit", multiphase: int = 1, vd_steps: int = 1,
-                    time_sampler: str = "logit_normal", logit_mean: float = 1.0, logit_std: float = 1.0, prediction: Optional[str] = "v",
-                    backbone: Optional[dict] = None, init: str = "teacher") -> DistillSetup:
+def mdt_dist_recipe(ctx: RecipeContext, opts: MDTDistOptions) -> DistillSetup:
     """MDT-dist of the domain teacher into a flow student (the teacher's architecture unless
     ``backbone`` kwargs are given; ``init="teacher"`` loads the teacher's weights, which is the
     teacher itself only when ``prediction`` is the teacher's: with the default ``v`` and an
@@ -321,21 +338,18 @@ def mdt_dist_recipe(ctx: RecipeContext, *, lambda_vm: float = 1.0, lambda_vd: fl
     schedule; ``None`` = the teacher's; the authors' student predicts the velocity)."""
     from .generators import FlowGenerator
 
-    if backbone is not None and not isinstance(backbone, dict):
-        raise ValueError(f"backbone must be a dict of domain.build_backbone kwargs or None, got {backbone!r}")
-    if prediction is not None:
-        canonical_prediction(prediction)  # validates the name
-    obj = MDTDistillation(ctx.process, ctx.prediction, lambda_vm=lambda_vm, lambda_vd=lambda_vd, interval=interval,
-                          tangent_norm=tangent_norm, form=form, multiphase=multiphase, time_sampler=time_sampler, logit_mean=logit_mean,
-                          logit_std=logit_std, vd_steps=vd_steps)
-    sspec = student_spec(ctx.teacher, ctx.domain, backbone=backbone, prediction=prediction)
-    student = make_student(ctx, sspec, init=init)
+    if opts.prediction is not None:
+        canonical_prediction(opts.prediction)  # validates the name
+    obj = MDTDistillation(ctx.process, ctx.prediction, lambda_vm=opts.lambda_vm, lambda_vd=opts.lambda_vd, interval=opts.interval,
+                          tangent_norm=opts.tangent_norm, form=opts.form, multiphase=opts.multiphase, time_sampler=opts.time_sampler, logit_mean=opts.logit_mean,
+                          logit_std=opts.logit_std, vd_steps=opts.vd_steps)
+    sspec = student_spec(ctx.teacher, ctx.domain, backbone=opts.backbone, prediction=opts.prediction)
+    student = make_student(ctx, sspec, init=opts.init)
     nets = {"student": student, "teacher": ctx.teacher}
-    spec = {"kind": "flow", "student": sspec, "sampler": "euler", "timesteps": None, "options": {}}
     proc = ctx.process
 
     def make_generator(n):
         return FlowGenerator(n["student"], proc, sampler="euler", prediction=sspec["prediction"])
 
     info = {"student_params": sum(p.numel() for p in student.parameters())}
-    return DistillSetup(obj, nets, ["student"], ["student"], spec, make_generator, info=info)
+    return DistillSetup(obj, nets, ["student"], ["student"], make_generator, info=info)

@@ -23,7 +23,7 @@ linear-view times, e.g. :class:`~workbench.model.TwoTimeDenoiser`) and
   ``eps^ - x0^`` of its prediction at the process state ``x = (alpha + sigma) z`` and the
   process time ``t_p`` with ``sigma / (alpha + sigma) = u`` (:func:`teacher_velocity`).
 
-Students (:func:`two_time_spec`): ``domain.build_backbone(two_time=True)`` (the teacher's
+Students (:func:`two_time_spec`): ``domain.build_two_time_backbone()`` (the teacher's
 architecture plus an embedding of ``t - r``, teacher tensors copied by name). The recipes read
 the backbone output as ``v`` (well conditioned at both ends of the path, where ``epsilon``
 and ``x0`` divide by ``1 - t`` and ``t``) and feed both times linearly (``time_scale = 1``,
@@ -40,6 +40,7 @@ sources and the recipe machinery defined here.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -48,7 +49,9 @@ from torch import Tensor, nn
 from ..losses import Batch, masked_mean
 from ..model import linear_view_time, sinusoidal_embedding
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator, model_kwargs, randn
+from ..utils import Generator, first_generator, model_kwargs, randn
+from .api import DistillSetup, MethodOptions, RecipeContext, register_method
+from .students import make_student, student_spec
 
 __all__ = ["MeanFlow", "TwoTimeMLP", "meanflow_generate", "linear_time_range", "teacher_velocity", "sample_linear_times",
            "TIME_SAMPLERS", "SOURCES"]
@@ -69,9 +72,7 @@ def linear_time_range(process: GaussianProcess) -> tuple[float, float]:
     (``sigma / (alpha + sigma)``; ``(1e-3, 1)`` for rectified flow, ``(0.0099, 0.9937)`` for
     the DDPM linear schedule). Training times ``t`` lie in ``[u_lo, u_hi]``; ``u_hi`` is where
     :class:`~workbench.distill.generators.TwoTimeGenerator` starts."""
-    t = torch.tensor([float(process.t_min), 1.0], dtype=torch.float64)
-    la, ls = process.log_alpha_sigma(t)
-    u = torch.sigmoid(ls - la)
+    u = process.u_of_t(torch.tensor([float(process.t_min), 1.0], dtype=torch.float64))
     return float(u[0]), float(u[1])
 
 
@@ -84,7 +85,7 @@ def sample_linear_times(B: int, process: GaussianProcess, *, time_sampler: str =
     Sec. 4.3) scaled by ``u_hi``, sorted to ``r <= t``; ``t`` is clamped to ``u_lo``; a fraction
     ``1 - ratio_r_neq_t`` of the pairs gets ``r = t`` (the boundary condition, plain flow
     matching)."""
-    g = generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
+    g = first_generator(generator)
     gd = g.device if g is not None else None
     _check_choice("time sampler", time_sampler, TIME_SAMPLERS)
     if time_sampler == "uniform":
@@ -286,7 +287,6 @@ def meanflow_generate(student, x_T: Tensor, steps: int = 1, *, timesteps=None, p
 
 
 # -- recipe --------------------------------------------------------------------------------------
-from .recipes import DistillSetup, RecipeContext, make_student, register_method, student_spec  # noqa: E402
 
 STUDENT_INITS = ("teacher", "scratch")
 #: parameterisations of a two-time student's backbone output ("teacher": the teacher's own)
@@ -321,31 +321,48 @@ def two_time_setup(ctx: RecipeContext, objective, sspec: dict, *, init: str, use
     nets = {"student": student}
     if use_teacher:
         nets["teacher"] = ctx.teacher
-    spec = {"kind": "meanflow", "student": sspec}
     proc = ctx.process
 
     def make_generator(n):
         return TwoTimeGenerator(n["student"], proc)
 
     n_params = sum(q.numel() for q in student.parameters())
-    return DistillSetup(objective, nets, ["student"], ["student"], spec, make_generator, train_defaults=dict(train_defaults or {}),
+    return DistillSetup(objective, nets, ["student"], ["student"], make_generator, train_defaults=dict(train_defaults or {}),
                         info={"student_parameters": int(n_params), **(info or {})})
 
 
-@register_method("meanflow", kind="meanflow", paper="Geng et al. 2025, Mean Flows for One-step Generative Modeling",
+@dataclass
+class MeanFlowOptions(MethodOptions):
+    """Options of method ``meanflow`` (``distill.KEY=VALUE``, documented in :func:`meanflow_recipe`)."""
+
+    source: str = "teacher"
+    ratio_r_neq_t: float = 0.25
+    time_sampler: str = "uniform"
+    logit_mean: float = -0.4
+    logit_std: float = 1.0
+    adaptive_p: float = 0.0
+    adaptive_c: float = 1e-3
+    student_prediction: str = "v"
+    time_scale: Optional[float] = 1.0
+    gap_scale: float = 1.0
+    backbone: Optional[dict] = None
+    init: str = "teacher"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_choice("velocity source", self.source, ("teacher", "data"))
+
+
+@register_method("meanflow", options=MeanFlowOptions, kind="meanflow", requires=("build_two_time_backbone",), paper="Geng et al. 2025, Mean Flows for One-step Generative Modeling",
                  description="average-velocity student u(z, r, t) trained with the MeanFlow identity (JVP), from the teacher or data")
-def meanflow_recipe(ctx: RecipeContext, *, source: str = "teacher", ratio_r_neq_t: float = 0.25, time_sampler: str = "uniform",
-                    logit_mean: float = -0.4, logit_std: float = 1.0, adaptive_p: float = 0.0, adaptive_c: float = 1e-3,
-                    student_prediction: str = "v", time_scale: Optional[float] = 1.0, gap_scale: float = 1.0,
-                    backbone: Optional[dict] = None, init: str = "teacher") -> DistillSetup:
+def meanflow_recipe(ctx: RecipeContext, opts: MeanFlowOptions) -> DistillSetup:
     """MeanFlow on the domain's process (linear view): ``source="teacher"`` distils the
     teacher's velocity, ``"data"`` trains from the data's conditional velocity. The student is
-    ``domain.build_backbone(two_time=True, **backbone)`` with the ``TwoTimeDenoiser`` options
+    ``domain.build_two_time_backbone(**backbone)`` with the ``TwoTimeDenoiser`` options
     ``student_prediction`` / ``time_scale`` / ``gap_scale`` (:func:`two_time_spec`),
     initialised from the teacher's matching tensors (``init="teacher"``), exported as a
     ``meanflow`` generator."""
-    _check_choice("velocity source", source, ("teacher", "data"))
-    obj = MeanFlow(ctx.process, ratio_r_neq_t=ratio_r_neq_t, time_sampler=time_sampler, logit_mean=logit_mean, logit_std=logit_std,
-                   adaptive_p=adaptive_p, adaptive_c=adaptive_c, source=source)
-    sspec = two_time_spec(ctx, backbone=backbone, student_prediction=student_prediction, time_scale=time_scale, gap_scale=gap_scale)
-    return two_time_setup(ctx, obj, sspec, init=init, use_teacher=source == "teacher")
+    obj = MeanFlow(ctx.process, ratio_r_neq_t=opts.ratio_r_neq_t, time_sampler=opts.time_sampler, logit_mean=opts.logit_mean, logit_std=opts.logit_std,
+                   adaptive_p=opts.adaptive_p, adaptive_c=opts.adaptive_c, source=opts.source)
+    sspec = two_time_spec(ctx, backbone=opts.backbone, student_prediction=opts.student_prediction, time_scale=opts.time_scale, gap_scale=opts.gap_scale)
+    return two_time_setup(ctx, obj, sspec, init=opts.init, use_teacher=opts.source == "teacher")

@@ -93,7 +93,8 @@ from __future__ import annotations
 import copy
 import inspect
 from pathlib import Path
-from typing import Any, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -101,10 +102,12 @@ from torch import Tensor, nn
 
 from ..losses import Batch, masked_mean
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator, model_kwargs
+from ..utils import Generator, first_generator, model_kwargs
 from .base import PARAMETERIZATIONS, consistency_output, student_x0
 from .generators import MultiStudentGenerator, noise_route_direction, route_by_noise, slice_batch, start_state
 from .score_distill import dmd_loss, fake_score_loss, frozen, noise_like, sample_t, teacher_x0
+from .api import DistillSetup, MethodOptions, RecipeContext, register_method
+from .students import make_student, student_spec
 
 __all__ = ["MultiStudentDM", "MultiStudentRegression", "TeacherScoreMatching", "RenoisedCouplings", "StratifiedPairs",
            "build_renoised_couplings", "route_samples", "sample_noise_in_cell", "student_name", "fake_name", "disc_name",
@@ -131,9 +134,6 @@ def disc_name(k: int) -> str:
     """The net name of student ``k``'s discriminator (``"disc_k"``)."""
     return f"disc_{int(k)}"
 
-
-def _gen(generator: Generator) -> Optional[torch.Generator]:
-    return generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
 
 
 def regression_distance(a: Tensor, b: Tensor, mask: Optional[Tensor], loss: str = "l2", huber_c: Optional[float] = None) -> Tensor:
@@ -398,7 +398,7 @@ class MultiStudentRegression:
         """The regression triples ``(x [B, ...], t [B] float64, target [B, ...])``: the noise
         at ``timesteps[0]`` with probability ``top_fraction``, else a later-step state."""
         B, dev = len(batch), batch.x.device
-        g = generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
+        g = first_generator(generator)
         gd = g.device if g is not None else None
         ts = self.timesteps.to(dev)
         top = (torch.rand(B, generator=g, device=gd, dtype=torch.float64) < self.top_fraction).to(dev)
@@ -580,7 +580,7 @@ class MultiStudentDM:
             return 0
         if not self.backward_simulation:
             raise ValueError("backward_simulation=False is not offered for multi-step MSD students")
-        return int(torch.randint(0, K, (1,), generator=_gen(generator)))
+        return int(torch.randint(0, K, (1,), generator=first_generator(generator)))
 
     def _per_student(self, batch: Batch, fn) -> Tensor:
         route = self.route(batch).to(batch.x.device)
@@ -672,24 +672,62 @@ class MultiStudentDM:
 
 
 # -- recipe ----------------------------------------------------------------------------------------
-from .recipes import DistillSetup, RecipeContext, make_student, register_method, student_spec  # noqa: E402
 
-@register_method("multi_student", kind="multi_student", paper="Song et al. 2024 (MSD)",
+@dataclass
+class MultiStudentOptions(MethodOptions):
+    """Options of method ``multi_student`` (``distill.KEY=VALUE``, documented in :func:`multi_student_recipe`)."""
+
+    objective: str = "msd"
+    n_students: int = 2
+    router: str = "auto"
+    backbone: Optional[dict] = None
+    init: str = "teacher"
+    prediction: Optional[str] = "auto"
+    pool: int = 8192
+    teacher_sampler: str = "dpm_solver_pp_3m"
+    teacher_steps: int = 32
+    loss: str = "l2"
+    huber_c: Optional[float] = None
+    regression_weight: float = 0.25
+    pairs: str = "shared"
+    gan_weight: float = 0.0
+    t_min: float = 0.02
+    t_max: float = 0.98
+    generator_every: int = 5
+    backward_simulation: bool = True
+    init_sigma: Optional[float] = 2.5
+    dm_noise: str = "prior"
+    tsm: Union[str, bool] = "auto"
+    tsm_steps: int = 1000
+    tsm_data: str = "real"
+    tsm_train: Optional[dict] = None
+    states: str = "renoise"
+    renoise_per_pair: int = 4
+    top_fraction: float = 0.25
+    parameterization: str = "x0"
+    sigma_data: float = 0.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
+        if isinstance(self.n_students, bool) or not isinstance(self.n_students, int) or self.n_students < 1:
+            raise ValueError(f"n_students must be a positive integer, got {self.n_students!r}")
+        if self.router not in ROUTERS + ("auto",):
+            raise ValueError(f"unknown router {self.router!r}; valid: auto, {', '.join(ROUTERS)}")
+        if isinstance(self.pool, bool) or not isinstance(self.pool, int) or self.pool < self.n_students:
+            raise ValueError(f"pool must be an integer of at least n_students={self.n_students}, got {self.pool!r}")
+        if isinstance(self.teacher_steps, bool) or not isinstance(self.teacher_steps, int) or self.teacher_steps < 2:
+            raise ValueError(f"teacher_steps must be an integer >= 2, got {self.teacher_steps!r}")
+        if self.backbone is not None and not isinstance(self.backbone, dict):
+            raise ValueError(f"backbone must be a dict of domain.build_backbone kwargs or None, got {self.backbone!r}")
+
+
+@register_method("multi_student", options=MultiStudentOptions, kind="multi_student", paper="Song et al. 2024 (MSD)",
                  description="several (smaller) students, each owning a part of the condition / noise space; MSD: per-student "
                              "distribution matching (own fake score) + DMD regression on shared teacher pairs, optional GAN, "
                              "TSM pre-training of smaller students; objective=regression: partitioned ODE-pair regression")
-def multi_student_recipe(ctx: RecipeContext, *, objective: str = "msd", n_students: int = 2, router: str = "auto",
-                         backbone: Optional[dict] = None, init: str = "teacher", prediction: Optional[str] = "auto", pool: int = 8192,
-                         teacher_sampler: str = "dpm_solver_pp_3m", teacher_steps: int = 32, loss: str = "l2",
-                         huber_c: Optional[float] = None,
-                         # objective="msd"
-                         regression_weight: float = 0.25, pairs: str = "shared", gan_weight: float = 0.0, t_min: float = 0.02,
-                         t_max: float = 0.98, generator_every: int = 5, backward_simulation: bool = True,
-                         init_sigma: Optional[float] = 2.5, dm_noise: str = "prior", tsm: Any = "auto",
-                         tsm_steps: int = 1000, tsm_data: str = "real", tsm_train: Optional[dict] = None,
-                         # objective="regression"
-                         states: str = "renoise", renoise_per_pair: int = 4, top_fraction: float = 0.25,
-                         parameterization: str = "x0", sigma_data: float = 0.5) -> DistillSetup:
+def multi_student_recipe(ctx: RecipeContext, opts: MultiStudentOptions) -> DistillSetup:
     """Multi-student distillation of the domain teacher (module docstring).
 
     Shared options: ``objective`` (``msd``: MSD's distribution matching, the default;
@@ -720,119 +758,103 @@ def multi_student_recipe(ctx: RecipeContext, *, objective: str = "msd", n_studen
     from .generators import default_grid, t_of_init_sigma
     from .pairs import POOL_SEED_OFFSET, build_teacher_pairs
 
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
-    if isinstance(n_students, bool) or not isinstance(n_students, int) or n_students < 1:
-        raise ValueError(f"n_students must be a positive integer, got {n_students!r}")
-    if router not in ROUTERS + ("auto",):
-        raise ValueError(f"unknown router {router!r}; valid: auto, {', '.join(ROUTERS)}")
-    if isinstance(pool, bool) or not isinstance(pool, int) or pool < n_students:
-        raise ValueError(f"pool must be an integer of at least n_students={n_students}, got {pool!r}")
-    if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, int) or teacher_steps < 2:
-        raise ValueError(f"teacher_steps must be an integer >= 2, got {teacher_steps!r}")
-    if backbone is not None and not isinstance(backbone, dict):
-        raise ValueError(f"backbone must be a dict of domain.build_backbone kwargs or None, got {backbone!r}")
-    if prediction == "auto":  # msd: the teacher's parameterisation, as the DMD2 recipe; regression: v (measured there)
-        prediction = None if objective == "msd" else "v"
-    if prediction is not None:
-        canonical_prediction(prediction)  # validates the name
-    if isinstance(renoise_per_pair, bool) or not isinstance(renoise_per_pair, int) or renoise_per_pair < 1:
-        raise ValueError(f"renoise_per_pair must be a positive integer, got {renoise_per_pair!r}")
-    if objective == "msd" and dm_noise not in ("prior", "cell"):
-        raise ValueError(f"unknown dm_noise {dm_noise!r}; valid: prior, cell")
-    if tsm not in ("auto", True, False):
-        raise ValueError(f"unknown tsm {tsm!r}; valid: auto, true, false")
-    if tsm_data not in ("real", "teacher"):
-        raise ValueError(f"unknown tsm_data {tsm_data!r}; valid: real, teacher")
-    if isinstance(tsm_steps, bool) or not isinstance(tsm_steps, int) or tsm_steps < 1:
-        raise ValueError(f"tsm_steps must be a positive integer, got {tsm_steps!r}")
-    get(teacher_sampler)  # validates the name
+    if opts.prediction == "auto":  # msd: the teacher's parameterisation, as the DMD2 recipe; regression: v (measured there)
+        opts = replace(opts, prediction=None if opts.objective == "msd" else "v")
+    if opts.prediction is not None:
+        canonical_prediction(opts.prediction)  # validates the name
+    if isinstance(opts.renoise_per_pair, bool) or not isinstance(opts.renoise_per_pair, int) or opts.renoise_per_pair < 1:
+        raise ValueError(f"renoise_per_pair must be a positive integer, got {opts.renoise_per_pair!r}")
+    if opts.objective == "msd" and opts.dm_noise not in ("prior", "cell"):
+        raise ValueError(f"unknown dm_noise {opts.dm_noise!r}; valid: prior, cell")
+    if opts.tsm not in ("auto", True, False):
+        raise ValueError(f"unknown tsm {opts.tsm!r}; valid: auto, true, false")
+    if opts.tsm_data not in ("real", "teacher"):
+        raise ValueError(f"unknown tsm_data {opts.tsm_data!r}; valid: real, teacher")
+    if isinstance(opts.tsm_steps, bool) or not isinstance(opts.tsm_steps, int) or opts.tsm_steps < 1:
+        raise ValueError(f"tsm_steps must be a positive integer, got {opts.tsm_steps!r}")
+    get(opts.teacher_sampler)  # validates the name
     # msd: the students' one- / K-step grid from t(init_sigma) as the DMD2 recipe (``None``: from t = 1)
-    grid_gen = default_grid(ctx.process, int(ctx.student_steps), t_start=t_of_init_sigma(ctx.process, init_sigma))
-    reg_kw = dict(states=states, top_fraction=top_fraction, loss=loss, huber_c=huber_c, parameterization=parameterization,
-                  sigma_data=sigma_data)
-    dm_kw = dict(teacher_prediction=ctx.prediction, t_min=t_min, t_max=t_max, regression_weight=regression_weight, pairs=pairs,
-                 gan_weight=gan_weight, backward_simulation=backward_simulation, generator_every=generator_every, loss=loss,
-                 huber_c=huber_c)
+    grid_gen = default_grid(ctx.process, int(ctx.student_steps), t_start=t_of_init_sigma(ctx.process, opts.init_sigma))
+    reg_kw = dict(states=opts.states, top_fraction=opts.top_fraction, loss=opts.loss, huber_c=opts.huber_c, parameterization=opts.parameterization,
+                  sigma_data=opts.sigma_data)
+    dm_kw = dict(teacher_prediction=ctx.prediction, t_min=opts.t_min, t_max=opts.t_max, regression_weight=opts.regression_weight, pairs=opts.pairs,
+                 gan_weight=opts.gan_weight, backward_simulation=opts.backward_simulation, generator_every=opts.generator_every, loss=opts.loss,
+                 huber_c=opts.huber_c)
     # validate before the teacher solves
-    r0 = "noise" if router == "auto" else router
-    if objective == "regression":
-        MultiStudentRegression(ctx.process, n_students, r0, [1.0, 0.0], **reg_kw)
+    r0 = "noise" if opts.router == "auto" else opts.router
+    if opts.objective == "regression":
+        MultiStudentRegression(ctx.process, opts.n_students, r0, [1.0, 0.0], **reg_kw)
     else:
-        MultiStudentDM(ctx.process, n_students, r0, grid_gen, **dm_kw)
-        TeacherScoreMatching(ctx.process, t_min=t_min, t_max=t_max)
-    sspec = student_spec(ctx.teacher, ctx.domain, backbone=backbone, prediction=prediction)
-    grid = uniform_t(ctx.process, teacher_steps)
+        MultiStudentDM(ctx.process, opts.n_students, r0, grid_gen, **dm_kw)
+        TeacherScoreMatching(ctx.process, t_min=opts.t_min, t_max=opts.t_max)
+    sspec = student_spec(ctx.teacher, ctx.domain, backbone=opts.backbone, prediction=opts.prediction)
+    grid = uniform_t(ctx.process, opts.teacher_steps)
     out = Path(ctx.out_dir) if ctx.out_dir is not None else None
     seed = int(ctx.seed)  # build_teacher_pairs offsets pool seeds away from the evaluation seeds
-    regression = objective == "regression"
-    pairs_obj = build_teacher_pairs(ctx.domain, ctx.teacher, pool, sampler=teacher_sampler,
-                                    steps=teacher_steps, timesteps=grid,
-                                    keep_trajectory=regression and states == "trajectory" and top_fraction < 1, seed=seed,
+    regression = opts.objective == "regression"
+    pairs_obj = build_teacher_pairs(ctx.domain, ctx.teacher, opts.pool, sampler=opts.teacher_sampler,
+                                    steps=opts.teacher_steps, timesteps=grid,
+                                    keep_trajectory=regression and opts.states == "trajectory" and opts.top_fraction < 1, seed=seed,
                                     device=ctx.device, cache=out / "pairs.pt" if out is not None else None, progress=False)
-    if router == "auto":  # MSD partitions the conditions (class labels); without them, the noise (workbench extension)
+    if opts.router == "auto":  # MSD partitions the conditions (class labels); without them, the noise (workbench extension)
         labels = pairs_obj.cond
-        router = "cond" if isinstance(labels, Tensor) and not labels.is_floating_point() and labels.ndim == 1 else "noise"
-    if router == "cond" and not isinstance(pairs_obj.cond, Tensor):
+        opts = replace(opts, router="cond" if isinstance(labels, Tensor) and not labels.is_floating_point() and labels.ndim == 1 else "noise")
+    if opts.router == "cond" and not isinstance(pairs_obj.cond, Tensor):
         raise ValueError(f"router='cond' needs class labels, but domain {ctx.domain.name!r} generates without cond; "
                          "use router='noise'")
-    routes = route_samples(router, n_students, pairs_obj.noise, pairs_obj.cond, pairs_obj.mask, ctx.process)
-    names = [student_name(k) for k in range(n_students)]
+    routes = route_samples(opts.router, opts.n_students, pairs_obj.noise, pairs_obj.cond, pairs_obj.mask, ctx.process)
+    names = [student_name(k) for k in range(opts.n_students)]
     proc = ctx.process
-    info = {"objective": objective, "n_students": n_students, "router": router, "pool": len(pairs_obj),
-            "pairs_per_student": None, "teacher_sampler": teacher_sampler, "teacher_steps": teacher_steps}
+    info = {"objective": opts.objective, "n_students": opts.n_students, "router": opts.router, "pool": len(pairs_obj),
+            "pairs_per_student": None, "teacher_sampler": opts.teacher_sampler, "teacher_steps": opts.teacher_steps}
 
     if regression:
         renoised = None
-        if states == "renoise" and top_fraction < 1:
-            renoised = build_renoised_couplings(ctx.teacher, proc, pairs_obj, grid, per_pair=renoise_per_pair, sampler=teacher_sampler,
+        if opts.states == "renoise" and opts.top_fraction < 1:
+            renoised = build_renoised_couplings(ctx.teacher, proc, pairs_obj, grid, per_pair=opts.renoise_per_pair, sampler=opts.teacher_sampler,
                                                 seed=POOL_SEED_OFFSET + seed + 1, device=ctx.device,
                                                 cache=out / "pairs_renoised.pt" if out is not None else None)
-        obj = MultiStudentRegression(proc, n_students, router, pairs_obj.timesteps, **reg_kw)
-        data = StratifiedPairs(pairs_obj, routes, n_students, renoised)
-        nets = {s: make_student(ctx, sspec, init=init) for s in names}
-        inner = {"kind": "consistency", "student": sspec, "parameterization": parameterization, "sigma_data": float(sigma_data),
-                 "timesteps": None}
-        param, sd, ts_spec, defaults = parameterization, sigma_data, None, {}
-        info.update(states=states)
+        obj = MultiStudentRegression(proc, opts.n_students, opts.router, pairs_obj.timesteps, **reg_kw)
+        data = StratifiedPairs(pairs_obj, routes, opts.n_students, renoised)
+        nets = {s: make_student(ctx, sspec, init=opts.init) for s in names}
+        param, sd, grid_ts, defaults = opts.parameterization, opts.sigma_data, None, {}
+        info.update(states=opts.states)
     else:
-        if dm_noise == "cell" and router != "noise":
-            raise ValueError(f"dm_noise='cell' needs router='noise', got router={router!r}; valid for it: prior")
-        pool_reals = router == "noise" and dm_noise == "prior" and float(gan_weight) > 0
-        obj = MultiStudentDM(proc, n_students, router, grid_gen, gan_reals="pool" if pool_reals else "part", **dm_kw)
-        data = StratifiedPairs(pairs_obj, routes, n_students, None, dm_noise=dm_noise,
-                               shared_pairs=(float(regression_weight) > 0 and pairs == "shared") or pool_reals, process=proc)
-        base_student = make_student(ctx, sspec, init=init)
-        run_tsm = bool(sspec["backbone"]) if tsm == "auto" else bool(tsm)
+        if opts.dm_noise == "cell" and opts.router != "noise":
+            raise ValueError(f"dm_noise='cell' needs router='noise', got router={opts.router!r}; valid for it: prior")
+        pool_reals = opts.router == "noise" and opts.dm_noise == "prior" and float(opts.gan_weight) > 0
+        obj = MultiStudentDM(proc, opts.n_students, opts.router, grid_gen, gan_reals="pool" if pool_reals else "part", **dm_kw)
+        data = StratifiedPairs(pairs_obj, routes, opts.n_students, None, dm_noise=opts.dm_noise,
+                               shared_pairs=(float(opts.regression_weight) > 0 and opts.pairs == "shared") or pool_reals, process=proc)
+        base_student = make_student(ctx, sspec, init=opts.init)
+        run_tsm = bool(sspec["backbone"]) if opts.tsm == "auto" else bool(opts.tsm)
         if run_tsm:
-            base_student, info["tsm_seconds"] = _run_tsm(ctx, base_student, pairs_obj, tsm_data=tsm_data, steps=tsm_steps,
-                                                         overrides=tsm_train, t_min=t_min, t_max=t_max, out=out)
+            base_student, info["tsm_seconds"] = _run_tsm(ctx, base_student, pairs_obj, tsm_data=opts.tsm_data, steps=opts.tsm_steps,
+                                                         overrides=opts.tsm_train, t_min=opts.t_min, t_max=opts.t_max, out=out)
         info["tsm"] = run_tsm
         nets = {s: copy.deepcopy(base_student).train().requires_grad_(True) for s in names}
         fspec = student_spec(ctx.teacher, ctx.domain)
-        for k in range(n_students):
+        for k in range(opts.n_students):
             nets[fake_name(k)] = make_student(ctx, fspec)
-            if float(gan_weight) > 0:
+            if float(opts.gan_weight) > 0:
                 from .score_distill import Discriminator
 
                 nets[disc_name(k)] = Discriminator(make_student(ctx, fspec))
-        param, sd, ts_spec = "x0", 0.5, [float(t) for t in grid_gen]
-        inner = {"kind": "consistency", "student": sspec, "parameterization": "x0", "sigma_data": 0.5, "timesteps": ts_spec}
+        param, sd, grid_ts = "x0", 0.5, [float(t) for t in grid_gen]
         defaults = {"lr": 1e-3, "ema_decay": 0.99}  # as the DMD2 recipe
-        info.update(regression_weight=float(regression_weight), pairs=pairs, gan_weight=float(gan_weight), dm_noise=dm_noise,
-                    generator_every=int(generator_every))
+        info.update(regression_weight=float(opts.regression_weight), pairs=opts.pairs, gan_weight=float(opts.gan_weight), dm_noise=opts.dm_noise,
+                    generator_every=int(opts.generator_every))
     info["pairs_per_student"] = data.counts()
     nets["teacher"] = ctx.teacher
-    spec = {"kind": "multi_student", "n": n_students, "router": router, "inner": inner}
     info["student_params"] = sum(p.numel() for p in nets[names[0]].parameters())
     trainable = list(names) + [n for n in nets if n.startswith(("fake_", "disc_"))]
 
     def make_generator(n):
         return MultiStudentGenerator(nn.ModuleList([FewStepGenerator(n[s], proc, prediction=sspec["prediction"], parameterization=param,
-                                                                     sigma_data=sd, timesteps=ts_spec)
-                                                    for s in names]), router=router)
+                                                                     sigma_data=sd, timesteps=grid_ts)
+                                                    for s in names]), router=opts.router)
 
-    return DistillSetup(obj, nets, trainable, list(names), spec, make_generator, data=data, train_defaults=defaults, info=info)
+    return DistillSetup(obj, nets, trainable, list(names), make_generator, data=data, train_defaults=defaults, info=info)
 
 
 def _run_tsm(ctx: RecipeContext, student: nn.Module, pairs, *, tsm_data: str, steps: int, overrides: Optional[dict], t_min: float,

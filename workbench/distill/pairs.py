@@ -16,6 +16,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from .. import api
+from ..api import cat_batches, generation_batches
 from ..losses import Batch
 
 __all__ = ["TeacherPairs", "build_teacher_pairs", "POOL_SEED_OFFSET"]
@@ -91,9 +93,6 @@ def build_teacher_pairs(domain, teacher, n: int, *, sampler: str = "dpm_solver_p
     """
     from tqdm.auto import tqdm
 
-    from ..api import run_sampler
-    from ..runner import _cat_batches, generation_batches
-
     if isinstance(timesteps, str):  # a grid name of workbench.timegrids (uniform_lambda: the uniform-t grid over-smooths)
         from ..timegrids import get_grid
 
@@ -114,7 +113,7 @@ def build_teacher_pairs(domain, teacher, n: int, *, sampler: str = "dpm_solver_p
         cond = gb.cond.to(device) if isinstance(gb.cond, Tensor) else gb.cond
         states: list[Tensor] = []
         cb = (lambda info: states.append(info["x"].detach().cpu())) if keep_trajectory else None
-        out = run_sampler(teacher, proc, x_T, sampler=sampler, steps=int(steps), prediction=pred, timesteps=timesteps, mask=mask,
+        out = api.run_sampler(teacher, proc, x_T, sampler=sampler, steps=int(steps), prediction=pred, timesteps=timesteps, mask=mask,
                           cond=cond, generator=gens, callback=cb)
         ts = out.timesteps
         noises.append(gb.x_T.cpu())
@@ -127,7 +126,7 @@ def build_teacher_pairs(domain, teacher, n: int, *, sampler: str = "dpm_solver_p
         parts.append(Batch(x=out.x.cpu(), mask=gb.mask, cond=gb.cond))
         bar.update(len(x_T))
     bar.close()
-    cat = _cat_batches(parts)
+    cat = cat_batches(parts)
     pool = TeacherPairs(torch.cat(noises), cat.x, mask=cat.mask, cond=cat.cond, trajectory=torch.cat(trajs) if trajs else None,
                         timesteps=ts, info={"settings": settings})
     if cache is not None:

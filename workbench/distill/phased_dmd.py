@@ -86,6 +86,7 @@ time). On the toy GMM (exact teacher, 2000 steps) these defaults give SW 0.161 a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Union
 
 import torch
@@ -94,10 +95,11 @@ from torch import Tensor, nn
 from ..losses import Batch, masked_mean
 from ..model import prepare_cond_all
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator, model_kwargs
+from ..utils import Generator, first_generator, model_kwargs
 from .base import student_x0
-from .recipes import DistillSetup, RecipeContext, make_student, register_method, student_spec
 from .score_distill import fake_score_loss, noise_like, sample_t, teacher_x0
+from .api import DistillSetup, MethodOptions, RecipeContext, register_method
+from .students import make_student, student_spec
 
 __all__ = ["PhasedDMD", "PhaseClock", "phase_boundaries", "subinterval_noise", "subinterval_targets", "flow_velocity_loss",
            "ddim_transition", "BOUNDARY_KINDS", "DM_RANGES", "FAKE_TARGETS", "FAKE_LOSSES", "TRANSITIONS", "SCHEDULES"]
@@ -332,7 +334,7 @@ class PhasedDMD:
         rest = int(B - int(counts.sum()))
         if rest > 0:
             counts[torch.argsort(exact - counts, descending=True)[:rest]] += 1
-        g = generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
+        g = first_generator(generator)
         perm = torch.randperm(B, generator=g, device=g.device if g is not None else None).cpu()
         out = torch.empty(B, dtype=torch.long)
         out[perm] = torch.repeat_interleave(torch.arange(self.K), counts)
@@ -457,15 +459,31 @@ class PhasedDMD:
                 f"generator_every={self.generator_every})")
 
 
-@register_method("phased_dmd", kind="experts", paper="Fan et al. 2025 (Phased DMD)",
+@dataclass
+class PhasedDMDOptions(MethodOptions):
+    """Options of method ``phased_dmd`` (``distill.KEY=VALUE``, documented in :func:`phased_dmd_recipe`)."""
+
+    boundaries: Union[str, list] = "uniform_t"
+    t_min: float = 0.02
+    t_max: float = 0.98
+    dm_range: str = "upper"
+    transition: str = "deterministic"
+    schedule: str = "sequential"
+    phase_steps: Optional[int] = None
+    fake_loss: str = "flow"
+    fake_target: str = "subinterval"
+    weight_clamp: Optional[float] = 10.0
+    backward_simulation: bool = True
+    generator_every: int = 5
+    phase_weights: Optional[list] = None
+    student: Optional[dict] = None
+    init_sigma: Optional[float] = 2.5
+
+
+@register_method("phased_dmd", options=PhasedDMDOptions, kind="experts", paper="Fan et al. 2025 (Phased DMD)",
                  description="one expert and one fake score per SNR phase, trained phase after phase; deterministic "
                              "transitions, DMD and subinterval score matching inside each phase")
-def phased_dmd_recipe(ctx: RecipeContext, *, boundaries: Union[str, list] = "uniform_t", t_min: float = 0.02, t_max: float = 0.98,
-                      dm_range: str = "upper", transition: str = "deterministic", schedule: str = "sequential",
-                      phase_steps: Optional[int] = None, fake_loss: str = "flow", fake_target: str = "subinterval",
-                      weight_clamp: Optional[float] = 10.0, backward_simulation: bool = True, generator_every: int = 5,
-                      phase_weights: Optional[list] = None, student: Optional[dict] = None,
-                      init_sigma: Optional[float] = 2.5) -> DistillSetup:
+def phased_dmd_recipe(ctx: RecipeContext, opts: PhasedDMDOptions) -> DistillSetup:
     """Phased DMD with ``K = student_steps`` phases on ``boundaries`` (``uniform_t``,
     ``uniform_lambda`` from ``t(init_sigma)`` to 0, see
     :func:`~workbench.distill.generators.t_of_init_sigma`, as DMD2; or ``K + 1`` times);
@@ -477,30 +495,28 @@ def phased_dmd_recipe(ctx: RecipeContext, *, boundaries: Union[str, list] = "uni
     from .generators import ExpertsGenerator, t_of_init_sigma
 
     K = int(ctx.student_steps)
-    b = phase_boundaries(ctx.process, K, boundaries, t_start=t_of_init_sigma(ctx.process, init_sigma))
-    if schedule == "sequential" and phase_steps is None:
+    b = phase_boundaries(ctx.process, K, opts.boundaries, t_start=t_of_init_sigma(ctx.process, opts.init_sigma))
+    if opts.schedule == "sequential" and opts.phase_steps is None:
         total = ctx.train.get("steps") or dict(getattr(ctx.domain, "train_defaults", None) or {}).get("steps") or TrainConfig.steps
-        phase_steps = max(1, int(total) // K)
-    obj = PhasedDMD(ctx.process, b, teacher_prediction=ctx.prediction, t_min=t_min, t_max=t_max, dm_range=dm_range,
-                    transition=transition, schedule=schedule, phase_steps=phase_steps, fake_loss=fake_loss, fake_target=fake_target,
-                    weight_clamp=weight_clamp, backward_simulation=backward_simulation, generator_every=generator_every,
-                    phase_weights=phase_weights)
-    sspec = student_spec(ctx.teacher, ctx.domain, backbone=student)
+        opts = replace(opts, phase_steps=max(1, int(total) // K))
+    obj = PhasedDMD(ctx.process, b, teacher_prediction=ctx.prediction, t_min=opts.t_min, t_max=opts.t_max, dm_range=opts.dm_range,
+                    transition=opts.transition, schedule=opts.schedule, phase_steps=opts.phase_steps, fake_loss=opts.fake_loss, fake_target=opts.fake_target,
+                    weight_clamp=opts.weight_clamp, backward_simulation=opts.backward_simulation, generator_every=opts.generator_every,
+                    phase_weights=opts.phase_weights)
+    sspec = student_spec(ctx.teacher, ctx.domain, backbone=opts.student)
     fspec = student_spec(ctx.teacher, ctx.domain)
     nets = {"teacher": ctx.teacher}
     for k in range(K):
         nets[obj.experts[k]] = make_student(ctx, sspec)
         nets[obj.fakes[k]] = make_student(ctx, fspec)
-    if schedule == "sequential" and K > 1:
+    if opts.schedule == "sequential" and K > 1:
         nets["phase_clock"] = PhaseClock().to(ctx.device)
-    inner = {"kind": "consistency", "student": sspec, "parameterization": "x0", "sigma_data": 0.5, "timesteps": None}
-    spec = {"kind": "experts", "n": K, "boundaries": [float(v) for v in b], "transition": transition, "inner": inner}
 
     def make_generator(n):
         return ExpertsGenerator(nn.ModuleList([FewStepGenerator(n[e], ctx.process, prediction=sspec["prediction"], parameterization="x0")
-                                               for e in obj.experts]), ctx.process, b, transition=transition)
+                                               for e in obj.experts]), ctx.process, b, transition=opts.transition)
 
-    info = {"phases": K, "boundaries": [float(v) for v in b], "schedule": schedule, "phase_steps": obj.phase_steps,
-            "transition": transition}
-    return DistillSetup(obj, nets, obj.experts + obj.fakes, list(obj.experts), spec, make_generator,
+    info = {"phases": K, "boundaries": [float(v) for v in b], "schedule": opts.schedule, "phase_steps": obj.phase_steps,
+            "transition": opts.transition}
+    return DistillSetup(obj, nets, obj.experts + obj.fakes, list(obj.experts), make_generator,
                         train_defaults={"lr": 1e-4, "ema_decay": 0.99}, info=info)

@@ -80,7 +80,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -89,7 +89,9 @@ from torch import Tensor, nn
 
 from ..losses import Batch, masked_mean
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator, model_kwargs, randn
+from ..utils import Generator, first_generator, model_kwargs, randn
+from .api import DistillSetup, MethodOptions, RecipeContext, register_method
+from .students import make_student, student_spec
 
 __all__ = ["Reflow", "FlowGuidedDistillation", "StepClock", "coupling_eps", "sample_linear_time", "anneal_beta",
            "LOSSES", "TIME_SAMPLERS", "ANNEAL_SCHEDULES", "GUIDES", "DISTILL_PAIRS", "ROUND_SEED_STRIDE"]
@@ -111,10 +113,6 @@ def _choice(name: str, value, valid) -> None:
         raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
 
 
-def _g0(generator: Generator):
-    """One ``torch.Generator`` (the first of a per-sample list) or ``None``."""
-    return generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
-
 
 # -- the straight path of a coupling ---------------------------------------------------------------
 def coupling_eps(process: GaussianProcess, x0: Tensor, noise: Tensor, t_top: float = 1.0,
@@ -126,18 +124,6 @@ def coupling_eps(process: GaussianProcess, x0: Tensor, noise: Tensor, t_top: flo
     tt = torch.tensor(float(t_top), dtype=torch.float64)
     a, s = float(process.alpha(tt)), float(process.sigma(tt))
     return process.project((noise - a * x0) / s, mask)
-
-
-def _u_of_t(process: GaussianProcess, t: float) -> float:
-    tt = torch.tensor(float(t), dtype=torch.float64)
-    a, s = float(process.alpha(tt)), float(process.sigma(tt))
-    return s / (a + s)
-
-
-def _t_of_u(process: GaussianProcess, u: Tensor) -> Tensor:
-    """Process time ``[B]`` (float64) of linear-view times ``u`` ``[B]`` in ``(0, 1)``."""
-    u = u.to(torch.float64).clamp(1e-12, 1 - 1e-12)
-    return process.t_of_lambda(torch.log((1 - u) / u)).to(torch.float64)
 
 
 def sample_linear_time(process: GaussianProcess, n: int, kind: str = "uniform", *, generator: Generator = None,
@@ -154,16 +140,16 @@ def sample_linear_time(process: GaussianProcess, n: int, kind: str = "uniform", 
     * ``mixed``: each sample ``grid`` or ``uniform`` with probability 1/2.
     """
     _choice("time sampler", kind, TIME_SAMPLERS)
-    g = _g0(generator)
+    g = first_generator(generator)
     gdev = g.device if g is not None else None
-    u_lo, u_hi = _u_of_t(process, process.t_min), _u_of_t(process, t_top)
+    u_lo, u_hi = float(process.u_of_t(process.t_min)), float(process.u_of_t(t_top))
     r = torch.rand(n, generator=g, device=gdev, dtype=torch.float64).cpu()
     if kind == "u_shaped":  # inverse CDF of exp(a r) on [0, 1], mirrored with probability 1/2
         a = U_SHAPE_A
         r = torch.log1p(r * math.expm1(a)) / a
         flip = torch.rand(n, generator=g, device=gdev).cpu() < 0.5
         r = torch.where(flip, 1.0 - r, r)
-    t_uni = _t_of_u(process, u_lo + (u_hi - u_lo) * r).clamp(process.t_min, t_top)
+    t_uni = process.t_of_u(u_lo + (u_hi - u_lo) * r).clamp(process.t_min, t_top)
     grid = torch.linspace(float(t_top), 0.0, int(grid_steps) + 1, dtype=torch.float64)[:-1]
     t_grid = grid[torch.randint(0, len(grid), (n,), generator=g, device=gdev).cpu()]
     if kind in ("uniform", "u_shaped"):
@@ -328,17 +314,17 @@ class FlowGuidedDistillation:
         top = torch.full((B,), self.t_top, dtype=torch.float64, device=xi.device)
         if self.guide == "reflow":
             x0_s, eps_s = _student_pred(R, p, xi, top, mask, cond)
-        g = _g0(generator)
+        g = first_generator(generator)
         r = torch.rand(B, generator=g, device=g.device if g is not None else None, dtype=torch.float64).to(xi.device)
         u = self.guide_min + (self.guide_max - self.guide_min) * r
-        t = _t_of_u(p, u)
+        t = p.t_of_u(u)
         x = self._ddim(x0_s, eps_s, t, mask)
         for k in range(self.guide_steps):
             x0_r, eps_r = _student_pred(R, p, x, t, mask, cond)
             if k == self.guide_steps - 1:
                 return x0_r
             u_next = u * (1.0 - (k + 1) / self.guide_steps) / (1.0 - k / self.guide_steps)
-            t = _t_of_u(p, u_next)
+            t = p.t_of_u(u_next)
             x = self._ddim(x0_r, eps_r, t, mask)
         return x0_r  # pragma: no cover - the loop always returns
 
@@ -366,7 +352,6 @@ class FlowGuidedDistillation:
 
 
 # -- recipes ----------------------------------------------------------------------------------------
-from .recipes import DistillSetup, RecipeContext, make_student, register_method, student_spec  # noqa: E402
 
 #: TrainConfig preferences of both methods (the user's ``train.*`` keys win)
 TRAIN_DEFAULTS = {"lr": 1e-3, "warmup": 0, "schedule": "cosine", "ema_decay": 0.999, "batch_size": 256, "grad_clip": 1.0}
@@ -441,10 +426,6 @@ def _n_params(m: nn.Module) -> int:
     return int(sum(p.numel() for p in m.parameters()))
 
 
-def _flow_spec(sspec: dict) -> dict:
-    return {"kind": "flow", "student": sspec, "sampler": "euler", "timesteps": None, "options": {}}
-
-
 def _flow_generator(ctx: RecipeContext, sspec: dict):
     from .generators import FlowGenerator
 
@@ -454,12 +435,37 @@ def _flow_generator(ctx: RecipeContext, sspec: dict):
     return make_generator
 
 
-@register_method("reflow", kind="flow", paper="Liu et al. 2023 (Rectified Flow, 'Flow Straight and Fast')",
+@dataclass
+class ReflowOptions(MethodOptions):
+    """Options of method ``reflow`` (``distill.KEY=VALUE``, documented in :func:`reflow_recipe`)."""
+
+    pairs: int = 20000
+    pair_sampler: str = "dpm_solver_pp_3m"
+    pair_steps: int = 20
+    pair_grid: str = "uniform_lambda"
+    rounds: int = 1
+    loss: str = "velocity"
+    time_sampler: str = "uniform"
+    anneal_steps: int = 0
+    anneal_schedule: str = "linear"
+    round_train: Optional[dict] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_pool_options(self.pairs, self.pair_sampler, self.pair_steps, self.pair_grid)
+        if int(self.rounds) < 1:
+            raise ValueError(f"rounds (k - 1 reflow rounds of a k-rectified flow) must be >= 1, got {self.rounds}")
+        _choice("reflow loss", self.loss, LOSSES)
+        _choice("time sampler", self.time_sampler, TIME_SAMPLERS)
+        _choice("anneal schedule", self.anneal_schedule, ANNEAL_SCHEDULES)
+        if int(self.anneal_steps) < 0:
+            raise ValueError(f"anneal_steps must be >= 0, got {self.anneal_steps}")
+
+
+@register_method("reflow", options=ReflowOptions, kind="flow", paper="Liu et al. 2023 (Rectified Flow, 'Flow Straight and Fast')",
                  description="k-rectified flow: regress the straight path of teacher ODE couplings (pool cached as pairs.pt), "
                              "rounds-1 inner reflow rounds; Euler/DDIM student")
-def reflow_recipe(ctx: RecipeContext, *, pairs: int = 20000, pair_sampler: str = "dpm_solver_pp_3m", pair_steps: int = 20,
-                  pair_grid: str = "uniform_lambda", rounds: int = 1, loss: str = "velocity", time_sampler: str = "uniform",
-                  anneal_steps: int = 0, anneal_schedule: str = "linear", round_train: Optional[dict] = None) -> DistillSetup:
+def reflow_recipe(ctx: RecipeContext, opts: ReflowOptions) -> DistillSetup:
     """Reflow (Liu et al. 2023) of the domain teacher: ``rounds = k - 1`` reflow rounds give the
     ``k``-rectified flow.
 
@@ -487,47 +493,38 @@ def reflow_recipe(ctx: RecipeContext, *, pairs: int = 20000, pair_sampler: str =
     (``x0 = (x - sigma eps) / alpha``, ``alpha(1) ~ 0.006`` on the DDPM schedule) is learnt
     well only where ``t = t_top`` is trained directly (``grid``, ``mixed`` or ``slimflow``).
     """
-    _check_pool_options(pairs, pair_sampler, pair_steps, pair_grid)
-    if int(rounds) < 1:
-        raise ValueError(f"rounds (k - 1 reflow rounds of a k-rectified flow) must be >= 1, got {rounds}")
-    _choice("reflow loss", loss, LOSSES)
-    _choice("time sampler", time_sampler, TIME_SAMPLERS)
-    _choice("anneal schedule", anneal_schedule, ANNEAL_SCHEDULES)
-    if int(anneal_steps) < 0:
-        raise ValueError(f"anneal_steps must be >= 0, got {anneal_steps}")
     from ..training import train
 
-    rounds = int(rounds)
-    cfg = _train_config(ctx, round_train, "round_train", TRAIN_DEFAULTS) if rounds > 1 else None
+    cfg = _train_config(ctx, opts.round_train, "round_train", TRAIN_DEFAULTS) if opts.rounds > 1 else None
     out = Path(ctx.out_dir) if ctx.out_dir is not None else None
     sspec = student_spec(ctx.teacher, ctx.domain)
     student = make_student(ctx, sspec)
     coupling_teacher = ctx.teacher
-    info: dict = {"rounds": rounds, "pairs": int(pairs), "pair_seconds": 0.0, "round_seconds": []}
+    info: dict = {"rounds": opts.rounds, "pairs": int(opts.pairs), "pair_seconds": 0.0, "round_seconds": []}
 
     def objective(t_top):
-        return Reflow(ctx.process, loss=loss, time_sampler=time_sampler, grid_steps=ctx.student_steps, t_top=t_top,
-                      anneal_steps=anneal_steps, anneal_schedule=anneal_schedule)
+        return Reflow(ctx.process, loss=opts.loss, time_sampler=opts.time_sampler, grid_steps=ctx.student_steps, t_top=t_top,
+                      anneal_steps=opts.anneal_steps, anneal_schedule=opts.anneal_schedule)
 
     def nets_for(st, teacher):
         nets = {"student": st, "teacher": teacher}
-        if int(anneal_steps) > 0:
+        if int(opts.anneal_steps) > 0:
             nets["clock"] = StepClock()
         return nets
 
-    for r in range(1, rounds + 1):
-        last = r == rounds
+    for r in range(1, opts.rounds + 1):
+        last = r == opts.rounds
         rdir = None if out is None else (out if last else out / f"round{r}")
         if r > 1 and out is not None:
             _drop_stale(rdir / "pairs.pt", out / f"round{r - 1}")
         t0 = time.time()
         seed = ctx.seed + ROUND_SEED_STRIDE * (r - 1)
         cache = None if rdir is None else rdir / "pairs.pt"
-        pool = _pool(ctx, coupling_teacher, pairs, pair_sampler, pair_steps, pair_grid, seed, cache)
+        pool = _pool(ctx, coupling_teacher, opts.pairs, opts.pair_sampler, opts.pair_steps, opts.pair_grid, seed, cache)
         info["pair_seconds"] += time.time() - t0
         if last:
             return DistillSetup(objective(_t_top(pool)), nets_for(student, coupling_teacher), ["student"], ["student"],
-                                _flow_spec(sspec), _flow_generator(ctx, sspec), data=pool, train_defaults=dict(TRAIN_DEFAULTS),
+                                _flow_generator(ctx, sspec), data=pool, train_defaults=dict(TRAIN_DEFAULTS),
                                 info={**info, "student_params": _n_params(student)})
         res = train(objective(_t_top(pool)), nets_for(student, coupling_teacher), pool, cfg, out_dir=rdir, trainable=["student"],
                     ema=["student"], meta={"kind": "reflow_round", "round": r})
@@ -539,34 +536,49 @@ def reflow_recipe(ctx: RecipeContext, *, pairs: int = 20000, pair_sampler: str =
 
 def slim_backbone(ctx: RecipeContext, factor: int = 2) -> dict:
     """Backbone kwargs of a student ``factor`` times narrower than the teacher's architecture:
-    ``{"hidden": h // factor}`` for backbones with a ``hidden`` width (toy MLP / set
-    transformer), ``{"block_out_channels": [c // factor], "norm_num_groups": g}`` for
-    diffusers UNets. Other backbones: pass ``student_backbone`` explicitly."""
-    t = ctx.teacher
-    net = t if any(True for _ in t.parameters()) else ctx.domain.build_backbone()
-    bb = getattr(net, "backbone", net)
-    if isinstance(getattr(bb, "hidden", None), int):
-        return {"hidden": max(1, bb.hidden // factor)}
-    cfg = getattr(getattr(bb, "unet", None), "config", None)
-    if cfg is not None and "block_out_channels" in cfg:
-        ch = [max(1, int(c) // factor) for c in cfg["block_out_channels"]]
-        g = int(cfg.get("norm_num_groups", 32))
-        while g > 1 and any(c % g for c in ch):
-            g -= 1
-        return {"block_out_channels": ch, "norm_num_groups": g}
-    raise ValueError(f"cannot derive a slimmer student from backbone {type(bb).__name__}; pass student_backbone={{...}} "
-                     "(kwargs of domain.build_backbone)")
+    the domain's ``slim_backbone_kwargs(factor)`` (a domain without it raises "does not
+    support"; pass ``student_backbone`` explicitly then)."""
+    return dict(ctx.domain.slim_backbone_kwargs(factor))
 
 
-@register_method("slimflow", kind="flow", paper="Zhu, Liu & Liu 2024 (SlimFlow, ECCV)",
+@dataclass
+class SlimFlowOptions(MethodOptions):
+    """Options of method ``slimflow`` (``distill.KEY=VALUE``, documented in :func:`slimflow_recipe`)."""
+
+    student_backbone: Optional[dict] = None
+    student_init: str = "scratch"
+    pairs: int = 20000
+    pair_sampler: str = "dpm_solver_pp_3m"
+    pair_steps: int = 20
+    pair_grid: str = "uniform_lambda"
+    anneal_steps: Optional[int] = None
+    anneal_schedule: str = "linear"
+    reflow_loss: str = "velocity"
+    reflow_train: Optional[dict] = None
+    distill_pairs: str = "reflow"
+    guide: str = "student"
+    guide_weight: float = 1.0
+    guide_min: float = 0.2
+    guide_max: float = 0.8
+    guide_steps: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_pool_options(self.pairs, self.pair_sampler, self.pair_steps, self.pair_grid)
+        _choice("student_init", self.student_init, ("scratch", "teacher"))
+        _choice("anneal schedule", self.anneal_schedule, ANNEAL_SCHEDULES)
+        _choice("reflow loss", self.reflow_loss, LOSSES)
+        _choice("distill_pairs", self.distill_pairs, DISTILL_PAIRS)
+        if self.student_backbone is not None and not isinstance(self.student_backbone, dict):
+            raise ValueError(f"student_backbone must be a dict of domain.build_backbone kwargs, got {self.student_backbone!r}")
+        if self.anneal_steps is not None and int(self.anneal_steps) < 0:
+            raise ValueError(f"anneal_steps must be >= 0, got {self.anneal_steps}")
+
+
+@register_method("slimflow", options=SlimFlowOptions, kind="flow", requires=("slim_backbone_kwargs",), paper="Zhu, Liu & Liu 2024 (SlimFlow, ECCV)",
                  description="annealing reflow into a smaller student (stage 1, inside the recipe) + flow-guided distillation "
                              "to a one-step generator (stage 2)")
-def slimflow_recipe(ctx: RecipeContext, *, student_backbone: Optional[dict] = None, student_init: str = "scratch",
-                    pairs: int = 20000, pair_sampler: str = "dpm_solver_pp_3m", pair_steps: int = 20,
-                    pair_grid: str = "uniform_lambda", anneal_steps: Optional[int] = None, anneal_schedule: str = "linear",
-                    reflow_loss: str = "velocity", reflow_train: Optional[dict] = None, distill_pairs: str = "reflow",
-                    guide: str = "student", guide_weight: float = 1.0, guide_min: float = 0.2, guide_max: float = 0.8,
-                    guide_steps: int = 1) -> DistillSetup:
+def slimflow_recipe(ctx: RecipeContext, opts: SlimFlowOptions) -> DistillSetup:
     """SlimFlow (Zhu et al. 2024; module docstring).
 
     Stage 1 (inside the recipe, ``out_dir / "reflow"``, resumable): annealing reflow of a
@@ -592,47 +604,38 @@ def slimflow_recipe(ctx: RecipeContext, *, student_backbone: Optional[dict] = No
     generator is for ONE step: after stage 2 the student's flow below ``t_top`` is no longer
     the 2-rectified flow (2 / 4 Euler steps are worse).
     """
-    _check_pool_options(pairs, pair_sampler, pair_steps, pair_grid)
-    _choice("student_init", student_init, ("scratch", "teacher"))
-    _choice("anneal schedule", anneal_schedule, ANNEAL_SCHEDULES)
-    _choice("reflow loss", reflow_loss, LOSSES)
-    _choice("distill_pairs", distill_pairs, DISTILL_PAIRS)
-    if student_backbone is not None and not isinstance(student_backbone, dict):
-        raise ValueError(f"student_backbone must be a dict of domain.build_backbone kwargs, got {student_backbone!r}")
-    if anneal_steps is not None and int(anneal_steps) < 0:
-        raise ValueError(f"anneal_steps must be >= 0, got {anneal_steps}")
-    fg = FlowGuidedDistillation(ctx.process, guide=guide, guide_weight=guide_weight, guide_min=guide_min, guide_max=guide_max,
-                                guide_steps=guide_steps)  # validates the stage-2 options before stage 1 runs
-    cfg = _train_config(ctx, reflow_train, "reflow_train")
+    fg = FlowGuidedDistillation(ctx.process, guide=opts.guide, guide_weight=opts.guide_weight, guide_min=opts.guide_min, guide_max=opts.guide_max,
+                                guide_steps=opts.guide_steps)  # validates the stage-2 options before stage 1 runs
+    cfg = _train_config(ctx, opts.reflow_train, "reflow_train")
     from ..training import train
 
-    backbone = dict(student_backbone) if student_backbone is not None else slim_backbone(ctx)
+    backbone = dict(opts.student_backbone) if opts.student_backbone is not None else slim_backbone(ctx)
     sspec = student_spec(ctx.teacher, ctx.domain, backbone=backbone)
     try:
-        student = make_student(ctx, sspec, init=student_init)
+        student = make_student(ctx, sspec, init=opts.student_init)
     except TypeError as e:
         raise ValueError(f"student_backbone {backbone} does not fit domain {ctx.domain.name!r}: {e}") from None
     out = Path(ctx.out_dir) if ctx.out_dir is not None else None
     sdir = None if out is None else out / "reflow"
-    a_steps = int(0.4 * cfg.steps) if anneal_steps is None else int(anneal_steps)
+    a_steps = int(0.4 * cfg.steps) if opts.anneal_steps is None else int(opts.anneal_steps)
     t0 = time.time()
-    pool = _pool(ctx, ctx.teacher, pairs, pair_sampler, pair_steps, pair_grid, ctx.seed,
+    pool = _pool(ctx, ctx.teacher, opts.pairs, opts.pair_sampler, opts.pair_steps, opts.pair_grid, ctx.seed,
                  None if sdir is None else sdir / "pairs.pt")
     pair_seconds = time.time() - t0
-    obj1 = Reflow(ctx.process, loss=reflow_loss, t_top=_t_top(pool), anneal_steps=a_steps, anneal_schedule=anneal_schedule)
+    obj1 = Reflow(ctx.process, loss=opts.reflow_loss, t_top=_t_top(pool), anneal_steps=a_steps, anneal_schedule=opts.anneal_schedule)
     nets1 = {"student": student, "teacher": ctx.teacher, "clock": StepClock()}
     res = train(obj1, nets1, pool, cfg, out_dir=sdir, trainable=["student"], ema=["student"],
                 meta={"kind": "slimflow_stage1", "backbone": backbone})
     reflow = _frozen(res.ema["student"])
-    if distill_pairs == "reflow":
+    if opts.distill_pairs == "reflow":
         _drop_stale(None if out is None else out / "pairs.pt", sdir)
         t0 = time.time()
-        pool = _pool(ctx, reflow, pairs, pair_sampler, pair_steps, pair_grid, ctx.seed + ROUND_SEED_STRIDE,
+        pool = _pool(ctx, reflow, opts.pairs, opts.pair_sampler, opts.pair_steps, opts.pair_grid, ctx.seed + ROUND_SEED_STRIDE,
                      None if out is None else out / "pairs.pt")
         pair_seconds += time.time() - t0
     fg.t_top = _t_top(pool)
     nets = {"student": _trainable(res.ema["student"]), "reflow": reflow, "teacher": ctx.teacher}
     info = {"student_backbone": backbone, "student_params": _n_params(reflow), "teacher_params": _n_params(ctx.teacher),
             "anneal_steps": a_steps, "stage1_steps": res.step, "stage1_seconds": res.seconds, "pair_seconds": pair_seconds}
-    return DistillSetup(fg, nets, ["student"], ["student"], _flow_spec(sspec), _flow_generator(ctx, sspec), data=pool,
+    return DistillSetup(fg, nets, ["student"], ["student"], _flow_generator(ctx, sspec), data=pool,
                         train_defaults=dict(TRAIN_DEFAULTS), info=info)

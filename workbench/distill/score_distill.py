@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..losses import Batch, masked_mean
 from ..model import prepare_cond_all
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator, model_kwargs, randn
+from ..utils import Generator, first_generator, model_kwargs, randn
 from .base import student_x0
 
 __all__ = ["frozen", "rollout", "fake_score_loss", "dmd_loss", "teacher_x0", "Discriminator", "sample_t", "noise_like"]
@@ -55,9 +55,6 @@ def frozen(*modules: Optional[nn.Module]):
             p.requires_grad_(r)
 
 
-def _gen(generator: Generator) -> Optional[torch.Generator]:
-    return generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
-
 
 def noise_like(process: GaussianProcess, x: Tensor, mask: Optional[Tensor], generator: Generator) -> Tensor:
     """Standard normal noise ``[B, ...]`` projected onto the process constraints."""
@@ -66,7 +63,7 @@ def noise_like(process: GaussianProcess, x: Tensor, mask: Optional[Tensor], gene
 
 def sample_t(B: int, generator: Generator, device, t_min: float, t_max: float) -> Tensor:
     """``[B]`` float64 times uniform in ``[t_min, t_max]``."""
-    g = _gen(generator)
+    g = first_generator(generator)
     u = torch.rand(B, generator=g, device=g.device if g is not None else None, dtype=torch.float64).to(device)
     return t_min + (t_max - t_min) * u
 
@@ -107,7 +104,7 @@ def rollout(student: nn.Module, process: GaussianProcess, grid: Tensor, batch: B
     cond = prepare_cond_all(student, cond, mask=mask, batch_size=B)
     grid = torch.as_tensor(grid, dtype=torch.float64)
     K = len(grid) - 1
-    g = _gen(generator)
+    g = first_generator(generator)
     k = int(torch.randint(0, K, (1,), generator=g)) if step is None else int(step)
     if not 0 <= k < K:
         raise ValueError(f"step must be in 0..{K - 1}, got {k}")

@@ -44,6 +44,7 @@ Time convention: ``t = 0`` data, ``t = 1`` noise; ``x_t = alpha(t) x0 + sigma(t)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -51,10 +52,11 @@ from torch import Tensor
 
 from ..losses import Batch, masked_mean
 from ..processes import GaussianProcess, canonical_prediction
-from ..utils import Generator, model_kwargs
+from ..utils import Generator, first_generator, model_kwargs
 from .base import student_x0
-from .recipes import DistillSetup, RecipeContext, make_student, register_method, student_spec
-from .score_distill import _gen, fake_score_loss, frozen, noise_like, rollout, sample_t, teacher_x0
+from .score_distill import fake_score_loss, frozen, noise_like, rollout, sample_t, teacher_x0
+from .api import DistillSetup, MethodOptions, RecipeContext, register_method
+from .students import make_student, student_spec
 
 __all__ = ["SiD", "sid_loss", "karras_times", "proteina_log_times", "proteina_beta_times", "proteina_fm_loss", "proteina_log_grid",
            "T_SAMPLINGS", "FAKE_T_SAMPLINGS", "FAKE_LOSSES", "NORMALISERS", "GRIDS", "generator_grid"]
@@ -116,7 +118,7 @@ def karras_times(process: GaussianProcess, B: int, generator: Generator, device,
     (the EDM / Karras rho-schedule, ``u = 0`` at ``sigma_min``; ``t_frac = tmax / 1000``), mapped
     to process time through ``lambda = -log sigma~`` (``sigma~ = sigma / alpha``). Returns ``[B]``
     float64 times."""
-    g = _gen(generator)
+    g = first_generator(generator)
     u = t_frac * torch.rand(B, generator=g, device=g.device if g is not None else None, dtype=torch.float64).to(device)
     lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
     sig = (hi + (1.0 - u) * (lo - hi)) ** rho
@@ -130,7 +132,7 @@ def proteina_log_times(B: int, generator: Generator, device, *, t_total: int = 4
     data) clamped to ``[t_min, t_max]``; returned in this package's time ``t = 1 - tau`` (``t = 0``
     data; the clamp is symmetric, so ``t = 10^(-2 s / T)`` clamped to ``[1 - t_max, 1 - t_min]``).
     Returns ``[B]`` float64."""
-    g = _gen(generator)
+    g = first_generator(generator)
     s = torch.randint(0, int(t_total) + 1, (B,), generator=g, device=g.device if g is not None else None).to(torch.float64)
     tau = (1.0 - 10.0 ** (-2.0 * s / int(t_total))).clamp(float(t_min), float(t_max))
     return (1.0 - tau).to(device)
@@ -145,7 +147,7 @@ def proteina_beta_times(B: int, generator: Generator, device, *, p1: float = 1.9
     by inversion, ``u^(1 / p1)`` (only ``p2 = 1`` is supported). Returns ``[B]`` float64."""
     if float(p2) != 1.0:
         raise ValueError(f"proteina_beta_times supports p2 = 1 only (Proteina's setting), got {p2}")
-    g = _gen(generator)
+    g = first_generator(generator)
     dev = g.device if g is not None else None
     u_beta, u_unif, u_mix = (torch.rand(B, generator=g, device=dev, dtype=torch.float64) for _ in range(3))
     tau = torch.where(u_mix < float(p_uniform), u_unif, u_beta ** (1.0 / float(p1))).clamp(float(t_min), float(t_max))
@@ -357,14 +359,40 @@ class SiD:
                 f"scale_initial_noise={self.scale_initial_noise})")
 
 
-@register_method("sid", kind="consistency", paper="Zhou et al. 2024 (SiD); Xie et al. 2025 (Proteina-SiD multistep)",
+@dataclass
+class SiDOptions(MethodOptions):
+    """Options of method ``sid`` (``distill.KEY=VALUE``, documented in :func:`sid_recipe`)."""
+
+    alpha: float = 1.2
+    t_min: float = 0.02
+    t_max: float = 0.98
+    t_sampling: str = "karras"
+    init_sigma: Optional[float] = 2.5
+    score_grad: bool = True
+    backward_simulation: bool = True
+    generator_every: int = 1
+    train_noise_scale: float = 1.0
+    student: Optional[dict] = None
+    grid: str = "uniform"
+    t_init: int = 30
+    t_total: int = 400
+    sample_noise_scale: Optional[float] = None
+    scale_initial_noise: bool = False
+    fake_t_sampling: str = "uniform"
+    fake_loss: str = "denoising"
+    normaliser: str = "mean"
+    generator_betas: Optional[tuple] = None
+    generator_loss_scale: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.sample_noise_scale is not None and not float(self.sample_noise_scale) >= 0.0:
+            raise ValueError(f"sample_noise_scale must be >= 0 or None, got {self.sample_noise_scale}")
+
+
+@register_method("sid", options=SiDOptions, kind="consistency", paper="Zhou et al. 2024 (SiD); Xie et al. 2025 (Proteina-SiD multistep)",
                  description="score identity distillation: data-free, fake score, loss through x_t, multistep with noise modulation")
-def sid_recipe(ctx: RecipeContext, *, alpha: float = 1.2, t_min: float = 0.02, t_max: float = 0.98, t_sampling: str = "karras",
-               init_sigma: Optional[float] = 2.5, score_grad: bool = True, backward_simulation: bool = True, generator_every: int = 1,
-               train_noise_scale: float = 1.0, student: Optional[dict] = None, grid: str = "uniform", t_init: int = 30,
-               t_total: int = 400, sample_noise_scale: Optional[float] = None, scale_initial_noise: bool = False,
-               fake_t_sampling: str = "uniform", fake_loss: str = "denoising", normaliser: str = "mean",
-               generator_betas=None, generator_loss_scale: float = 1.0) -> DistillSetup:
+def sid_recipe(ctx: RecipeContext, opts: SiDOptions) -> DistillSetup:
     """SiD on the domain's teacher: the student (x0 generator on a ``student_steps`` grid,
     :func:`generator_grid` with ``grid``, ``init_sigma``, ``t_init``, ``t_total``) and the fake
     score start from the teacher. ``student``: backbone kwargs for a smaller student. Only the
@@ -380,28 +408,22 @@ def sid_recipe(ctx: RecipeContext, *, alpha: float = 1.2, t_min: float = 0.02, t
     (``domains/protein_backbone/distill_sid.py``)."""
     from .base import FewStepGenerator
 
-    if sample_noise_scale is not None and not float(sample_noise_scale) >= 0.0:
-        raise ValueError(f"sample_noise_scale must be >= 0 or None, got {sample_noise_scale}")
-    gen_grid = generator_grid(ctx.process, ctx.student_steps, init_sigma, grid, t_init=t_init, t_total=t_total)
-    obj = SiD(ctx.process, gen_grid, teacher_prediction=ctx.prediction, alpha=alpha, t_min=t_min, t_max=t_max, t_sampling=t_sampling,
-              score_grad=score_grad, backward_simulation=backward_simulation, generator_every=generator_every,
-              train_noise_scale=train_noise_scale, fake_t_sampling=fake_t_sampling, fake_loss=fake_loss, normaliser=normaliser,
-              scale_initial_noise=scale_initial_noise, generator_betas=generator_betas, t_total=t_total,
-              generator_loss_scale=generator_loss_scale)
-    gamma = float(train_noise_scale if sample_noise_scale is None else sample_noise_scale)
-    sspec = student_spec(ctx.teacher, ctx.domain, backbone=student)
+    gen_grid = generator_grid(ctx.process, ctx.student_steps, opts.init_sigma, opts.grid, t_init=opts.t_init, t_total=opts.t_total)
+    obj = SiD(ctx.process, gen_grid, teacher_prediction=ctx.prediction, alpha=opts.alpha, t_min=opts.t_min, t_max=opts.t_max, t_sampling=opts.t_sampling,
+              score_grad=opts.score_grad, backward_simulation=opts.backward_simulation, generator_every=opts.generator_every,
+              train_noise_scale=opts.train_noise_scale, fake_t_sampling=opts.fake_t_sampling, fake_loss=opts.fake_loss, normaliser=opts.normaliser,
+              scale_initial_noise=opts.scale_initial_noise, generator_betas=opts.generator_betas, t_total=opts.t_total,
+              generator_loss_scale=opts.generator_loss_scale)
+    gamma = float(opts.train_noise_scale if opts.sample_noise_scale is None else opts.sample_noise_scale)
+    sspec = student_spec(ctx.teacher, ctx.domain, backbone=opts.student)
     nets = {"student": make_student(ctx, sspec), "teacher": ctx.teacher,
             "fake_score": make_student(ctx, student_spec(ctx.teacher, ctx.domain))}
-    spec = {"kind": "consistency", "student": sspec, "parameterization": "x0", "sigma_data": 0.5,
-            "timesteps": [float(t) for t in gen_grid], "noise_scale": gamma}
-    if scale_initial_noise:  # recorded only where set, so the specs of other SiD generators stay as they were
-        spec["scale_initial_noise"] = True
 
     def make_generator(n):  # samples by default with gamma (the training scale unless sample_noise_scale)
         return FewStepGenerator(n["student"], ctx.process, parameterization="x0", timesteps=gen_grid, noise_scale=gamma,
-                                scale_initial_noise=scale_initial_noise)
+                                scale_initial_noise=opts.scale_initial_noise)
 
     # Adam without momentum (beta1 = 0) for both nets, as the authors' code (generator_betas: the
     # generator's where a loop honours SiD.phase_betas)
-    return DistillSetup(obj, nets, ["student", "fake_score"], ["student"], spec, make_generator,
+    return DistillSetup(obj, nets, ["student", "fake_score"], ["student"], make_generator,
                         train_defaults={"lr": 3e-4, "betas": (0.0, 0.999), "ema_decay": 0.99})

@@ -18,6 +18,7 @@ from data). No Jacobian-vector product: three forward passes, one backward.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -25,9 +26,9 @@ from torch import Tensor
 
 from ..losses import Batch, masked_mean
 from ..processes import GaussianProcess, append_dims
-from ..utils import Generator, model_kwargs
+from ..utils import Generator, first_generator, model_kwargs
 from .meanflow import _check_choice, _LinearViewObjective, _nets, sample_linear_times, two_time_setup, two_time_spec
-from .recipes import DistillSetup, RecipeContext, register_method
+from .api import DistillSetup, MethodOptions, RecipeContext, register_method
 
 __all__ = ["SplitMeanFlow"]
 
@@ -75,7 +76,7 @@ class SplitMeanFlow(_LinearViewObjective):
     def sample_times(self, B: int, generator: Generator = None, device=None) -> tuple[Tensor, Tensor, Tensor]:
         """``(r, s, t)`` ``[B]`` float64 linear-view times, ``r <= s <= t``; ``r = s = t`` on the
         boundary rows."""
-        g = generator if isinstance(generator, torch.Generator) or generator is None else generator[0]
+        g = first_generator(generator)
         r, t = sample_linear_times(B, self.process, time_sampler=self.time_sampler, logit_mean=self.logit_mean,
                                    logit_std=self.logit_std, ratio_r_neq_t=1.0 - self.boundary_ratio, generator=g)
         lam = torch.rand(B, generator=g, device=g.device if g is not None else None, dtype=torch.float64)
@@ -118,21 +119,39 @@ class SplitMeanFlow(_LinearViewObjective):
                 f"source={self.source!r})")
 
 
-@register_method("splitmeanflow", kind="meanflow", paper="Guo et al. 2025, SplitMeanFlow: Interval Splitting Consistency",
+@dataclass
+class SplitMeanFlowOptions(MethodOptions):
+    """Options of method ``splitmeanflow`` (``distill.KEY=VALUE``, documented in :func:`splitmeanflow_recipe`)."""
+
+    source: str = "teacher"
+    boundary_ratio: float = 0.75
+    time_sampler: str = "uniform"
+    logit_mean: float = -0.4
+    logit_std: float = 1.0
+    adaptive_p: float = 0.0
+    adaptive_c: float = 1e-3
+    student_prediction: str = "v"
+    time_scale: Optional[float] = 1.0
+    gap_scale: float = 1.0
+    backbone: Optional[dict] = None
+    init: str = "teacher"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_choice("velocity source", self.source, ("teacher", "data"))
+
+
+@register_method("splitmeanflow", options=SplitMeanFlowOptions, kind="meanflow", requires=("build_two_time_backbone",), paper="Guo et al. 2025, SplitMeanFlow: Interval Splitting Consistency",
                  description="average-velocity student u(z, r, t) trained with interval splitting consistency (no JVP), "
                              "boundary condition from the teacher or data")
-def splitmeanflow_recipe(ctx: RecipeContext, *, source: str = "teacher", boundary_ratio: float = 0.75, time_sampler: str = "uniform",
-                         logit_mean: float = -0.4, logit_std: float = 1.0, adaptive_p: float = 0.0, adaptive_c: float = 1e-3,
-                         student_prediction: str = "v", time_scale: Optional[float] = 1.0, gap_scale: float = 1.0,
-                         backbone: Optional[dict] = None, init: str = "teacher") -> DistillSetup:
+def splitmeanflow_recipe(ctx: RecipeContext, opts: SplitMeanFlowOptions) -> DistillSetup:
     """SplitMeanFlow on the domain's process (linear view): ``source="teacher"`` takes the
     boundary velocity from the teacher (distillation), ``"data"`` from the data. The student
-    is ``domain.build_backbone(two_time=True, **backbone)`` with the ``TwoTimeDenoiser``
+    is ``domain.build_two_time_backbone(**backbone)`` with the ``TwoTimeDenoiser``
     options ``student_prediction`` / ``time_scale`` / ``gap_scale``
     (:func:`~workbench.distill.meanflow.two_time_spec`), initialised from the teacher's
     matching tensors (``init="teacher"``), exported as a ``meanflow`` generator."""
-    _check_choice("velocity source", source, ("teacher", "data"))
-    obj = SplitMeanFlow(ctx.process, boundary_ratio=boundary_ratio, time_sampler=time_sampler, logit_mean=logit_mean,
-                        logit_std=logit_std, adaptive_p=adaptive_p, adaptive_c=adaptive_c, source=source)
-    sspec = two_time_spec(ctx, backbone=backbone, student_prediction=student_prediction, time_scale=time_scale, gap_scale=gap_scale)
-    return two_time_setup(ctx, obj, sspec, init=init, use_teacher=source == "teacher")
+    obj = SplitMeanFlow(ctx.process, boundary_ratio=opts.boundary_ratio, time_sampler=opts.time_sampler, logit_mean=opts.logit_mean,
+                        logit_std=opts.logit_std, adaptive_p=opts.adaptive_p, adaptive_c=opts.adaptive_c, source=opts.source)
+    sspec = two_time_spec(ctx, backbone=opts.backbone, student_prediction=opts.student_prediction, time_scale=opts.time_scale, gap_scale=opts.gap_scale)
+    return two_time_setup(ctx, obj, sspec, init=opts.init, use_teacher=opts.source == "teacher")

@@ -36,6 +36,7 @@ Time convention: ``t = 0`` data, ``t = 1`` noise; ``x_t = alpha(t) x0 + sigma(t)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import torch
@@ -43,9 +44,10 @@ from torch import Tensor, nn
 
 from ..losses import Batch, masked_mean
 from ..processes import GaussianProcess, append_dims, canonical_prediction
-from ..utils import Generator, model_kwargs
-from .recipes import DistillSetup, RecipeContext, make_student, register_method, student_spec
-from .score_distill import _gen, dmd_loss, noise_like, teacher_x0
+from ..utils import Generator, first_generator, model_kwargs
+from .score_distill import dmd_loss, noise_like, teacher_x0
+from .api import DistillSetup, MethodOptions, RecipeContext, register_method
+from .students import make_student, student_spec
 
 __all__ = ["TDM", "TDMSample", "diffuse", "transition", "student_x0_eps", "ddim_trajectory", "FAKE_WEIGHTS", "LOSSES"]
 
@@ -182,7 +184,7 @@ class TDM:
     def times(self, k: Tensor, generator: Generator) -> tuple[Tensor, Tensor, Tensor]:
         """For step indices ``k`` ``[B]``: ``(t_k, t_m, t)`` ``[B]`` float64: the step's input
         time, the intermediate time and the diffusion time (see the class docstring)."""
-        g = _gen(generator)
+        g = first_generator(generator)
         dev = k.device
         u = torch.rand(2, len(k), generator=g, device=g.device if g is not None else None, dtype=torch.float64).to(dev)
         grid = self.grid.to(dev)
@@ -202,7 +204,7 @@ class TDM:
         p, mask, cond = self.process, batch.mask, batch.cond
         x = batch.x
         B = x.shape[0]
-        g = _gen(generator)
+        g = first_generator(generator)
         k = torch.randint(0, self.steps, (B,), generator=g) if step is None else torch.as_tensor(step, dtype=torch.long).expand(B)
         k = k.to(x.device)
         if bool(((k < 0) | (k >= self.steps)).any()):
@@ -259,13 +261,28 @@ class TDM:
                 f"loss={self.loss!r}, generator_every={self.generator_every})")
 
 
-@register_method("tdm", kind="flow", paper="Luo et al. 2025 (TDM)",
+@dataclass
+class TDMOptions(MethodOptions):
+    """Options of method ``tdm`` (``distill.KEY=VALUE``, documented in :func:`tdm_recipe`)."""
+
+    separate: bool = True
+    rand_mid: bool = False
+    t_floor: float = 0.02
+    t_max: float = 0.98
+    fake_weight: str = "min_snr"
+    snr_clip: float = 5.0
+    importance_weight: bool = True
+    loss: str = "l2"
+    huber_c: float = 1e-3
+    generator_every: int = 1
+    init_sigma: Optional[float] = 2.5
+    student: Optional[dict] = None
+
+
+@register_method("tdm", options=TDMOptions, kind="flow", paper="Luo et al. 2025 (TDM)",
                  description="trajectory distribution matching: data-free, each step's intermediate state matched to the "
                              "teacher's marginal on its own interval, deterministic DDIM student")
-def tdm_recipe(ctx: RecipeContext, *, separate: bool = True, rand_mid: bool = False, t_floor: float = 0.02, t_max: float = 0.98,
-               fake_weight: str = "min_snr", snr_clip: float = 5.0, importance_weight: bool = True,
-               loss: str = "l2", huber_c: float = 1e-3, generator_every: int = 1, init_sigma: Optional[float] = 2.5,
-               student: Optional[dict] = None) -> DistillSetup:
+def tdm_recipe(ctx: RecipeContext, opts: TDMOptions) -> DistillSetup:
     """TDM on the domain's teacher: the student (a denoiser sampled by deterministic DDIM on a
     ``student_steps`` grid uniform in ``t`` from ``t(init_sigma)`` to 0, reading the prior noise
     there as is; :func:`~workbench.distill.generators.t_of_init_sigma`, ``None`` = 1; the
@@ -274,18 +291,17 @@ def tdm_recipe(ctx: RecipeContext, *, separate: bool = True, rand_mid: bool = Fa
     the training batches are used (data-free)."""
     from .generators import FlowGenerator, default_grid, t_of_init_sigma
 
-    grid = default_grid(ctx.process, ctx.student_steps, t_start=t_of_init_sigma(ctx.process, init_sigma))
-    obj = TDM(ctx.process, grid, teacher_prediction=ctx.prediction, separate=separate, rand_mid=rand_mid, t_floor=t_floor,
-              t_max=t_max, fake_weight=fake_weight, snr_clip=snr_clip, importance_weight=importance_weight,
-              loss=loss, huber_c=huber_c, generator_every=generator_every)
-    sspec = student_spec(ctx.teacher, ctx.domain, backbone=student)
+    grid = default_grid(ctx.process, ctx.student_steps, t_start=t_of_init_sigma(ctx.process, opts.init_sigma))
+    obj = TDM(ctx.process, grid, teacher_prediction=ctx.prediction, separate=opts.separate, rand_mid=opts.rand_mid, t_floor=opts.t_floor,
+              t_max=opts.t_max, fake_weight=opts.fake_weight, snr_clip=opts.snr_clip, importance_weight=opts.importance_weight,
+              loss=opts.loss, huber_c=opts.huber_c, generator_every=opts.generator_every)
+    sspec = student_spec(ctx.teacher, ctx.domain, backbone=opts.student)
     nets = {"student": make_student(ctx, sspec), "teacher": ctx.teacher,
             "fake_score": make_student(ctx, student_spec(ctx.teacher, ctx.domain))}
-    spec = {"kind": "flow", "student": sspec, "sampler": "euler", "timesteps": [float(t) for t in grid], "options": {}}
 
     def make_generator(n):
         return FlowGenerator(n["student"], ctx.process, sampler="euler", timesteps=grid, prediction=sspec["prediction"])
 
     # Adam without momentum (beta1 = 0) for both nets, as the authors' code
-    return DistillSetup(obj, nets, ["student", "fake_score"], ["student"], spec, make_generator,
+    return DistillSetup(obj, nets, ["student", "fake_score"], ["student"], make_generator,
                         train_defaults={"lr": 1e-4, "betas": (0.0, 0.999), "ema_decay": 0.99})

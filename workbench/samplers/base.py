@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from ..processes import GaussianProcess, append_dims, canonical_prediction
+from ..processes import GaussianProcess, append_dims, canonical_prediction, prediction_coefficients
 from ..utils import Generator, model_kwargs, randn_like
 
 __all__ = ["Prediction", "ModelFn", "SamplerSpec", "register", "get", "available", "SAMPLERS"]
@@ -170,7 +170,8 @@ class ModelFn:
         return Prediction(x0=x0, eps=eps, t=t)
 
     def _to_x0_eps(self, out: Tensor, x: Tensor, t: float) -> tuple[Tensor, Tensor]:
-        """Scalar-coefficient version of :meth:`GaussianProcess.to_x0_eps` (same formulas)."""
+        """:meth:`GaussianProcess.to_x0_eps` at a scalar time with the cached schedule: the
+        coefficients of :func:`~workbench.processes.prediction_coefficients`."""
         a, s, _ = self._sched(t)
         p = self.prediction
 
@@ -179,22 +180,23 @@ class ModelFn:
                                       f"alpha={a:.3g}, sigma={s:.3g}); start the grid below t=1 or use an x0 / v / velocity model "
                                       "for processes with alpha(1)=0")
 
-        # (fused scalar ops: torch.sub(x, y, alpha=c) = x - c y, then in place on the fresh result)
         if p == "x0":
-            return out, (torch.sub(x, out, alpha=a).mul_(1.0 / s) if s > 0 else torch.zeros_like(x))
-        if p in ("epsilon", "score"):
-            eps = out if p == "epsilon" else out * (-s)
-            if a <= 0:
-                raise bad("alpha = 0")
-            return torch.sub(x, eps, alpha=s).mul_(1.0 / a), eps
-        if p == "v":
-            n = a * a + s * s
-            return torch.mul(x, a / n).sub_(out, alpha=s / n), torch.mul(x, s / n).add_(out, alpha=a / n)
-        da, ds = self._deriv(t)
-        det = a * ds - s * da  # velocity u = a' x0 + s' eps
-        if det == 0:
-            raise bad("alpha sigma' - sigma alpha' = 0")
-        return torch.mul(x, ds / det).sub_(out, alpha=s / det), torch.mul(out, a / det).sub_(x, alpha=da / det)
+            if s <= 0:  # the clean end: eps is undefined and unused
+                return out, torch.zeros_like(x)
+            c = prediction_coefficients(p, a, s)
+            return out, torch.mul(x, c.eps_x).add_(out, alpha=c.eps_out)
+        da = ds = None
+        if p == "velocity":
+            da, ds = self._deriv(t)
+            if a * ds - s * da == 0:
+                raise bad("alpha sigma' - sigma alpha' = 0")
+        elif p != "v" and a <= 0:
+            raise bad("alpha = 0")
+        c = prediction_coefficients(p, a, s, da, ds)
+        # (fused scalar ops on fresh tensors: torch.mul(x, c).add_(y, alpha=d) = c x + d y)
+        x0 = torch.mul(x, c.x0_x).add_(out, alpha=c.x0_out) if c.x0_x != 0 else torch.mul(out, c.x0_out)
+        eps = out if p == "epsilon" else torch.mul(x, c.eps_x).add_(out, alpha=c.eps_out) if c.eps_x != 0 else torch.mul(out, c.eps_out)
+        return x0, eps
 
     # -- helpers every sampler uses ----------------------------------------------------------
     def project(self, x: Tensor) -> Tensor:

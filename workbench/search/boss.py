@@ -388,8 +388,8 @@ def boss_search_domain(domain, model, *, n: int = 256, seed: int = 0, fine_steps
     ``seed + i``: the same noise, masks and labels as :func:`workbench.runner.sample_domain`
     and :func:`~workbench.distill.pairs.build_teacher_pairs` with that seed). With ``cache``
     (a file path) the search is saved there and reloaded when the settings match."""
+    from ..api import generation_batches
     from ..checkpoint import load_state, save_state
-    from ..runner import generation_batches
 
     settings = {"n": int(n), "seed": int(seed), "fine_steps": int(fine_steps), "sampler": sampler,
                 "fine_grid": fine_grid if isinstance(fine_grid, str) else [float(t) for t in torch.as_tensor(fine_grid).flatten()]}
