@@ -2,9 +2,12 @@
 import csv
 import json
 
+import pytest
+
 from workbench.cli import main
 
 
+@pytest.mark.slow
 def test_bench_distill_cli_tiny(tmp_path, capsys, monkeypatch):
     out = tmp_path / "bd"
     args = ["bench", "distill", "domain=toy", f"out={out}", "bench_distill.methods=[consistency]", "bench_distill.student_steps=[1,2]",

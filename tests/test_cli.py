@@ -23,6 +23,7 @@ def run(capsys, *args):
     (["frobnicate"], "unknown command 'frobnicate'; valid: "),
     (["bench", "everything"], "bench needs a kind; valid: samplers, distill"),
     (["generate", "steps"], "expected key=value"),
+    (["generate", "domain=images", "domain.guidance=abc"], "bad value for domain.guidance: "),
 ])
 def test_bad_input_is_one_line_error(capsys, args, needle):
     code, out, err = run(capsys, *args)
@@ -74,6 +75,7 @@ def test_same_seed_same_samples_whatever_the_batch_size(capsys, tmp_path):
     assert np.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bench_samplers_tiny(capsys, tmp_path):
     code, _, err = run(capsys, "bench", "samplers", "domain=toy", f"out={tmp_path}", "bench.nfes=[3,5]",
                        "bench.samplers=[euler,dpm_solver_pp_2m,heun]", "bench.peers=[ddim,dpmsolver_2m]", "bench.n=32", "bench.n_ref=16")
@@ -179,3 +181,38 @@ def test_help_lists_each_commands_keys_with_defaults(capsys, cmd):
 def test_help_shows_the_selected_domains_options(capsys):
     code, out, _ = run(capsys, "generate", "domain=images", "domain.guidance=2.0", "--help")
     assert code == 0 and "domain.guidance=2.0" in out and "domain.dataset='digits'  # digits" in out
+
+
+def test_plugin_commands_share_the_core_grammar_and_help(capsys):
+    """Plugin commands (``workbench.commands`` / ``workbench.bench`` entry points) parse
+    ``key=value`` with hydra's grammar against their options dataclass, list every key with its
+    value on ``--help`` and report bad input in one line (exit code 2)."""
+    from dataclasses import dataclass, field
+    from typing import List, Optional
+
+    from workbench.cli import parse_options, run_plugin_command
+
+    @dataclass
+    class Opts:
+        n: int = field(default=2, metadata={"help": "how many"})
+        sizes: List[int] = field(default_factory=lambda: [1, 2], metadata={"help": "sizes"})
+        path: Optional[str] = None
+        fast: bool = False
+
+    assert parse_options([], Opts, "demo") == {"n": 2, "sizes": [1, 2], "path": None, "fast": False}
+    assert parse_options(["n=5", "sizes=3,4", "path=runs/a.pt", "fast=yes"], Opts, "demo") == \
+        {"n": 5, "sizes": [3, 4], "path": "runs/a.pt", "fast": True}
+    assert parse_options(["sizes=7", "path='x=1'"], Opts, "demo")["sizes"] == [7]
+    assert parse_options(["sizes=[8, 9]", "path=null"], Opts, "demo")["sizes"] == [8, 9]
+    for argv, needle in ((["m=1"], "unknown demo option 'm'; valid: n, sizes, path, fast"), (["n=x"], "option n='x': expected int"),
+                         (["sizes=[a]"], "expected a list of int values"), (["n"], "expected key=value")):
+        with pytest.raises(ValueError, match=needle):
+            parse_options(argv, Opts, "demo")
+    ran = []
+    assert run_plugin_command("demo", ["n=3", "--help"], Opts, ran.append, what="a demo") == 0 and not ran
+    out = capsys.readouterr().out
+    assert out.startswith("workbench demo [key=value ...]: a demo") and "\n  n=3  # how many\n  sizes=[1, 2]  # sizes\n" in out
+    assert run_plugin_command("demo", ["n=4"], Opts, lambda o: f"ran n={o['n']}", what="a demo") == 0
+    assert capsys.readouterr().out == "ran n=4\n"
+    assert run_plugin_command("demo", ["n=x"], Opts, ran.append, what="a demo") == 2 and not ran
+    assert capsys.readouterr().err == "workbench demo: error: option n='x': expected int\n"

@@ -49,7 +49,7 @@ def test_protein_inputs_are_domain_options():
     if "protein_backbone" in DOMAINS:
         for o in ("lengths=[50,60]", "domain.lengths=[50,60]"):
             assert _domain_kwargs(load_config(["domain=protein_backbone", o]))[1]["lengths"] == [50, 60]
-        assert "lengths" not in _domain_kwargs(load_config(["domain=protein_backbone"]))[1]  # unset: not passed on
+        assert _domain_kwargs(load_config(["domain=protein_backbone"]))[1]["lengths"] is None  # unset: the training histogram
     if "structure_prediction" in DOMAINS:
         assert _domain_kwargs(load_config(["domain=structure_prediction", "fasta=x.fasta"]))[1]["fasta"] == "x.fasta"
 

@@ -2,7 +2,7 @@
 ``workbench.commands`` entry point, one-line errors."""
 import pytest
 
-from domains.proteins.cli import OPTIONS, parse_args
+from domains.proteins.cli import DesignabilityOptions, parse_args
 from workbench.cli import main, plugin_commands
 
 
@@ -14,9 +14,12 @@ def test_parse_args_splits_paths_and_typed_options():
     inputs, o = parse_args(["runs/x", "a.pdb", "runs/*.cif", "n_seq=4", "temperature=0.2", "resume=false", "out=/tmp/d"])
     assert inputs == ["runs/x", "a.pdb", "runs/*.cif"]
     assert o["n_seq"] == 4 and o["temperature"] == 0.2 and o["resume"] is False and o["out"] == "/tmp/d"
-    assert o["folder"] == OPTIONS["folder"][1]  # untouched options keep their defaults
+    assert o["folder"] == DesignabilityOptions.folder  # untouched options keep their defaults
     inputs, _ = parse_args(["--", "weird=name.pdb"])
     assert inputs == ["weird=name.pdb"]
+    # the core commands' grammar: null, quoted strings, yes/no booleans
+    _, o = parse_args(["x.pdb", "fold_steps=null", "reference='natives'", "all_chains=yes"])
+    assert o["fold_steps"] is None and o["reference"] == "natives" and o["all_chains"] is True
 
 
 @pytest.mark.parametrize("argv,msg", [(["x.pdb", "nope=1"], "unknown designability option 'nope'; valid: out, n_seq"),
@@ -33,4 +36,8 @@ def test_cli_exit_code_and_message(capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown designability option 'nope'" in err
     assert main(["designability", "--help"]) == 0
-    assert "DIR_OR_FILES" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith("workbench designability DIR_OR_FILES... [key=value ...]: ")
+    assert "\n  n_seq=8  # sequences designed per backbone" in out and "\n  fold_steps=None  # " in out
+    assert main(["designability", "x.pdb", "n_seq=2", "--help"]) == 0  # the current values, nothing runs
+    assert "\n  n_seq=2  # " in capsys.readouterr().out

@@ -229,6 +229,7 @@ def test_fashion_mnist_real_package():
 
 
 @pytest.mark.skipif(not fashion_mnist_available(), reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.slow
 def test_check_domain_fashion_mnist():
     d = ImagesDomain(dataset="fashion_mnist")
     # no Fashion-MNIST teacher is shipped (see checkpoints/README.md): check with a fresh backbone

@@ -34,6 +34,7 @@ def tiny_model(dom=None, seed=0, **kw):
     return (dom or tiny_domain(**kw)).build_backbone().eval()
 
 
+@pytest.mark.slow
 def test_check_domain_contract(tmp_path):
     rep = check_domain(tiny_domain(), teacher=False, tmpdir=tmp_path)
     assert rep["domain"] == "protein_backbone"
@@ -375,3 +376,26 @@ def test_shipped_teacher_loads():
         out = teacher(gb.x_T, torch.full((2,), 0.5), mask=gb.mask)
     assert out.shape == gb.x_T.shape and torch.isfinite(out).all()
     assert sum(p.numel() for p in teacher.parameters()) * 4 < 5e6
+
+
+def test_config_dataclass_and_template_hooks(tmp_path):
+    """Options come from the Config dataclass (defaults filled, unknown keys and bad values are
+    one-line errors); no two-time students; a missing teacher names the regenerate command and
+    a teacher of another domain is refused by the template's check."""
+    from workbench.checkpoint import save_weights
+
+    dom = ProteinBackboneDomain()
+    assert dom.config["data"] == "globular" and dom.config["lengths"] is None and dom.config["novelty_reference"] == 32
+    with pytest.raises(ValueError, match="unknown protein_backbone domain option.*lenghts; valid: data, root, n_max, lengths"):
+        ProteinBackboneDomain(lenghts=[50])
+    with pytest.raises(ValueError, match="unknown protein_backbone data 'fake'; valid: globular, real, ideal, mixed"):
+        ProteinBackboneDomain(data="fake")
+    assert not dom.supports("build_two_time_backbone")
+    with pytest.raises(NotImplementedError, match="does not support two-time"):
+        dom.build_two_time_backbone()
+    with pytest.raises(CheckpointError, match="regenerate it with `python -m domains.protein_backbone.train`"):
+        dom.load_teacher(str(tmp_path / "none.safetensors"))
+    torch.manual_seed(0)
+    save_weights(tmp_path / "other.safetensors", tiny_model(), {"domain": "toy", "config": {}})
+    with pytest.raises(CheckpointError, match="trained for domain 'toy', not 'protein_backbone'"):
+        tiny_domain().load_teacher(str(tmp_path / "other.safetensors"))

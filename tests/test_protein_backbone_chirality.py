@@ -120,6 +120,7 @@ def test_mirror_test_tells_symmetric_from_chiral_models():
     assert all(g > 0.1 for g in r["gap"]) and r["native_better_fraction"] == [1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_shipped_teacher_denoises_natives_better_than_their_mirror_images():
     dom = ProteinBackboneDomain()
     net = dom.load_teacher()

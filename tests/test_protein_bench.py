@@ -32,11 +32,11 @@ def fnum(s):
 # options
 # ---------------------------------------------------------------------------------------------
 def test_parse_options_types_lists_and_defaults():
-    o = B.parse_options(["n=3", "steps=[2,3]", "full_steps=7", "progress=false"], B.STRUCTURE_OPTIONS, "structure")
+    o = B.parse_options(["n=3", "steps=[2,3]", "full_steps=7", "progress=false"], B.StructureBenchOptions, "structure")
     assert o["n"] == 3 and o["steps"] == [2, 3] and o["full_steps"] == 7 and o["progress"] is False
     assert o["max_length"] == 150 and o["seed"] == 0 and o["threads"] == 1  # defaults
     o = B.parse_options(["noise_scales=1.0,0.5", "generators=[a.safetensors, b.safetensors]", "designability=no"],
-                        B.BACKBONE_OPTIONS, "backbone")
+                        B.BackboneBenchOptions, "backbone")
     assert o["noise_scales"] == [1.0, 0.5] and o["generators"] == ["a.safetensors", "b.safetensors"]
     assert o["designability"] is False and o["student_steps"] == [1, 8, 16] and o["teacher"] is None
 
@@ -47,11 +47,29 @@ def test_parse_options_types_lists_and_defaults():
     (["n=ten"], "option n='ten': expected int"),
     (["steps=[2,x]"], "expected a list of int"),
     (["progress=maybe"], "expected true or false"),
+    (["n=1,2"], "option n='1,2': expected one int value"),
+    (["out=a'b"], "option out=\"a'b\": token recognition error"),
 ])
 def test_parse_options_errors_are_one_line(argv, needle):
     with pytest.raises(ValueError) as e:
-        B.parse_options(argv, B.STRUCTURE_OPTIONS, "structure")
+        B.parse_options(argv, B.StructureBenchOptions, "structure")
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kind, main, options", [("structure", B.structure_main, B.StructureBenchOptions),
+                                                  ("designability", B.designability_main, B.DesignabilityBenchOptions),
+                                                  ("backbone", B.backbone_main, B.BackboneBenchOptions)])
+def test_help_lists_every_key_with_its_value(kind, main, options, capsys):
+    """``--help`` in the core commands' form: every key with its default (or the value given
+    on the same line) and its description; nothing runs."""
+    import dataclasses
+
+    assert main(["n=3", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"workbench bench {kind} [key=value ...]: ")
+    for f in dataclasses.fields(options):
+        value = 3 if f.name == "n" else getattr(options(), f.name)
+        assert f"\n  {f.name}={value!r}  # {f.metadata['help']}" in out, f.name
 
 
 @pytest.mark.parametrize("main, argv, needle", [
@@ -125,8 +143,10 @@ def test_structure_acceptance_rows():
 
 
 def test_backbone_acceptance_rules():
-    teacher = {"nfe": 200, "designable_fraction": 0.5, "diversity_cluster_fraction": 0.8, "novelty_max_tm_mean": 0.6}
-    ok = {"nfe": 8, "designable_fraction": 0.46, "diversity_cluster_fraction": 0.75, "novelty_max_tm_mean": 0.65}
+    geo = {"dssp_helix": 0.30, "dssp_strand": 0.20, "rg_ratio_mean": 1.0}
+    teacher = {"nfe": 200, "designable_fraction": 0.5, "diversity_cluster_fraction": 0.8, "novelty_max_tm_mean": 0.6, **geo}
+    ok = {"nfe": 8, "designable_fraction": 0.46, "diversity_cluster_fraction": 0.75, "novelty_max_tm_mean": 0.65,
+          "dssp_helix": 0.28, "dssp_strand": 0.21, "rg_ratio_mean": 1.05}
     r = B.backbone_acceptance(teacher, ok)
     assert r["nfe_ratio"] == 25.0 and r["nfe_ok"] and r["meets"] is True
     assert r["designable_fraction_rel"] == pytest.approx(0.08)
@@ -137,8 +157,12 @@ def test_backbone_acceptance_rules():
     assert B.backbone_acceptance(teacher, {**ok, "designable_fraction": 0.44})["meets"] is False  # 12% less designable
     assert B.backbone_acceptance(teacher, {**ok, "diversity_cluster_fraction": 0.7})["meets"] is False  # 12.5% less diverse
     assert B.backbone_acceptance(teacher, {**ok, "novelty_max_tm_mean": 0.7})["meets"] is False  # 16.7% less novel
-    better = {"nfe": 1, "designable_fraction": 0.9, "diversity_cluster_fraction": 1.0, "novelty_max_tm_mean": 0.3}
+    better = {"nfe": 1, "designable_fraction": 0.9, "diversity_cluster_fraction": 1.0, "novelty_max_tm_mean": 0.3, **geo}
     assert B.backbone_acceptance(teacher, better)["meets"] is True
+    # helix, strand and Rg ratio are two-sided: 12% more helix fails like 12% less
+    assert r["dssp_helix_rel"] == pytest.approx(0.02 / 0.3) and r["dssp_strand_rel"] == pytest.approx(0.05)
+    for k, v in (("dssp_helix", 0.336), ("dssp_helix", 0.264), ("dssp_strand", 0.23), ("rg_ratio_mean", 0.88), ("rg_ratio_mean", 1.12)):
+        assert B.backbone_acceptance(teacher, {**ok, k: v})["meets"] is False, (k, v)
     assert B.backbone_acceptance(teacher, {**ok, "designable_fraction": None})["meets"] is None  # designability not run
     zero = B.backbone_acceptance({**teacher, "designable_fraction": 0.0}, {**ok, "designable_fraction": 0.0})
     assert zero["designable_fraction_ok"] is None and zero["meets"] is None  # teacher never designable: not assessable
@@ -259,6 +283,7 @@ def tiny_generator(tmp_path_factory):
     return res["generator"]
 
 
+@pytest.mark.slow
 def test_bench_backbone_end_to_end(tmp_path, tiny_generator, capsys):
     out = tmp_path / "b"
     argv = [f"out={out}", "n=2", "lengths=[28,32]", "teacher_steps=4", f"generators={tiny_generator}", "student_steps=[2]",
@@ -338,6 +363,7 @@ def test_heldout_batch_is_centred_crops_of_heldout_chains():
         B.heldout_batch(dom, [5000])
 
 
+@pytest.mark.slow
 def test_bench_backbone_teacher_only_without_designability(tmp_path):
     res = B.bench_backbone(tmp_path / "t", n=2, lengths=[20], teacher_steps=3, designability=False, reference=False,
                            progress=False)

@@ -50,6 +50,7 @@ def mpnn():
     return ProteinMPNN(ca_only=True)
 
 
+@pytest.mark.slow
 def test_self_nll_native_below_random_coil(mpnn, ubq, coil):
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     seqs, nlls = mpnn.design_scored([ubq, coil], n_seq=4, temperature=0.1, generator=g())
@@ -73,6 +74,7 @@ class EchoFolder:
         return [Chain("f", s, self.by_len[len(s)].ca.astype(np.float64) + 1.0) for s in sequences]
 
 
+@pytest.mark.slow
 def test_report_leads_with_labelled_offline_columns(mpnn, ubq, coil, tmp_path):
     ref = Chain("ref", ubq.sequence[:70], ubq.coords[:70])  # a distinct length for the echo folder
     folder = EchoFolder([ubq, coil, ref])

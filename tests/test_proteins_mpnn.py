@@ -38,11 +38,13 @@ def test_loads_shipped_weights_and_rejects_unknown():
         ProteinMPNN(ca_only=True, soluble=True)
 
 
+@pytest.mark.slow
 def test_ca_only_recovers_native_sequence(mpnn_ca, ubq):
     rec = mpnn_ca.recovery(ubq, n_seq=8, temperature=0.1, generator=torch.Generator().manual_seed(0))[0]
     assert rec > 0.40, rec
 
 
+@pytest.mark.slow
 def test_full_backbone_recovers_native_sequence(ubq):
     m = ProteinMPNN(ca_only=False)
     rec = m.recovery(ubq, n_seq=8, temperature=0.1, generator=torch.Generator().manual_seed(0))[0]

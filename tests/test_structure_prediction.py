@@ -241,7 +241,7 @@ def test_shipped_checkpoint():
     assert CKPT.stat().st_size < 5e6
     check_domain(StructurePredictionDomain(max_length=100), teacher=True)  # default targets: held-out test chains
     d = StructurePredictionDomain(sequences=SEQS[:2])
-    teacher = d.load_teacher()
+    teacher = d.teacher()  # the predictor predict() and the folder use: loaded once, frozen
     assert teacher.prediction == "x0" and not any(p.requires_grad for p in teacher.parameters())
     ode = {"gamma0": 0.0, "step_scale_eta": 1.0}
     assert [len(p) for p in d.folder(steps=5, options=ode).fold(SEQS[:2])] == [len(s) for s in SEQS[:2]]
@@ -273,3 +273,35 @@ def test_default_targets_follow_the_sample_seed_not_the_chunk():
     whole = next(iter(generation_batches(d, T + 2, 0, T + 2)))[0].info["names"]
     chunks = [n for gb, _ in generation_batches(d, T + 2, 0, 2) for n in gb.info["names"]]
     assert chunks == whole and whole[T] == whole[0]
+
+
+def test_config_dataclass_and_checkpoint_hooks(tmp_path):
+    """Options come from the Config dataclass (unknown keys and bad values are one-line errors);
+    the template's hooks check the header (domain, sigma_data, an explicit sequence_encoder) and
+    adopt the checkpoint's architecture unless ``net`` was set."""
+    from workbench.checkpoint import save_weights
+
+    with pytest.raises(ValueError, match="unknown structure_prediction domain option.*recycle; valid: source, root"):
+        StructurePredictionDomain(recycle=2)
+    with pytest.raises(ValueError, match="unknown sequence_encoder 'bert'; valid: onehot, plm, esm"):
+        StructurePredictionDomain(sequence_encoder="bert")
+    with pytest.raises(ValueError, match="give either sequences"):
+        StructurePredictionDomain(sequences=SEQS, fasta="x.fasta")
+    assert StructurePredictionDomain().config["sampler"] == "af3_edm"
+    d = tiny()
+    torch.manual_seed(0)
+    path = tmp_path / "t.safetensors"
+    save_weights(path, d.build_backbone(), {"domain": "structure_prediction", "config": dict(d.config)})
+    plain = StructurePredictionDomain(sequences=SEQS)  # default net: adopts the checkpoint's tiny one
+    shape = d.build_backbone().state_dict()["backbone.trunk.s_init.weight"].shape
+    assert plain.load_teacher(str(path)).state_dict()["backbone.trunk.s_init.weight"].shape == shape
+    assert plain.config["net"] == TINY and plain.build_backbone().state_dict()["backbone.trunk.s_init.weight"].shape == shape
+    with pytest.raises(CheckpointError, match="sigma_data=16.0, not 10.0"):
+        tiny(sigma_data=10.0).load_teacher(str(path))
+    with pytest.raises(CheckpointError, match="sequence_encoder='onehot', not 'plm'"):
+        tiny(sequence_encoder="plm").load_teacher(str(path))
+    with pytest.raises(CheckpointError, match="regenerate it with `python -m domains.structure_prediction.train`"):
+        d.load_teacher(str(tmp_path / "none.safetensors"))
+    save_weights(tmp_path / "o.safetensors", d.build_backbone(), {"domain": "toy"})
+    with pytest.raises(CheckpointError, match="is a 'toy' model, not a structure_prediction one"):
+        d.load_teacher(str(tmp_path / "o.safetensors"))

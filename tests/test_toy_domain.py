@@ -43,6 +43,7 @@ def test_config_validation():
     assert torch.allclose(d.process().alpha(t), ToyDomain(dataset="pointset").process().alpha(t), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_exact_gmm_many_steps_is_near_perfect():
     d = ToyDomain(dataset="gmm", teacher="exact")
     m = d.load_teacher()
@@ -60,6 +61,7 @@ def test_exact_gmm_many_steps_is_near_perfect():
     assert d.evaluate(Batch(x=x1))["sw"] > 5 * got["sw"]
 
 
+@pytest.mark.slow
 def test_exact_pointset_many_steps():
     d = ToyDomain(dataset="pointset", teacher="exact")
     m = d.load_teacher()
@@ -148,6 +150,7 @@ def test_teacher_checkpoint_errors(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("dataset", ["gmm", "pointset"])
+@pytest.mark.slow
 def test_shipped_teacher_quality(dataset):
     """The shipped network against the exact denoiser, both sampled with 20-step DDIM from
     the same noise (the numbers domains/toy/train_teachers.py reports)."""

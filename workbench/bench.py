@@ -105,7 +105,7 @@ def bench_samplers(domain: Union[str, Domain], *, out_dir, domain_config: Option
                               cond=tree_map(lambda a: a[:n_ref], gb.cond), rtol=REF_TOL, atol=REF_TOL)
     ref = ref.x if hasattr(ref, "x") else ref
     ref_seconds = time.perf_counter() - t0
-    primary = getattr(dom, "primary_metric", None)
+    primary = dom.primary_metric
     rows = []
     jobs = [(s, k) for s in names for k in nfes] + [(f"diffusers:{p}", k) for p in peers for k in nfes]
     for name, nfe in tqdm(jobs, desc="bench", disable=not progress, leave=False):

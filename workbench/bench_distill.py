@@ -82,7 +82,9 @@ def bench_distill(domain: Union[str, Domain], *, methods: Optional[list] = None,
     from .distill.recipes import available_methods
 
     dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
-    metric = getattr(dom, "primary_metric", None) or "sw"
+    metric = dom.primary_metric
+    if not metric:
+        raise ValueError(f"bench distill ranks by the domain's primary_metric, and domain {dom.name!r} declares none")
     methods = list(methods) if methods else available_methods()
     bad = [m for m in methods if m not in available_methods()]
     if bad:

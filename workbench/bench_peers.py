@@ -46,8 +46,8 @@ number of steps; the two sides interleaved (alternating order), median of ``repe
 (:func:`bookkeeping_pairs`): euler / DDIM and EulerDiscrete, DPM-Solver++ 2M / 3M,
 UniPC-2, DEIS-2 (log-rho and tAB) and Heun / HeunDiscrete.
 
-Run it with ``workbench bench peers threads=1 out=DIR`` (keys under ``bench_peers.`` in
-``configs/config.yaml``).
+Run it with ``workbench bench peers threads=1 out=DIR`` (keys ``bench_peers.*`` of
+``workbench/configs/config.yaml``; ``workbench bench peers --help`` lists them).
 """
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ Errors are one line naming the problem and the valid choices; exit code 2.
     workbench demo out=demo
 
 Domain plugins add commands through the entry-point group ``workbench.commands`` (e.g.
-``workbench designability DIR_OR_FILES ...`` from the protein domains); ``workbench help``
-lists the installed ones.
+``workbench designability DIR_OR_FILES ...`` from the protein domains) and benchmark kinds
+through ``workbench.bench``; ``workbench help`` lists the installed ones. They parse their
+options with the same grammar and ``--help`` (:func:`run_plugin_command` on an options dataclass).
 """
 from __future__ import annotations
 
@@ -168,6 +169,8 @@ def load_config(overrides: list[str]):
             msg = str(e).splitlines()[0]
             bad = next((o.split("=", 1)[0].lstrip("+~") for o in overrides
                         if f"'{o}'" in msg or f"'{o.split('=', 1)[0].lstrip('+~')}'" in msg), None)
+            if bad is None:  # hydra quotes some messages ("Error merging override domain.x=abc") without quotes
+                bad = next((o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o and o in msg), None)
             if bad is not None and bad != "domain":
                 valid = _valid_keys(compose(config_name="config", overrides=[f"domain={dom}"]))
                 if bad not in valid:
@@ -185,9 +188,6 @@ def _domain_kwargs(cfg) -> tuple[str, dict]:
 
     d = OmegaConf.to_container(cfg.domain, resolve=True)
     name = d.pop("name")
-    for k in MOVED_TO_DOMAIN:  # passed on only when set, as when they were top-level keys
-        if k in d and d[k] is None:
-            del d[k]
     return name, d
 
 
@@ -464,6 +464,124 @@ def plugin_commands(group: str = COMMAND_GROUP) -> dict:
 
     builtin = COMMANDS if group == COMMAND_GROUP else BENCH_KINDS
     return {ep.name: ep for ep in entry_points(group=group) if ep.name not in builtin}
+
+
+# -- plugin commands: the same key=value grammar and --help as the core commands -----------------
+def parse_options(argv, options: type, command: str) -> dict:
+    """``key=value`` arguments of a plugin command -> ``{key: value}`` for every field of the
+    dataclass ``options`` (its defaults where not given). Values follow hydra's override grammar,
+    as in the core commands (``[a,b]`` lists, also ``a,b`` or one item for a list option; ``null``;
+    quotes), and OmegaConf checks them against the field types. Bad input raises a one-line
+    ValueError naming the valid keys."""
+    import dataclasses
+    import typing
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    keys = [f.name for f in dataclasses.fields(options)]
+    hints = typing.get_type_hints(options)
+    cfg = OmegaConf.structured(options)
+    parser = OverridesParser.create()
+    for a in argv:
+        key, sep, raw = a.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{command}: expected key=value, got {a!r}; valid keys: {', '.join(keys)}")
+        if key not in keys:
+            raise ValueError(f"unknown {command} option {key!r}; valid: {', '.join(keys)}")
+        try:
+            ov = parser.parse_override(a)
+        except HydraException as e:
+            raise ValueError(f"option {key}={raw!r}: {str(e).strip().splitlines()[0]}") from None
+        value, is_list = ov.value(), _list_item_type(hints[key]) is not None
+        if ov.is_sweep_override():
+            if not (isinstance(value, ChoiceSweep) and is_list):
+                raise ValueError(f"option {key}={raw!r}: expected one {_type_words(hints[key])} value")
+            value = list(value.list)
+        elif is_list and value is not None and not isinstance(value, list):
+            value = [value]  # a list option given one item
+        try:
+            cfg[key] = value
+        except OmegaConfBaseException:
+            raise ValueError(f"option {key}={raw!r}: expected {_type_words(hints[key])}") from None
+    return OmegaConf.to_container(cfg)
+
+
+def _list_item_type(tp):
+    """The item type of ``list[T]`` / ``Optional[list[T]]`` (``None`` if not a list type)."""
+    import typing
+
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is typing.Union else [tp]
+    for a in args:
+        if typing.get_origin(a) in (list, typing.List) or a is list:
+            return (typing.get_args(a) or (str,))[0]
+    return None
+
+
+def _type_words(tp) -> str:
+    import typing
+
+    item = _list_item_type(tp)
+    if item is not None:
+        return f"a list of {getattr(item, '__name__', item)} values like [a,b]"
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is typing.Union else [tp]
+    if args and args[0] is bool:
+        return "true or false"
+    return " or ".join(getattr(a, "__name__", str(a)) for a in args) + (" or null" if len(args) < len(typing.get_args(tp)) else "")
+
+
+def options_help(command: str, what: str, options: type, values: Optional[dict] = None, *, usage: str = "[key=value ...]",
+                 doc: str = "") -> str:
+    """``workbench COMMAND --help`` of a plugin command, in the core commands' form: what it does
+    and each key of the dataclass ``options`` with its current value (``values``, else the
+    default) and its ``metadata["help"]``; then ``doc``."""
+    import dataclasses
+
+    vals = values if values is not None else dataclasses.asdict(options())
+    lines = [f"workbench {command} {usage}: {what}", "", "keys (current value):"]
+    for f in dataclasses.fields(options):
+        note = f.metadata.get("help")
+        lines.append(f"  {f.name}={vals[f.name]!r}" + (f"  # {note}" if note else ""))
+    return "\n".join(lines + (["", doc.strip()] if doc else []))
+
+
+def run_plugin_command(command: str, argv, options: type, run, *, what: str, usage: str = "[key=value ...]", doc: str = "",
+                       split_inputs=None) -> int:
+    """The ``main(argv) -> exit code`` of a plugin command (entry-point groups ``workbench.commands``
+    and ``workbench.bench``) with the core commands' conventions: ``--help`` (or ``help``) lists
+    the keys with their current values; :func:`parse_options` reads the ``key=value`` options of
+    the dataclass ``options``; a ``threads`` option (when set) sets torch's threads; ``run(opts)``
+    (``run(inputs, opts)`` when ``split_inputs(argv) -> (inputs, rest)`` separates positional
+    inputs) returns the text to print. Bad input: one line ``workbench COMMAND: error: ...`` on
+    stderr, exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    helpflag = (split_inputs is not None and not argv) or (argv[:1] == ["help"]) or any(a in ("-h", "--help") for a in argv)
+    rest = [a for a in argv if a not in ("-h", "--help", "help")] if helpflag else argv
+    try:
+        inputs, rest = split_inputs(rest) if split_inputs is not None else (None, rest)
+        opts = parse_options(rest, options, command)
+        if helpflag:
+            print(options_help(command, what, options, opts, usage=usage, doc=doc))
+            return 0
+        if opts.get("threads") is not None:
+            if int(opts["threads"]) < 1:
+                raise ValueError(f"threads must be >= 1, got {opts['threads']}")
+            import torch
+
+            torch.set_num_threads(int(opts["threads"]))
+        msg = run(opts) if split_inputs is None else run(inputs, opts)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:  # incl. CheckpointError (a RuntimeError)
+        if os.environ.get("WORKBENCH_DEBUG"):
+            raise
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"workbench {command}: error: {text}", file=sys.stderr)
+        return 2
+    if msg:
+        print(msg)
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:

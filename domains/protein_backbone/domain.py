@@ -52,6 +52,8 @@ first input included); their spec records the noise scale and ``scale_initial_no
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -59,7 +61,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from workbench.checkpoint import CheckpointError, load_state_into, load_weights
 from workbench.domain import Domain, GenerationBatch
 from workbench.losses import Batch
 from workbench.model import Denoiser
@@ -70,29 +71,44 @@ from .nets import DEFAULT_NET, ProteinTransformer
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 DATA_SOURCES = ("globular", "real", "ideal", "mixed")
 SPLITS = ("train", "val", "test")
-CONFIG_KEYS = ("data", "root", "n_max", "lengths", "net", "self_conditioning", "prediction", "loss_space", "time_sampler",
-               "p_self_cond", "novelty_reference")
 #: Angstrom -> domain units (nm)
 SCALE = 0.1
 
 
+@dataclass
+class ProteinBackboneConfig:
+    """Options of the protein_backbone domain (``domain.<key>=`` on the command line; the module
+    docstring says more)."""
+
+    data: str = field(default="globular", metadata={"help": "training chains: " + ", ".join(DATA_SOURCES)})
+    root: Optional[str] = field(default=None, metadata={"help": "a directory of your own PDB/mmCIF files (replaces the shipped chains)"})
+    n_max: int = field(default=128, metadata={"help": "padded chain length; generated lengths above it pad further"})
+    lengths: Any = field(default=None, metadata={"help": "chain lengths to generate, e.g. [50,100] (null: the training length histogram)"})
+    net: dict = field(default_factory=lambda: dict(DEFAULT_NET), metadata={"help": "ProteinTransformer options (merged over DEFAULT_NET), e.g. domain.net.depth=2"})
+    self_conditioning: bool = field(default=True, metadata={"help": "Proteina-style self-conditioning on the previous step's estimate"})
+    prediction: str = field(default="velocity", metadata={"help": "what the network outputs: velocity or x0"})
+    loss_space: str = field(default="velocity", metadata={"help": "training loss space: velocity or x0"})
+    time_sampler: str = field(default="proteina", metadata={"help": "training times: proteina, uniform or logit_normal"})
+    p_self_cond: float = field(default=0.5, metadata={"help": "probability of a self-conditioning pass in training"})
+    novelty_reference: int = field(default=32, metadata={"help": "training chains novelty is measured against (0: no novelty)"})
+
+
+#: the option names (fields of :class:`ProteinBackboneConfig`)
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(ProteinBackboneConfig))
+
+
 class ProteinBackboneDomain(Domain):
-    """Unconditional CA-backbone generation (see the module docstring for the config)."""
+    """Unconditional CA-backbone generation. Config: :class:`ProteinBackboneConfig` (see also the
+    module docstring)."""
 
     name = "protein_backbone"
     description = "protein CA backbones (nm, zero CoM, masked) with a small Proteina-like flow-matching teacher"
+    Config = ProteinBackboneConfig
     formats = ("pdb", "cif")
     has_exact_model = False
     primary_metric = "ca_ca_outlier_fraction"
 
     def __init__(self, **config):
-        unknown = sorted(set(config) - set(CONFIG_KEYS))
-        if unknown:
-            raise ValueError(f"unknown protein_backbone option(s) {unknown}; valid: {', '.join(CONFIG_KEYS)}")
-        config.setdefault("data", "globular")
-        config.setdefault("n_max", 128)
-        config.setdefault("self_conditioning", True)
-        config.setdefault("prediction", "velocity")
         super().__init__(**config)
         if self.config["data"] not in DATA_SOURCES:
             raise ValueError(f"unknown protein_backbone data {self.config['data']!r}; valid: {', '.join(DATA_SOURCES)}")
@@ -148,9 +164,6 @@ class ProteinBackboneDomain(Domain):
     def build_backbone(self, **kwargs) -> nn.Module:
         """A fresh :class:`~domains.protein_backbone.nets.ProteinTransformer` (kwargs override
         its sizes) in a :class:`~workbench.model.Denoiser` (process time as input)."""
-        if kwargs.get("two_time"):
-            raise ValueError("protein_backbone has no two-time (average-velocity) backbone; use a consistency/flow method")
-        kwargs.pop("two_time", None)
         net = ProteinTransformer(**self.net_config(**kwargs))
         return Denoiser(net, self._process, net.prediction, time_map="identity")
 
@@ -164,28 +177,15 @@ class ProteinBackboneDomain(Domain):
     def default_teacher_path(self) -> Path:
         return CHECKPOINT_DIR / "teacher.safetensors"
 
-    def load_teacher(self, path: Optional[str] = None, *, device="cpu") -> nn.Module:
-        """The shipped (or ``path``) teacher; missing / mismatched files raise
-        :class:`~workbench.checkpoint.CheckpointError`."""
-        p = Path(path) if path is not None else self.default_teacher_path()
-        if not p.exists():
-            raise CheckpointError(f"checkpoint not found: {p} (the shipped protein_backbone teacher; regenerate it with "
-                                  f"'python -m domains.protein_backbone.train')")
-        state, meta = load_weights(p, device=device)
-        dom = meta.get("domain") if isinstance(meta, dict) else None
-        if dom is not None and dom != self.name:
-            raise CheckpointError(f"checkpoint {p} was trained for domain {dom!r}, not {self.name!r}")
-        self.adopt_checkpoint_architecture(meta, state.keys())
-        model = self.build_backbone()
-        load_state_into(model, state, p)
-        return model.to(device).eval()
+    def teacher_regenerate_command(self) -> str:
+        return "python -m domains.protein_backbone.train"
 
     def adopt_checkpoint_architecture(self, meta: dict, keys) -> None:
         """Build the checkpoint's network from now on: its header's ``config["net"]``,
         ``self_conditioning`` and ``prediction`` replace this domain's. Headers written before
         ``coord_head`` existed (the linear-head teacher of earlier releases) get it from the
         weights: ``relative`` when they hold ``rel_head`` parameters, else ``linear``."""
-        cfg = meta.get("config") if isinstance(meta, dict) else None
+        cfg = meta.get("config")
         cfg = cfg if isinstance(cfg, dict) else {}
         net = dict(cfg.get("net") or {})
         if "coord_head" not in net:

@@ -43,8 +43,10 @@ teacher's own data set at the same lengths through the same metrics and designab
 (``reference=false`` drops it). Writes ``backbone.csv``, ``backbone.json``,
 ``backbone.md`` and ``backbone.png``.
 
-Options are ``key=value``; lists are ``[a,b]`` or ``a,b``. Bad options give a one-line error
-naming the valid keys (exit code 2).
+Options (:class:`StructureBenchOptions`, :class:`DesignabilityBenchOptions`, :class:`BackboneBenchOptions`) are
+``key=value`` parsed as in every ``workbench`` command (hydra's grammar; lists are ``[a,b]`` or
+``a,b``); ``--help`` lists them with their defaults. Bad options give a one-line error naming the
+valid keys (exit code 2).
 """
 from __future__ import annotations
 
@@ -52,10 +54,10 @@ import csv
 import io
 import json
 import math
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -72,48 +74,75 @@ TEACHER_SAMPLERS = ("euler", "sde")
 
 
 # --------------------------------------------------------------------------------------------
-# option parsing
+# options: one dataclass per kind, parsed as every ``workbench`` command (workbench.cli.parse_options)
 # --------------------------------------------------------------------------------------------
-from .cli import _parse_bool  # noqa: E402  (one boolean syntax for every protein command)
+def _list(default, help: str):
+    return field(default_factory=lambda: list(default), metadata={"help": help})
 
 
-def _parse_list(key: str, v: str, item: Callable) -> list:
-    s = v.strip()
-    if s.startswith("[") and s.endswith("]"):
-        s = s[1:-1]
-    parts = [p.strip().strip("'\"") for p in s.split(",") if p.strip()]
-    if not parts:
-        raise ValueError(f"option {key}={v!r}: expected a non-empty list like [a,b]")
-    try:
-        return [item(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"option {key}={v!r}: expected a list of {item.__name__} values like [a,b]") from None
+@dataclass
+class StructureBenchOptions:
+    """Options of ``workbench bench structure``."""
+
+    out: str = field(default="outputs/bench_structure", metadata={"help": "output folder"})
+    n: int = field(default=10, metadata={"help": "held-out test chains"})
+    max_length: int = field(default=150, metadata={"help": "longest chain"})
+    steps: List[int] = _list([2, 3, 5], "few-step ODE step counts")
+    full_steps: int = field(default=200, metadata={"help": "steps of AF3's sampler (the reference row)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    repeats: int = field(default=1, metadata={"help": "timing repeats"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads"})
+    progress: bool = field(default=True, metadata={"help": "progress messages"})
 
 
-def parse_options(argv: Sequence[str], spec: dict, kind: str) -> dict:
-    """``key=value`` arguments -> typed options with defaults.
+@dataclass
+class DesignabilityBenchOptions:
+    """Options of ``workbench bench designability``."""
 
-    ``spec`` maps each key to ``(type, default)``; type is ``int``, ``float``, ``bool``, ``str``
-    or ``("list", int|float|str)``. Unknown keys, arguments that are not ``key=value`` and
-    unparsable values raise a one-line ValueError naming the valid keys."""
-    opts = {k: d for k, (_, d) in spec.items()}
-    for a in argv:
-        key, sep, val = a.partition("=")
-        if not sep or not key:
-            raise ValueError(f"bench {kind}: expected key=value, got {a!r}; valid keys: {', '.join(spec)}")
-        if key not in spec:
-            raise ValueError(f"unknown bench {kind} option {key!r}; valid: {', '.join(spec)}")
-        typ = spec[key][0]
-        if isinstance(typ, tuple):
-            opts[key] = _parse_list(key, val, typ[1])
-        elif typ is bool:
-            opts[key] = _parse_bool(key, val)
-        else:
-            try:
-                opts[key] = typ(val)
-            except ValueError:
-                raise ValueError(f"option {key}={val!r}: expected {typ.__name__}") from None
-    return opts
+    out: str = field(default="outputs/bench_designability", metadata={"help": "output folder"})
+    n: int = field(default=100, metadata={"help": "backbones"})
+    length: int = field(default=100, metadata={"help": "residues per backbone"})
+    n_seq: int = field(default=8, metadata={"help": "sequences designed per backbone"})
+    fold_steps: int = field(default=5, metadata={"help": "steps of the folder's sampler"})
+    source: str = field(default="ideal", metadata={"help": "ideal, real or a directory of structure files"})
+    fold_sampler: str = field(default="ode", metadata={"help": "ode (probability-flow ODE) or af3 (AF3's sampler)"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per folding batch"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads"})
+    progress: bool = field(default=True, metadata={"help": "progress messages"})
+
+
+@dataclass
+class BackboneBenchOptions:
+    """Options of ``workbench bench backbone``."""
+
+    out: str = field(default="outputs/bench_backbone", metadata={"help": "output folder"})
+    n: int = field(default=16, metadata={"help": "samples per row"})
+    lengths: List[int] = _list([60, 80, 100], "chain lengths (each sample draws one)")
+    teacher_steps: int = field(default=200, metadata={"help": "teacher sampler steps"})
+    teacher: Optional[str] = field(default=None, metadata={"help": "teacher checkpoint (null: the shipped one)"})
+    generators: List[str] = _list([], "distilled generator.safetensors files")
+    student_steps: List[int] = _list([1, 8, 16], "student step counts")
+    noise_scales: List[float] = _list([1.0], "student noise scales (multistep SiD noise modulation)")
+    designability: bool = field(default=True, metadata={"help": "designability of the written PDBs"})
+    n_seq: int = field(default=8, metadata={"help": "sequences designed per backbone"})
+    fold_steps: int = field(default=5, metadata={"help": "steps of the folder's sampler"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    batch_size: int = field(default=16, metadata={"help": "samples per network batch"})
+    reference: bool = field(default=True, metadata={"help": "a row of held-out chains through the same metrics"})
+    teacher_sampler: str = field(default="euler", metadata={"help": "euler (ODE) or sde (Proteina's noise-scaled reverse SDE)"})
+    teacher_temperature: float = field(default=1.0, metadata={"help": "noise scaling of teacher_sampler=sde, in [0, 1]"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads"})
+    progress: bool = field(default=True, metadata={"help": "progress messages"})
+
+
+def parse_options(argv: Sequence[str], options: type, kind: str) -> dict:
+    """``key=value`` arguments of ``workbench bench KIND`` -> typed options with defaults
+    (:func:`workbench.cli.parse_options` on the dataclass ``options``); bad input raises a
+    one-line ValueError naming the valid keys."""
+    from workbench.cli import parse_options as parse
+
+    return parse(argv, options, f"bench {kind}")
 
 
 def _positive(name: str, v, minimum: float = 1) -> None:
@@ -123,25 +152,11 @@ def _positive(name: str, v, minimum: float = 1) -> None:
             raise ValueError(f"{name} must be >= {minimum:g}, got {v!r}")
 
 
-def _run_main(kind: str, argv, spec: dict, doc: str, fn: Callable[[dict], str]) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help", "help"):
-        print(doc)
-        print(f"options: {', '.join(f'{k}={d}' for k, (_, d) in spec.items())}")
-        return 0
-    try:
-        o = parse_options(argv, spec, kind)
-        if o.get("threads") is not None:
-            if int(o["threads"]) < 1:
-                raise ValueError(f"threads must be >= 1, got {o['threads']}")
-            torch.set_num_threads(int(o["threads"]))
-        msg = fn(o)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:  # incl. CheckpointError (a RuntimeError)
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"workbench bench {kind}: error: {text}", file=sys.stderr)
-        return 2
-    print(msg)
-    return 0
+def _run_main(kind: str, argv, options: type, what: str, fn: Callable[[dict], str]) -> int:
+    from workbench.cli import run_plugin_command
+
+    doc = "\n\n".join(p for p in __doc__.split("\n\n") if p.startswith(f"``{kind}``"))  # the kind's paragraph
+    return run_plugin_command(f"bench {kind}", argv, options, fn, what=what, doc=doc)
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -239,7 +254,11 @@ def structure_acceptance(rows: list[dict], *, tol: float = STRUCTURE_TOL) -> lis
 
 
 #: backbone acceptance metrics: row key -> higher is better
-BACKBONE_CRITERIA = {"designable_fraction": True, "diversity_cluster_fraction": True, "novelty_max_tm_mean": False}
+#: metric -> True (higher is better: only a drop counts), False (lower is better: only a rise
+#: counts) or None (a property of the distribution, e.g. helix content: a change either way
+#: counts); each must stay within ``BACKBONE_TOL`` relative of the teacher's
+BACKBONE_CRITERIA = {"designable_fraction": True, "diversity_cluster_fraction": True, "novelty_max_tm_mean": False,
+                     "dssp_helix": None, "dssp_strand": None, "rg_ratio_mean": None}
 
 
 def backbone_acceptance(teacher: dict, student: dict, *, nfe_factor: float = BACKBONE_NFE_FACTOR,
@@ -250,8 +269,10 @@ def backbone_acceptance(teacher: dict, student: dict, *, nfe_factor: float = BAC
     * designable fraction (higher is better), diversity (``diversity_cluster_fraction``: TM-score
       clusters at 0.5 per sample, higher = more diverse) and novelty (``novelty_max_tm_mean``:
       mean max TM-score to training chains, lower = more novel) must each be within ``tol``
-      relative of the teacher's. A student that is *better* than the teacher on a metric meets
-      it (only a relative worsening counts: :func:`relative_change`).
+      relative of the teacher's; a student that is *better* on one of these meets it (only a
+      relative worsening counts: :func:`relative_change`);
+    * DSSP helix and strand fractions and the Rg ratio (properties of the distribution, not
+      "better" when larger) must be within ``tol`` relative of the teacher's in either direction.
 
     Returns ``{"nfe_ratio", "nfe_ok", "<metric>_rel" (relative worsening), "<metric>_ok",
     "meets"}``; ``meets`` is ``False`` when any criterion fails, else ``None`` when one cannot
@@ -268,7 +289,11 @@ def backbone_acceptance(teacher: dict, student: dict, *, nfe_factor: float = BAC
     oks = [out["nfe_ok"]]
     criteria = {(designable_key if k == "designable_fraction" else k): h for k, h in BACKBONE_CRITERIA.items()}
     for key, higher in criteria.items():
-        rel = relative_change(student.get(key), teacher.get(key), higher_is_better=higher)
+        if higher is None:  # two-sided: |student - teacher| / |teacher|
+            a, b = relative_change(student.get(key), teacher.get(key)), relative_change(student.get(key), teacher.get(key), higher_is_better=False)
+            rel = None if a is None else max(a, b)
+        else:
+            rel = relative_change(student.get(key), teacher.get(key), higher_is_better=higher)
         out[f"{key}_rel"] = rel
         out[f"{key}_ok"] = None if rel is None else bool(rel <= tol)
         oks.append(out[f"{key}_ok"])
@@ -476,9 +501,6 @@ def _plot_structure(rows: list[dict], path: Path) -> Path:
     return save_figure(fig, path, dpi=100)
 
 
-STRUCTURE_OPTIONS = {"out": (str, "outputs/bench_structure"), "n": (int, 10), "max_length": (int, 150),
-                     "steps": (("list", int), [2, 3, 5]), "full_steps": (int, 200), "seed": (int, 0), "repeats": (int, 1),
-                     "threads": (int, 1), "progress": (bool, True)}
 
 
 def structure_main(argv: Optional[list[str]] = None) -> int:
@@ -488,8 +510,7 @@ def structure_main(argv: Optional[list[str]] = None) -> int:
                               seed=o["seed"], repeats=o["repeats"], progress=o["progress"])
         return res["text"] + f"\nwrote {res['csv']}, {res['json']}, {res['markdown']}, {res['plot']}"
 
-    return _run_main("structure", argv, STRUCTURE_OPTIONS, "workbench bench structure: AF3 200-step sampler vs few-step ODE "
-                     "on held-out test chains", run)
+    return _run_main("structure", argv, StructureBenchOptions, "AF3 200-step sampler vs few-step ODE on held-out test chains", run)
 
 
 # --------------------------------------------------------------------------------------------
@@ -682,9 +703,6 @@ def _designability_markdown(s: dict) -> str:
     return "\n".join(lines)
 
 
-DESIGNABILITY_OPTIONS = {"out": (str, "outputs/bench_designability"), "n": (int, 100), "length": (int, 100), "n_seq": (int, 8),
-                         "fold_steps": (int, 5), "source": (str, "ideal"), "fold_sampler": (str, "ode"), "batch_size": (int, 8), "seed": (int, 0),
-                         "threads": (int, 1), "progress": (bool, True)}
 
 
 def designability_main(argv: Optional[list[str]] = None) -> int:
@@ -695,8 +713,7 @@ def designability_main(argv: Optional[list[str]] = None) -> int:
                                   fold_sampler=o["fold_sampler"])
         return res["text"] + f"\nwrote {res['json']}, {res['markdown']}"
 
-    return _run_main("designability", argv, DESIGNABILITY_OPTIONS, "workbench bench designability: designability "
-                     "throughput (backbones per minute)", run)
+    return _run_main("designability", argv, DesignabilityBenchOptions, "designability throughput (backbones per minute)", run)
 
 
 # --------------------------------------------------------------------------------------------
@@ -719,9 +736,10 @@ def _sample_pdbs(domain, samples, out_dir: Path) -> list[Path]:
     return sorted(p for p in Path(out_dir).glob("sample_*.pdb") if not p.stem.endswith("_backbone"))
 
 
-BACKBONE_METRICS = ("ca_ca_mean", "ca_ca_std", "ca_ca_outlier_fraction", "clashes_mean", "clash_free_fraction", "helix", "strand",
-                    "coil", "diversity_cluster_fraction", "diversity_mean_pairwise_tm", "novelty_max_tm_mean",
-                    "novelty_novel_fraction", "nonfinite_fraction")
+BACKBONE_METRICS = ("ca_ca_mean", "ca_ca_std", "ca_ca_outlier_fraction", "clashes_mean", "clash_free_fraction", "dssp_helix",
+                    "dssp_strand", "dssp_helix_runs7", "dssp_strand_runs3", "helical_right", "helical_left", "handedness_ratio",
+                    "rg_ratio_mean", "helix", "strand", "coil", "diversity_cluster_fraction", "diversity_mean_pairwise_tm",
+                    "novelty_max_tm_mean", "novelty_novel_fraction", "nonfinite_fraction")
 
 
 def heldout_batch(domain, lengths) -> "Batch":
@@ -910,27 +928,32 @@ def _backbone_markdown(info: dict) -> str:
         "- Diversity: TM-score clusters (complete linkage at TM 0.5) per sample (higher = more diverse); novelty: mean max "
         "TM-score to training chains (lower = more novel). s / sample: sampling wall time per sample (one batch); "
         "s / designable: sampling wall time / number of designable samples (the designability check itself not included).",
-        f"- Acceptance (students): NFE at least {info['nfe_factor']:g}x fewer than the teacher's, and designable fraction, "
+        f"- Acceptance (students): NFE at least {info['nfe_factor']:g}x fewer than the teacher's; designable fraction, "
         f"diversity and novelty each within {100 * info['tolerance']:g}% relative of the teacher's (being better counts as "
-        "within); \"n/a\" when it cannot be assessed (e.g. the teacher has no designable sample). \"meets (scTM)\": the same "
+        f"within); DSSP helix, DSSP strand and Rg ratio within {100 * info['tolerance']:g}% of the teacher's either way; "
+        "\"n/a\" when it cannot be assessed (e.g. the teacher has no designable sample). \"meets (scTM)\": the same "
         "check with the looser designability criterion best scTM > 0.5 (FrameDiff's) in place of scRMSD < 2 A.",
+        "- Geometry (direction: natives' values are the target): DSSP helix / strand = fraction of residues in H/G/I / E/B "
+        "(mkdssp 4.2, else pydssp, on N/C/O placed around the CA trace); right-handed = fraction of CA virtual torsions in "
+        "[30, 80] deg; R/L = right- / left-handed helical torsions pooled over the row (natives ~12, a mirror-blind model ~1); "
+        "Rg ratio = Rg / (2.2 L^0.38) (globular ~1); CA-CA outliers = virtual bonds outside 3.8 +- 0.2 A (lower = better); "
+        "clashes = CA pairs closer than 3 A per sample (lower = better).",
         f"- Machine: {info['machine']}.",
         "",
-        "| model | NFE | s / sample | designable | s / designable | scTM > 0.5 | diversity | novelty (max TM) | CA-CA (A) | "
-        "CA-CA outliers | clashes | helix / strand / coil | NFE ratio | meets | meets (scTM) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|",
+        "| model | NFE | s / sample | DSSP helix / strand | right-handed | R/L | Rg ratio | CA-CA outliers | clashes | "
+        "diversity | novelty (max TM) | designable | scTM > 0.5 | NFE ratio | meets | meets (scTM) |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         st = r["kind"] != "student"
         lines.append(
             f"| {r['name']} | {'-' if r['nfe'] is None else r['nfe']} | "
             f"{'-' if r['seconds_per_sample'] is None else format(r['seconds_per_sample'], '.3f')} | "
-            f"{_fmt(r['designable_fraction'])} | "
-            f"{_fmt(r['seconds_per_designable'], '{:.2f}')} | {_fmt(r.get('designable_fraction_sc_tm'))} | "
-            f"{_fmt(r['diversity_cluster_fraction'])} | "
-            f"{_fmt(r['novelty_max_tm_mean'])} | {_fmt(r['ca_ca_mean'], '{:.2f}')} | {_fmt(r['ca_ca_outlier_fraction'])} | "
-            f"{_fmt(r['clashes_mean'], '{:.1f}')} | {_fmt(r['helix'], '{:.2f}')} / {_fmt(r['strand'], '{:.2f}')} / "
-            f"{_fmt(r['coil'], '{:.2f}')} | {'-' if st else _fmt(r.get('nfe_ratio'), '{:.1f}x')} | "
+            f"{_fmt(r.get('dssp_helix'), '{:.2f}')} / {_fmt(r.get('dssp_strand'), '{:.2f}')} | {_fmt(r.get('helical_right'), '{:.2f}')} | "
+            f"{_fmt(r.get('handedness_ratio'), '{:.1f}')} | {_fmt(r.get('rg_ratio_mean'), '{:.2f}')} | "
+            f"{_fmt(r['ca_ca_outlier_fraction'])} | {_fmt(r['clashes_mean'], '{:.1f}')} | {_fmt(r['diversity_cluster_fraction'])} | "
+            f"{_fmt(r['novelty_max_tm_mean'])} | {_fmt(r['designable_fraction'])} | {_fmt(r.get('designable_fraction_sc_tm'))} | "
+            f"{'-' if st else _fmt(r.get('nfe_ratio'), '{:.1f}x')} | "
             f"{'-' if st else _yes_no(r.get('meets'))} | {'-' if st else _yes_no(r.get('meets_sc_tm'))} |")
     lines += ["", "![backbone](backbone.png)", ""]
     return "\n".join(lines)
@@ -976,12 +999,6 @@ def _plot_backbone(rows: list[dict], path: Path) -> Path:
     return save_figure(fig, path, dpi=100)
 
 
-BACKBONE_OPTIONS = {"out": (str, "outputs/bench_backbone"), "n": (int, 16), "lengths": (("list", int), [60, 80, 100]),
-                    "teacher_steps": (int, 200), "teacher": (str, None), "generators": (("list", str), []),
-                    "student_steps": (("list", int), [1, 8, 16]), "noise_scales": (("list", float), [1.0]),
-                    "designability": (bool, True), "n_seq": (int, 8), "fold_steps": (int, 5), "seed": (int, 0),
-                    "batch_size": (int, 16), "reference": (bool, True), "teacher_sampler": (str, "euler"),
-                    "teacher_temperature": (float, 1.0), "threads": (int, 1), "progress": (bool, True)}
 
 
 def backbone_main(argv: Optional[list[str]] = None) -> int:
@@ -994,13 +1011,12 @@ def backbone_main(argv: Optional[list[str]] = None) -> int:
                              teacher_temperature=o["teacher_temperature"], progress=o["progress"])
         return res["text"] + f"\nwrote {res['csv']}, {res['json']}, {res['markdown']}, {res['plot']}"
 
-    return _run_main("backbone", argv, BACKBONE_OPTIONS, "workbench bench backbone: protein_backbone teacher vs distilled "
-                     "generators", run)
+    return _run_main("backbone", argv, BackboneBenchOptions, "protein_backbone teacher vs distilled generators", run)
 
 
 __all__ = [
-    "BACKBONE_CRITERIA", "backbone_acceptance", "backbone_main", "bench_backbone", "bench_designability", "bench_structure",
-    "heldout_batch",
+    "BACKBONE_CRITERIA", "BackboneBenchOptions", "DesignabilityBenchOptions", "StructureBenchOptions", "backbone_acceptance",
+    "backbone_main", "bench_backbone", "bench_designability", "bench_structure", "heldout_batch",
     "designability_backbones", "designability_main", "load_designability_models", "parse_options", "relative_change",
     "structure_acceptance", "structure_main", "timed_designability",
 ]

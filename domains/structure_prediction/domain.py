@@ -19,7 +19,8 @@ sampler's default 1.0 = 16 A; pass ``options.gamma_min=0.0625`` to match AF3). `
 The trunk runs once per sampling call: the backbone's ``prepare_cond`` (called by
 :func:`workbench.api.run_sampler` and the distilled generators) caches it in ``cond``.
 
-Config keys (hydra ``domain.*``; unknown keys raise a ValueError listing these):
+Config keys (hydra ``domain.*``, :class:`StructurePredictionConfig`; unknown keys raise a ValueError
+listing these):
 
 * ``source``: training chains ``real`` (default; PDB files shipped by installed packages),
   ``ideal`` (procedural) or ``mixed`` (:func:`domains.proteins.data.dataset_chains`);
@@ -48,6 +49,7 @@ Config keys (hydra ``domain.*``; unknown keys raise a ValueError listing these):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -55,7 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from workbench.checkpoint import CheckpointError, load_weights
+from workbench.checkpoint import CheckpointError
 from workbench.domain import Domain, GenerationBatch
 from workbench.losses import Batch
 from workbench.model import Denoiser
@@ -75,10 +77,37 @@ SEQUENCE_ENCODERS = ("onehot", "plm", "esm")
 SOURCES = ("real", "ideal", "mixed")
 AMINO = "ARNDCQEGHILKMFPSTWYV"
 
-DEFAULTS = dict(source="real", root=None, crop=64, sequence_encoder="onehot", encoder_options=None, recycles=1, net=None,
-                sigma_data=16.0, p_mean=-1.2, p_std=1.5, diffusion_samples=4, lddt_weight=1.0, align=True, bond_weight=0.0, sequences=None,
-                fasta=None, max_length=None, steps=200, sampler="af3_edm", sampler_options=None, batch_size=16, checkpoint=None,
-                designed=None, designed_weight=0.5)
+
+@dataclass
+class StructurePredictionConfig:
+    """Options of the structure_prediction domain (``domain.<key>=`` on the command line; the
+    module docstring says more)."""
+
+    source: str = field(default="real", metadata={"help": "training chains: " + ", ".join(SOURCES)})
+    root: Optional[str] = field(default=None, metadata={"help": "a directory of your own PDB/mmCIF files"})
+    crop: int = field(default=64, metadata={"help": "training crop length"})
+    sequence_encoder: str = field(default="onehot", metadata={"help": "onehot, plm (the small in-repo protein LM), esm (needs fair-esm and weights)"})
+    encoder_options: Optional[dict] = field(default=None, metadata={"help": "options of the sequence encoder, e.g. {weights: PATH}"})
+    recycles: int = field(default=1, metadata={"help": "trunk recycling iterations (0: a single pass)"})
+    net: Optional[dict] = field(default=None, metadata={"help": "architecture overrides: " + ", ".join(ARCH)})
+    sigma_data: float = field(default=16.0, metadata={"help": "AF3's sigma_data in Angstrom, also the state unit"})
+    p_mean: float = field(default=-1.2, metadata={"help": "training noise level: log-normal mean"})
+    p_std: float = field(default=1.5, metadata={"help": "training noise level: log-normal std"})
+    diffusion_samples: int = field(default=4, metadata={"help": "noised copies per crop in training"})
+    lddt_weight: float = field(default=1.0, metadata={"help": "weight of the smooth lDDT loss"})
+    align: bool = field(default=True, metadata={"help": "align the target to the prediction before the MSE"})
+    bond_weight: float = field(default=0.0, metadata={"help": "weight of the CA-CA bond loss (AF3's fine-tuning stage: 1)"})
+    sequences: Any = field(default=None, metadata={"help": "sequences to fold (a list of one-letter strings), or:"})
+    fasta: Optional[str] = field(default=None, metadata={"help": "a FASTA file of sequences to fold"})
+    max_length: Optional[int] = field(default=None, metadata={"help": "longest default test chain to fold (null: all)"})
+    steps: int = field(default=200, metadata={"help": "sampler steps of predict() and the folder"})
+    sampler: str = field(default="af3_edm", metadata={"help": "sampler of predict() and the folder"})
+    sampler_options: Optional[dict] = field(default=None, metadata={"help": "options of that sampler"})
+    batch_size: int = field(default=16, metadata={"help": "predictions per network batch"})
+    checkpoint: Optional[str] = field(default=None, metadata={"help": "a teacher checkpoint instead of the shipped one"})
+    designed: Optional[str] = field(default=None, metadata={"help": "a file of (sequence, ideal backbone) pairs mixed into training"})
+    designed_weight: float = field(default=0.5, metadata={"help": "probability a training crop comes from designed"})
+
 
 #: :class:`workbench.training.TrainConfig` of the shipped checkpoint (one CPU thread, ~15 min)
 TRAIN_DEFAULTS = dict(steps=1200, batch_size=8, lr=1e-3, warmup=50, schedule="cosine", grad_clip=1.0, ema_decay=0.995,
@@ -169,19 +198,17 @@ class StructurePredictionDomain(Domain):
 
     name = "structure_prediction"
     description = "protein structure prediction (sequence -> CA trace) with a small AF3-style trunk + diffusion module"
+    Config = StructurePredictionConfig
     formats = ("pdb", "cif")
     has_exact_model = False
     prediction = "x0"
     primary_metric = "ca_lddt"
 
     def __init__(self, **config):
-        unknown = sorted(set(config) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown structure_prediction option(s) {', '.join(unknown)}; valid: {', '.join(DEFAULTS)}")
-        full = {k: config.get(k, v) for k, v in DEFAULTS.items()}
-        super().__init__(**full)  # the full option set (checkpoint metadata records every value)
+        super().__init__(**config)  # the full option set (checkpoint metadata records every value)
         self.explicit = set(config)
-        self.opts = full
+        self._explicit_net = bool(config.get("net"))
+        self.opts = full = self.config
         if full["source"] not in SOURCES:
             raise ValueError(f"unknown source {full['source']!r}; valid: {', '.join(SOURCES)}")
         if full["sequence_encoder"] not in SEQUENCE_ENCODERS:
@@ -265,11 +292,12 @@ class StructurePredictionDomain(Domain):
     def default_teacher_path(self) -> Path:
         return Path(self.opts["checkpoint"]) if self.opts["checkpoint"] else CHECKPOINT_DIR / CHECKPOINT_NAME
 
-    def load_teacher(self, path: Optional[str] = None, *, device="cpu") -> Denoiser:
-        path = Path(path) if path is not None else self.default_teacher_path()
-        if not path.exists():
-            raise CheckpointError(f"structure_prediction checkpoint not found: {path}; regenerate it with `{REGENERATE}`")
-        state, meta = load_weights(path, device=device)
+    def teacher_regenerate_command(self) -> str:
+        return REGENERATE
+
+    def check_checkpoint(self, meta: dict, path: Path) -> None:
+        """A structure_prediction checkpoint with this ``sigma_data`` and, when ``sequence_encoder``
+        was set explicitly, that encoder."""
         if meta.get("domain", self.name) != self.name:
             raise CheckpointError(f"checkpoint {path} is a {meta.get('domain')!r} model, not a structure_prediction one")
         mcfg = meta.get("config") or {}
@@ -278,15 +306,14 @@ class StructurePredictionDomain(Domain):
             raise CheckpointError(f"checkpoint {path} was trained with sequence_encoder={enc!r}, not {self.opts['sequence_encoder']!r}")
         if float(mcfg.get("sigma_data", self.opts["sigma_data"])) != float(self.opts["sigma_data"]):
             raise CheckpointError(f"checkpoint {path} was trained with sigma_data={mcfg.get('sigma_data')}, not {self.opts['sigma_data']}")
-        arch = {} if self.opts["net"] else dict(mcfg.get("net") or {})
-        net = self.build_backbone(sequence_encoder=enc, **arch)
-        try:
-            missing, unexpected = net.load_state_dict(state, strict=False)
-        except RuntimeError as e:
-            raise CheckpointError(f"checkpoint {path} does not fit the structure predictor: {str(e).splitlines()[0]}") from None
-        if missing or unexpected:
-            raise CheckpointError(f"checkpoint {path} does not fit the structure predictor: missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
-        return net.to(device).eval().requires_grad_(False)
+
+    def adopt_checkpoint_architecture(self, meta: dict, keys) -> None:
+        """Build the checkpoint's network from now on: the ``sequence_encoder`` of its header
+        (default ``onehot``) and, unless ``net`` was set explicitly, its ``net``."""
+        mcfg = meta.get("config") or {}
+        self.opts["sequence_encoder"] = mcfg.get("sequence_encoder", "onehot")
+        if not self._explicit_net:
+            self.opts["net"] = dict(mcfg.get("net") or {}) or None
 
     # -- generation ----------------------------------------------------------------------------
     def targets(self) -> list[tuple[str, str, Any]]:
@@ -381,7 +408,7 @@ class StructurePredictionDomain(Domain):
     # -- prediction API --------------------------------------------------------------------------
     def teacher(self) -> Denoiser:
         if self._teacher is None:
-            self._teacher = self.load_teacher()
+            self._teacher = self.load_teacher().requires_grad_(False)
         return self._teacher
 
     def predict(self, sequences: Sequence[str], *, steps: Optional[int] = None, sampler: Optional[str] = None,
