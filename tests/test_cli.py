@@ -135,7 +135,7 @@ def test_train_keys_seed_and_device_reach_the_loop(capsys, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["train", "train.schedule=wavy"], "unknown lr schedule 'wavy'; valid: constant, cosine"),
-    (["train", "train.warmup=abc"], "TrainConfig.warmup must be an integer"),
+    (["train", "train.warmup=abc"], "train.warmup must be an integer >= 0 or null, got 'abc'"),
     (["train", "train.betas=[0.9]"], "TrainConfig.betas must be two numbers"),
     (["generate", "device=tpu"], "unknown device 'tpu'; valid: cpu, cuda, cuda:N, auto"),
 ])

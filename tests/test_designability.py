@@ -115,7 +115,7 @@ def test_end_to_end_on_three_backbones(files, tmp_path):
     assert rep["n_backbones"] == 3 and rep["n_evaluated"] == 3 and rep["n_errors"] == 0
     assert rep["designable_fraction"] == 1.0
     assert rep["mean_best_sc_rmsd"] < 1e-3 and rep["mean_best_sc_tm"] == pytest.approx(1.0, abs=1e-4)
-    assert folder.calls == 2 and folder.folded == 12  # batches of 2 backbones x 4 designs
+    assert folder.calls == 3 and folder.folded == 12  # one fold call per backbone (4 designs), whatever batch_size
     assert rep["inverse_folder"] == "CycleInverseFolder (test double)" and rep["folder"] == "EchoFolder (test double)"
     assert "user-supplied" in rep["folder_note"]
     assert rep["seconds_per_backbone"] > 0 and rep["backbones_per_minute"] > 0
@@ -150,10 +150,11 @@ def test_resume_skips_done_backbones(files, tmp_path):
     f3 = EchoFolder(chains)
     D.run_designability(paths, out, inverse_folder=inv, folder=f3, n_seq=3, progress=False)
     assert f3.folded == 0
-    # a different setting is not mixed with the old results
+    # a different setting is refused (one line naming the key), not mixed with the old results
     f4 = EchoFolder(chains)
-    D.run_designability(paths, out, inverse_folder=inv, folder=f4, n_seq=2, progress=False)
-    assert f4.folded == 6
+    with pytest.raises(ValueError, match=r"other settings \(n_seq: 3 -> 2\)") as e:
+        D.run_designability(paths, out, inverse_folder=inv, folder=f4, n_seq=2, progress=False)
+    assert f4.folded == 0 and "\n" not in str(e.value)
     # resume=False recomputes
     f5 = EchoFolder(chains)
     D.run_designability(paths, out, inverse_folder=inv, folder=f5, n_seq=2, progress=False, resume=False)
@@ -306,5 +307,5 @@ def test_seeds_depend_on_coordinates_not_on_file_locations(files, tmp_path):
     assert runs[0] == runs[1] and len(set(runs[0])) == 3
     assert runs[2] != runs[0]
     moved = Chain("m", chains[1].sequence, chains[1].ca + 1e-2)
-    a, b = D._batch_generator(0, [chains[1]]), D._batch_generator(0, [moved])
+    a, b = D._backbone_generator(0, chains[1]), D._backbone_generator(0, moved)
     assert float(torch.rand(1, generator=a)) != float(torch.rand(1, generator=b))

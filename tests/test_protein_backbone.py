@@ -209,9 +209,9 @@ def test_sampling_keeps_zero_com_and_padding(sampler, options):
 
 
 def test_generation_lengths_and_config_errors():
-    dom = tiny_domain(lengths=[7, 30])
+    dom = tiny_domain(lengths=[7, 30], n_max=30)
     gb = dom.generation_batch(6, generator=per_sample_generators(3, 6))
-    assert gb.x_T.shape == (6, 30, 3)  # padded to max(n_max, max(lengths))
+    assert gb.x_T.shape == (6, 30, 3)  # padded to n_max
     assert torch.equal(gb.mask.sum(1).long(), gb.info["lengths"]) and set(gb.info["lengths"].tolist()) <= {7, 30}
     default = tiny_domain(lengths=None).generation_batch(8, generator=per_sample_generators(0, 8))
     sizes, _ = tiny_domain(lengths=None).length_histogram()
@@ -219,6 +219,8 @@ def test_generation_lengths_and_config_errors():
     for bad in ({"data": "pdb"}, {"prediction": "eps"}, {"lengths": [0]}, {"n_max": 1}, {"bogus": 1}, {"net": 3}):
         with pytest.raises(ValueError):
             tiny_domain(**bad)
+    with pytest.raises(ValueError, match=r"lengths must be <= n_max=24 .*got \[7, 30\]"):
+        tiny_domain(lengths=[7, 30])  # longer than the model is trained / padded for
     with pytest.raises(ValueError):
         ProteinTransformer(dim=32, heads=3)
     with pytest.raises(ValueError):

@@ -40,7 +40,11 @@ def run_sampler(model: Callable, process: GaussianProcess, x_T: Tensor, *, sampl
                 generator: Generator = None, callback: Optional[Callable] = None, x0_clip: Optional[float] = None,
                 grid_options: Optional[dict] = None, **options) -> SampleOutput:
     """Like :func:`sample` but returns a :class:`SampleOutput` with the NFE count and grid.
-    Gradients are not disabled here (distillation may differentiate through a sampler)."""
+
+    Gradients are NOT disabled here (distillation differentiates through samplers): with a
+    network whose parameters require grad, the whole sampling graph is kept in memory (about
+    2 GB instead of 114 MB for 8 steps of the images UNet) and ``x`` has ``requires_grad``.
+    Call it under ``torch.no_grad()`` (or use :func:`sample`, which does) to only sample."""
     spec = get(sampler)
     if not isinstance(process, GaussianProcess):
         raise TypeError(f"sampler {sampler!r} needs a continuous Gaussian process, got {type(process).__name__}")
@@ -103,6 +107,25 @@ def generation_batches(domain, n: int, seed: int, batch_size: int, cond: Any = N
         gens = [torch.Generator().manual_seed(seed + start + j) for j in range(m)]
         c = tree_map(lambda a: a[start:start + m], cond)
         yield domain.generation_batch(m, generator=gens, cond=c), gens
+
+
+def length_buckets(lengths: Tensor, max_waste: float = 0.1) -> list[Tensor]:
+    """Row indices of ``lengths`` ``[B]`` grouped by similar length: rows sorted longest first,
+    a group grows while padding it to its longest row costs at most ``max_waste`` of its
+    valid entries. Equal lengths always share a group."""
+    order = torch.argsort(lengths, descending=True, stable=True)
+    groups, cur, total = [], [], 0
+    for i in order.tolist():
+        L = int(lengths[i])
+        top = int(lengths[cur[0]]) if cur else L
+        if cur and L != int(lengths[cur[-1]]) and top * (len(cur) + 1) > (1.0 + max_waste) * (total + L):
+            groups.append(torch.tensor(cur))
+            cur, total, top = [], 0, L
+        cur.append(i)
+        total += L
+    if cur:
+        groups.append(torch.tensor(cur))
+    return groups
 
 
 def cat_batches(parts: list) -> Batch:

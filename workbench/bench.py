@@ -19,7 +19,7 @@ from .losses import Batch, tree_map
 from .processes import VPDiscrete
 from .runner import REF_TOL, _Float64, generation_batches
 from .samplers import SAMPLERS
-from .utils import model_kwargs, save_figure, write_json, write_text
+from .utils import OutputDir, model_kwargs, save_figure, write_json, write_text
 
 PEERS = ("ddim", "dpmsolver_2m", "dpmsolver_3m", "unipc", "deis")
 
@@ -84,11 +84,9 @@ def bench_samplers(domain: Union[str, Domain], *, out_dir, domain_config: Option
                    samplers: Union[str, list] = "all", peers=PEERS, n: int = 256, n_ref: int = 256, seed: int = 0,
                    teacher: Optional[str] = None, device="cpu", repeats: int = 1, progress: bool = True, grid: Optional[str] = None) -> dict:
     """Run the sampler benchmark and write ``samplers.csv``, ``samplers.md``, ``samplers.png``
-    and ``overhead.json`` under ``out_dir``. Returns their paths and the rows."""
-    from tqdm.auto import tqdm
-
-    from .reference import reference_solve
-
+    and ``overhead.json`` under ``out_dir`` (locked for the run, ``manifest.json`` at the end).
+    ``progress``: bars with an ETA on stderr for the reference solve and the sampler runs.
+    Returns their paths and the rows."""
     dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
     proc = dom.process()
     model = dom.load_teacher(teacher)
@@ -97,12 +95,21 @@ def bench_samplers(domain: Union[str, Domain], *, out_dir, domain_config: Option
     for s in names:
         if s not in SAMPLERS:
             raise ValueError(f"unknown sampler {s!r}; valid: {', '.join(sorted(SAMPLERS))}")
+    with OutputDir(out_dir, "bench samplers"):  # checked and locked before the work; manifest.json at the end
+        return _bench_samplers(dom, Path(out_dir), proc, model, pred, names, nfes, peers, n, n_ref, seed, repeats, progress, grid)
+
+
+def _bench_samplers(dom, out_path, proc, model, pred, names, nfes, peers, n, n_ref, seed, repeats, progress, grid) -> dict:
+    from tqdm.auto import tqdm
+
+    from .reference import reference_solve
+
     gb, gens = next(iter(generation_batches(dom, n, seed, n)))
     n_ref = min(n_ref, n)
     t0 = time.perf_counter()
     with torch.no_grad():
         ref = reference_solve(_Float64(model), proc, gb.x_T[:n_ref].double(), prediction=pred, mask=None if gb.mask is None else gb.mask[:n_ref],
-                              cond=tree_map(lambda a: a[:n_ref], gb.cond), rtol=REF_TOL, atol=REF_TOL)
+                              cond=tree_map(lambda a: a[:n_ref], gb.cond), rtol=REF_TOL, atol=REF_TOL, progress=progress)
     ref = ref.x if hasattr(ref, "x") else ref
     ref_seconds = time.perf_counter() - t0
     primary = dom.primary_metric
@@ -136,8 +143,7 @@ def bench_samplers(domain: Union[str, Domain], *, out_dir, domain_config: Option
                "nfe": calls, "steps": steps, "error": _rms(x[:n_ref], ref), "ms_per_sample": 1000 * secs / n}
         row.update({f"m_{k}": float(v) for k, v in metrics.items()})
         rows.append(row)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_path
     csv_path = out / "samplers.csv"
     keys = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()

@@ -18,7 +18,7 @@ import torch
 
 from .domain import Domain, get_domain
 from .runner import distill, load_generator, sample_domain, sample_generator
-from .utils import save_figure, write_json, write_text
+from .utils import OutputDir, save_figure, write_json, write_text
 
 #: training-free samplers (and grids) tried for the teacher rows; the best per NFE is reported
 TEACHER_SAMPLERS = (("euler", None), ("dpm_solver_pp_2m", "uniform_lambda"), ("dpm_solver_pp_3m", "uniform_lambda"),
@@ -29,15 +29,20 @@ def _lower_is_better(metric: str) -> bool:
     return not any(k in metric for k in ("precision", "recall", "accuracy", "loglik", "designab"))
 
 
-def teacher_rows(dom: Domain, teacher, *, nfes=(4, 8, 50), n: int, seed: int, batch_size: int, device, metric: str) -> list[dict]:
+def teacher_rows(dom: Domain, teacher, *, nfes=(4, 8, 50), n: int, seed: int, batch_size: int, device, metric: str,
+                 progress: bool = False) -> list[dict]:
     """For each NFE, every sampler in :data:`TEACHER_SAMPLERS` that hits it exactly; the best
     by ``metric`` is flagged ``best``."""
+    from tqdm.auto import tqdm
+
     from .samplers import get
 
     rows = []
+    bar = tqdm(total=len(nfes) * len(TEACHER_SAMPLERS), desc="teacher rows", disable=not progress, leave=False)
     for k in nfes:
         cands = []
         for name, grid in TEACHER_SAMPLERS:
+            bar.update(1)
             spec = get(name)
             steps = next((s for s in range(1, k + 1) if spec.nfe(s) == k), None)
             if steps is None:
@@ -55,6 +60,7 @@ def teacher_rows(dom: Domain, teacher, *, nfes=(4, 8, 50), n: int, seed: int, ba
         for r in cands:
             r["best"] = r is best
         rows += cands
+    bar.close()
     return rows
 
 
@@ -74,11 +80,13 @@ def setup_seconds(meta: dict) -> float:
 def bench_distill(domain: Union[str, Domain], *, methods: Optional[list] = None, student_steps=(1, 2, 4), teacher_nfes=(4, 8, 50),
                   out_dir: Union[str, Path] = "outputs/bench_distill", train: Optional[dict] = None, method_options: Optional[dict] = None,
                   n: int = 2000, seed: int = 0, batch_size: int = 512, domain_config: Optional[dict] = None, teacher: Optional[str] = None,
-                  device="cpu") -> dict:
+                  device="cpu", progress: bool = True) -> dict:
     """Run the benchmark. Each ``(method, K)`` is distilled for ``K`` student steps (one run
     per ``K``, in ``out_dir/runs/<method>_k<K>``) with ``train`` overrides (plus per-method
     ``method_options[method]``) and sampled with ``K`` steps from the same noise as the
-    teacher rows. Returns ``{"rows", "csv", "markdown", "plot"}``."""
+    teacher rows. ``out_dir`` is locked for the run (:class:`~workbench.utils.OutputDir`);
+    ``progress`` shows a bar over the runs with an ETA, and each run's training bar, on stderr.
+    Returns ``{"rows", "csv", "markdown", "plot"}``."""
     from .distill.recipes import available_methods
 
     dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
@@ -89,25 +97,30 @@ def bench_distill(domain: Union[str, Domain], *, methods: Optional[list] = None,
     bad = [m for m in methods if m not in available_methods()]
     if bad:
         raise ValueError(f"unknown distillation method(s) {bad}; valid: {', '.join(available_methods())}")
+    from tqdm.auto import tqdm
+
     out = Path(out_dir)
-    t_net = dom.load_teacher(teacher, device=device)
-    # the teacher rows are cached too (keyed on what they depend on), so a resumed run goes straight to the students
-    key = {"domain": dom.name, "config": dom.config, "teacher": teacher, "nfes": list(teacher_nfes), "n": n, "seed": seed,
-           "samplers": [list(s) for s in TEACHER_SAMPLERS]}
-    cache = out / "teacher_rows.json"
-    cached = json.loads(cache.read_text()) if cache.exists() else None
-    if cached is not None and json.loads(json.dumps(key, default=str)) == cached.get("key"):
-        rows = cached["rows"]
-    else:
-        rows = teacher_rows(dom, t_net, nfes=teacher_nfes, n=n, seed=seed, batch_size=batch_size, device=device, metric=metric)
-        write_json(cache, {"key": key, "rows": rows})
-    for m in methods:
-        for K in student_steps:
+    with OutputDir(out, "bench distill"):  # checked and locked before any work; manifest.json at the end
+        t_net = dom.load_teacher(teacher, device=device)
+        # the teacher rows are cached too (keyed on what they depend on), so a resumed run goes straight to the students
+        key = {"domain": dom.name, "config": dom.config, "teacher": teacher, "nfes": list(teacher_nfes), "n": n, "seed": seed,
+               "samplers": [list(s) for s in TEACHER_SAMPLERS]}
+        cache = out / "teacher_rows.json"
+        cached = json.loads(cache.read_text()) if cache.exists() else None
+        if cached is not None and json.loads(json.dumps(key, default=str)) == cached.get("key"):
+            rows = cached["rows"]
+        else:
+            rows = teacher_rows(dom, t_net, nfes=teacher_nfes, n=n, seed=seed, batch_size=batch_size, device=device, metric=metric,
+                                progress=progress)
+            write_json(cache, {"key": key, "rows": rows})
+        jobs = tqdm([(m, K) for m in methods for K in student_steps], desc="bench distill", disable=not progress, dynamic_ncols=True)
+        for m, K in jobs:
+            jobs.set_postfix_str(f"{m} k={K}")
             run = out / "runs" / f"{m}_k{K}"
             path = run / "generator.safetensors"
             t0 = time.time()
             if not path.exists():
-                distill(dom, method=m, student_steps=K, out_dir=run, train={"progress": False, **(train or {})}, teacher=teacher,
+                distill(dom, method=m, student_steps=K, out_dir=run, train={"progress": progress, **(train or {})}, teacher=teacher,
                         method_options=(method_options or {}).get(m), device=device)
             gen, meta = load_generator(dom, path, device=device)
             train_s = float(meta.get("train_seconds", time.time() - t0))
@@ -118,7 +131,7 @@ def bench_distill(domain: Union[str, Domain], *, methods: Optional[list] = None,
                          "train_steps": int(meta.get("steps", 0)),
                          "metrics": mm, "best": False})
             write_json(out / "rows.json", rows)  # progress survives a kill
-    res = write_outputs(rows, out, dom, metric, n)
+        res = write_outputs(rows, out, dom, metric, n)
     return {"rows": rows, **res}
 
 

@@ -200,6 +200,7 @@ def _train_overrides(cfg) -> dict:
     tr = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if v is not None}
     tr.setdefault("seed", int(cfg.seed))
     tr.setdefault("device", str(resolve_device(cfg.device)))
+    tr.setdefault("progress", bool(cfg.progress))
     return tr
 
 
@@ -266,18 +267,21 @@ def cmd_generate(cfg) -> int:
     name, kw = _domain_kwargs(cfg)
     m = generate(name, sampler=cfg.sampler, steps=cfg.steps, n=cfg.n, seed=cfg.seed, out_dir=cfg.out, teacher=cfg.teacher,
                  timesteps=_timesteps(cfg), batch_size=cfg.batch_size, device=cfg.device, n_ref=cfg.n_ref,
-                 options=_options(cfg), domain_config=kw, generator=cfg.generator)
-    print(f"wrote {cfg.n} samples to {cfg.out}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()))
+                 options=_options(cfg), domain_config=kw, generator=cfg.generator, progress=bool(cfg.progress))
+    print(f"wrote samples to {cfg.out}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()))
     return 0
 
 
-def cmd_evaluate(cfg) -> int:
+def cmd_evaluate(cfg, explicit_domain: bool = True) -> int:
+    """Without ``domain=`` the domain (and its options) recorded in the samples' ``metrics.json``
+    is used; a ``domain=`` that differs from the recorded one is an error."""
     from .runner import evaluate_dir
 
     if cfg.samples is None:
         raise CLIError("evaluate needs samples=DIR (a directory written by 'workbench generate')")
     name, kw = _domain_kwargs(cfg)
-    m = evaluate_dir(name, cfg.samples, domain_config=kw)
+    m = evaluate_dir(name if explicit_domain else None, cfg.samples, domain_config=kw if explicit_domain else None,
+                     progress=bool(cfg.progress))
     print(", ".join(f"{k}={v:.4g}" for k, v in m.items()))
     return 0
 
@@ -336,12 +340,13 @@ def cmd_bench(cfg, kind: str) -> int:
         tr = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if v is not None}
         res = bench_distill(name, methods=methods, student_steps=list(b.student_steps), teacher_nfes=list(b.teacher_nfes), out_dir=cfg.out,
                             train=tr, method_options=OmegaConf.to_container(b.options, resolve=True) or {}, n=b.n, seed=cfg.seed,
-                            domain_config=kw, teacher=cfg.teacher, device=cfg.device)
+                            domain_config=kw, teacher=cfg.teacher, device=cfg.device, progress=bool(cfg.progress))
         print(f"wrote {res['csv']}, {res['markdown']}, {res['plot']}")
         return 0
     res = bench_samplers(name, out_dir=cfg.out, domain_config=kw, nfes=list(cfg.bench.nfes), samplers=cfg.bench.samplers,
                          peers=list(cfg.bench.peers), n=cfg.bench.n, n_ref=cfg.bench.n_ref, seed=cfg.seed, teacher=cfg.teacher,
-                         device=cfg.device, repeats=cfg.bench.repeats, grid=cfg.timesteps if isinstance(cfg.timesteps, str) else None)
+                         device=cfg.device, repeats=cfg.bench.repeats, grid=cfg.timesteps if isinstance(cfg.timesteps, str) else None,
+                         progress=bool(cfg.progress))
     print(f"wrote {res['csv']}, {res['markdown']}, {res['plot']}")
     return 0
 
@@ -364,15 +369,15 @@ COMMAND_HELP = {
                 ("domain", "method", "student_steps", "teacher", "out", "resume", "seed", "device", "threads", "distill", "train")),
     "generate": ("sample with a training-free sampler on the teacher (or a distilled generator), write samples, metrics, report",
                  ("domain", "sampler", "steps", "n", "seed", "out", "teacher", "generator", "timesteps", "batch_size", "device",
-                  "threads", "n_ref", "options")),
-    "evaluate": ("evaluate samples written by generate", ("domain", "samples")),
+                  "threads", "n_ref", "options", "progress")),
+    "evaluate": ("evaluate samples written by generate (domain= defaults to the one recorded there)", ("domain", "samples", "progress")),
     "check": ("conformance check of a domain, and the capabilities, samplers and distillation methods it supports",
               ("domain", "teacher", "threads")),
     "demo": ("few-step generation in every installed domain -> out/README.md", ("out", "device", "threads")),
     "bench samplers": ("every sampler at several NFEs against the reference ODE solution",
-                       ("domain", "out", "seed", "teacher", "device", "threads", "timesteps", "bench")),
+                       ("domain", "out", "seed", "teacher", "device", "threads", "timesteps", "bench", "progress")),
     "bench distill": ("every distillation method at several student steps next to the teacher",
-                      ("domain", "out", "seed", "teacher", "device", "threads", "train", "bench_distill")),
+                      ("domain", "out", "seed", "teacher", "device", "threads", "train", "bench_distill", "progress")),
     "bench peers": ("workbench samplers against diffusers and k-diffusion on an exact Gaussian mixture",
                     ("out", "seed", "threads", "bench_peers")),
 }
@@ -610,14 +615,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         if helpflag:
             print(command_help(f"bench {kind}" if kind else cmd, cfg))
             return 0
-        _validate(cfg)
+        _validate(cfg, cmd, kind)
         if cfg.threads is not None:
             import torch
 
             torch.set_num_threads(int(cfg.threads))
         handler = {"domains": cmd_domains, "samplers": cmd_samplers, "train": cmd_train, "distill": cmd_distill, "generate": cmd_generate,
                    "evaluate": cmd_evaluate, "check": cmd_check, "demo": cmd_demo}.get(cmd)
-        return cmd_bench(cfg, kind) if cmd == "bench" else handler(cfg)
+        with _sigterm_as_interrupt():
+            if cmd == "evaluate":
+                return cmd_evaluate(cfg, explicit_domain=any(a.split("=", 1)[0].lstrip("+~") == "domain" for a in rest))
+            return cmd_bench(cfg, kind) if cmd == "bench" else handler(cfg)
     except CLIError as e:
         print(f"workbench: error: {e}", file=sys.stderr)
         return 2
@@ -629,14 +637,45 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     except Exception as e:
         from .checkpoint import CheckpointError
+        from .utils import OutputDirInUse
 
-        if isinstance(e, CheckpointError) and not os.environ.get("WORKBENCH_DEBUG"):
+        if isinstance(e, (CheckpointError, OutputDirInUse)) and not os.environ.get("WORKBENCH_DEBUG"):
             print(f"workbench: error: {e}", file=sys.stderr)
             return 2
         raise
-    except KeyboardInterrupt:
-        print("workbench: interrupted (checkpoints and finished outputs are intact)", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (see _sigterm_as_interrupt)
+        from .training import TrainingInterrupted
+
+        if isinstance(e, TrainingInterrupted):  # it says which checkpoint was saved, if any
+            print(f"workbench: {e}", file=sys.stderr)
+        else:
+            print("workbench: interrupted; the unfinished work was not saved (files written so far are complete, "
+                  "none is half-written)", file=sys.stderr)
         return 130
+
+
+class _sigterm_as_interrupt:
+    """Within the block, SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so a killed run
+    reports what it saved; the previous handler comes back afterwards (main thread only)."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            def handler(signum, frame):
+                raise KeyboardInterrupt
+
+            self.old = signal.signal(signal.SIGTERM, handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        return False
 
 
 def check_device(device, key: str = "device") -> None:
@@ -662,11 +701,52 @@ def check_device(device, key: str = "device") -> None:
         raise CLIError(f"unsupported {key} {device!r}; valid: cpu, cuda, cuda:N, auto")
 
 
-def _validate(cfg) -> None:
+#: integer keys: ``{key: (lowest valid value, may be null)}`` (``train.*`` keys are null = the domain's default)
+INT_KEYS = {"steps": (1, False), "n": (1, True), "seed": (0, False), "batch_size": (1, False), "n_ref": (0, False),
+            "threads": (1, True), "student_steps": (1, False), "train.steps": (1, True), "train.batch_size": (1, True),
+            "train.warmup": (0, True), "train.ckpt_every": (1, True), "train.log_every": (1, True), "train.seed": (0, True),
+            "bench.n": (1, False), "bench.n_ref": (0, False), "bench.repeats": (1, False), "bench_distill.n": (1, False)}
+#: number keys: ``{key: (must be > 0, may be null)}``
+FLOAT_KEYS = {"train.lr": (True, True), "train.weight_decay": (False, True), "train.ema_decay": (False, True),
+              "train.ckpt_minutes": (True, True)}
+BOOL_KEYS = ("resume", "progress", "train.progress")
+#: commands whose ``out=`` is written (checked before any work)
+WRITES_OUT = ("train", "distill", "generate", "bench", "demo")
+
+
+def _lookup(cfg, key: str):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def _check_types(cfg) -> None:
+    """One-line errors naming the key and the valid range for integer, number and boolean keys."""
+    for key, (lo, nullable) in INT_KEYS.items():
+        v = _lookup(cfg, key)
+        if v is None and nullable:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            rng = f"an integer >= {lo}" + (" or null" if nullable else "")
+            raise CLIError(f"{key} must be {rng}, got {v!r}")
+    for key, (positive, nullable) in FLOAT_KEYS.items():
+        v = _lookup(cfg, key)
+        if v is None and nullable:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (v <= 0 if positive else v < 0):
+            raise CLIError(f"{key} must be a number {'> 0' if positive else '>= 0'}" + (" or null" if nullable else "") + f", got {v!r}")
+    for key in BOOL_KEYS:
+        v = _lookup(cfg, key)
+        if not isinstance(v, bool) and not (v is None and key.startswith("train.")):
+            raise CLIError(f"{key} must be true or false, got {v!r}")
+
+
+def _validate(cfg, cmd: str = "", kind=None) -> None:
     """Cheap checks before any work starts, so bad input fails fast with valid choices."""
     from .distill import available_methods
     from .samplers import available
     from .timegrids import available as grids
+    from .utils import check_output_dir
 
     check_device(cfg.device)
     check_device(cfg.train.device, "train.device")
@@ -674,8 +754,12 @@ def _validate(cfg) -> None:
         raise CLIError(f"unknown distillation method {cfg.method!r}; valid: {', '.join(available_methods())}")
     if cfg.sampler not in available():
         raise CLIError(f"unknown sampler {cfg.sampler!r}; valid: {', '.join(available())}")
-    if int(cfg.steps) < 1 or int(cfg.n) < 1:
-        raise CLIError(f"steps and n must be positive, got steps={cfg.steps}, n={cfg.n}")
+    _check_types(cfg)
+    if cmd in WRITES_OUT and not (cmd == "bench" and kind == "peers"):
+        try:
+            check_output_dir(cfg.out)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     if isinstance(cfg.timesteps, str) and cfg.timesteps not in grids():
         raise CLIError(f"unknown time grid {cfg.timesteps!r}; valid: {', '.join(grids())} or a list of times")
 

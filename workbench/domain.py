@@ -81,6 +81,13 @@ class Domain(ABC):
     demo_configs: tuple = ()
     demo_n: int = 64
     demo_n_ref: int = 0
+    #: generation batches whose masks have varying lengths are sampled in groups of similar
+    #: length, each padded to its own longest (the model's output on the valid positions must not
+    #: depend on the padding: masked attention, no fixed-size layers); deterministic samplers only
+    bucket_lengths: bool = False
+    #: config keys that are only the domain's own sampler defaults (left out of ``generate``'s
+    #: record, where the sampler that ran is recorded instead)
+    sampling_config_keys: tuple = ()
 
     def __init__(self, **config):
         if self.Config is not None:
@@ -191,6 +198,10 @@ class Domain(ABC):
         by reward fine-tuning (Flash-DMD) and reward-guided sampling. Report the domain's true
         metrics beside any reward optimised."""
         raise self._unsupported("rewards: it defines no reward (Domain.reward), which reward fine-tuning needs")
+
+    def default_n(self) -> Optional[int]:
+        """How many samples ``generate`` makes without ``n=`` (``None``: the runner's default)."""
+        return None
 
     @classmethod
     def supports(cls, capability: str) -> bool:

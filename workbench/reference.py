@@ -63,7 +63,7 @@ def t_of_u(process: GaussianProcess, u: float) -> float:
 def reference_run(model: Callable, process: GaussianProcess, x_T: Tensor, *, prediction: str = "epsilon",
                   t_end: Optional[float] = None, t_start: float = 1.0, mask: Optional[Tensor] = None, cond: Any = None,
                   rtol: float = 1e-10, atol: float = 1e-10, method: str = "dopri5", denoise_final: bool = True,
-                  options: Optional[dict] = None) -> ReferenceResult:
+                  options: Optional[dict] = None, progress: bool = False) -> ReferenceResult:
     """Solve the PF-ODE from ``t_start`` (default 1) to ``t_end`` (default
     ``process.t_min``) to tolerance, in float64.
 
@@ -80,6 +80,7 @@ def reference_run(model: Callable, process: GaussianProcess, x_T: Tensor, *, pre
         method: a ``torchdiffeq`` adaptive method (``dopri5``, ``dopri8``, ...).
         denoise_final: return the data prediction at ``t_end`` (one more NFE).
         options: extra ``torchdiffeq.odeint`` options.
+        progress: a tqdm bar on stderr: the share of the ``u`` interval solved, with an ETA.
     Returns:
         :class:`ReferenceResult` (float64 tensors).
     """
@@ -98,7 +99,17 @@ def reference_run(model: Callable, process: GaussianProcess, x_T: Tensor, *, pre
     u0, u1 = u_of_t(process, t_start), u_of_t(process, t_end)
     z0 = x / coef(t_start)
 
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=1000, desc=f"reference ODE ({x.shape[0]} samples)", disable=not progress, leave=False,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}, {postfix}]")
+    span = (u0 - u1) or 1.0
+
     def field(u: Tensor, z: Tensor) -> Tensor:
+        done = int(1000 * min(1.0, max(0.0, (u0 - float(u)) / span)))
+        if done > bar.n:
+            bar.update(done - bar.n)
+        bar.set_postfix_str(f"NFE {mf.nfe}", refresh=False)
         t = t_of_u(process, float(u))
         pred = mf(coef(t) * z, t)
         return mf.project(pred.eps - pred.x0)
@@ -108,13 +119,14 @@ def reference_run(model: Callable, process: GaussianProcess, x_T: Tensor, *, pre
         z1 = odeint(field, z0, grid, rtol=rtol, atol=atol, method=method, options=options)[-1]
         x_end = mf.project(coef(t_end) * z1)
         out = mf.project(mf(x_end, t_end).x0) if denoise_final else x_end
+    bar.close()
     return ReferenceResult(x=out, x_t_end=x_end, nfe=mf.nfe, t_end=t_end)
 
 
 def reference_solve(model: Callable, process: GaussianProcess, x_T: Tensor, *, prediction: str = "epsilon",
                     t_end: Optional[float] = None, mask: Optional[Tensor] = None, cond: Any = None, rtol: float = 1e-10,
-                    atol: float = 1e-10, method: str = "dopri5", denoise_final: bool = True) -> Tensor:
+                    atol: float = 1e-10, method: str = "dopri5", denoise_final: bool = True, progress: bool = False) -> Tensor:
     """The reference sample ``[B, ...]`` (float64): :func:`reference_run` ``(...).x``. See there
     for the arguments; use :func:`reference_run` for the NFE count."""
     return reference_run(model, process, x_T, prediction=prediction, t_end=t_end, mask=mask, cond=cond, rtol=rtol,
-                         atol=atol, method=method, denoise_final=denoise_final).x
+                         atol=atol, method=method, denoise_final=denoise_final, progress=progress).x

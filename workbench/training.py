@@ -16,8 +16,10 @@
   target network, Song et al. 2023); targets are checkpointed with the other nets.
 
 Features: EMA (with warm-up), gradient clipping, cosine/constant LR with warm-up,
-atomic checkpoints every ``ckpt_every`` steps (``state.pt``) with exact resume (nets, EMA,
-optimizers, step, data and global RNG states), safetensors export of the EMA weights,
+atomic checkpoints (``state.pt``) every ``ckpt_every`` steps or ``ckpt_minutes`` minutes,
+whichever comes first, and once early (after ``min(ckpt_every, 100)`` steps or one minute), with
+exact resume (nets, EMA, optimizers, step, data and global RNG states); an interrupt
+(Ctrl-C / SIGTERM) raises :class:`TrainingInterrupted` saying what was saved, safetensors export of the EMA weights,
 loss curves as PNG + JSON, a tqdm progress bar.
 """
 from __future__ import annotations
@@ -53,6 +55,7 @@ class TrainConfig:
     grad_clip: Optional[float] = 1.0
     ema_decay: float = 0.999
     ckpt_every: int = 500
+    ckpt_minutes: Optional[float] = 10.0  # also checkpoint after this many minutes (None: by steps only)
     log_every: int = 25
     seed: int = 0
     device: str = "cpu"
@@ -79,6 +82,8 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "ema_decay"):
             if not real(getattr(self, name)):
                 raise bad(name, "a number")
+        if self.ckpt_minutes is not None and not (real(self.ckpt_minutes) and self.ckpt_minutes > 0):
+            raise bad("ckpt_minutes", "a positive number of minutes or None")
         if self.grad_clip is not None and not real(self.grad_clip):
             raise bad("grad_clip", "a number or None")
         if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2 and all(real(b) for b in self.betas)):
@@ -88,6 +93,16 @@ class TrainConfig:
             raise ValueError(f"unknown lr schedule {self.schedule!r}; valid: constant, cosine")
         if not isinstance(self.progress, bool):
             raise bad("progress", "true or false")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM during :func:`train`; the message says what was saved (the step of the
+    last checkpoint in ``state.pt``, or that nothing was saved yet)."""
+
+
+#: the first checkpoint comes after at most this many steps (or :data:`FIRST_CKPT_SECONDS`)
+FIRST_CKPT_STEPS = 100
+FIRST_CKPT_SECONDS = 60.0
 
 
 @dataclass
@@ -221,7 +236,7 @@ def train(objective: Callable, nets: Union[nn.Module, dict], data: Callable[[int
         if diff:  # resuming would mix two recipes in one run and label the result with the second
             raise ValueError(f"{state_path} was written by a run with other settings ({'; '.join(diff[:4])}"
                              f"{'; ...' if len(diff) > 4 else ''}); rerun with the same settings, or start afresh with "
-                             "resume=False (CLI: resume=false, or --no-resume) or a new output directory")
+                             "resume=false (Python: resume=False) or a new out= directory")
         for n, sd in st["nets"].items():
             nets[n].load_state_dict(sd)
         for n, sd in st["ema"].items():
@@ -231,6 +246,11 @@ def train(objective: Callable, nets: Union[nn.Module, dict], data: Callable[[int
         gen.set_state(st["data_rng"])
         torch.set_rng_state(st["torch_rng"])
         step, history = int(st["step"]), list(st["history"])
+        if cfg.progress:
+            import sys
+
+            print(f"resuming from {state_path} at step {step} of {cfg.steps}", file=sys.stderr)
+    saved = {"step": step if step > 0 else None, "time": time.time()}  # the last checkpoint on disk
 
     def checkpoint():
         if out is None:
@@ -246,6 +266,26 @@ def train(objective: Callable, nets: Union[nn.Module, dict], data: Callable[[int
             save_weights(out / f"{n}.safetensors", emas[n].module if n in emas else m, {**(meta or {}), "net": n, "step": step})
         write_json(out / "history.json", history)
         plot_history(history, out / "loss.png")
+        saved.update(step=step, time=time.time())
+
+    def due() -> bool:
+        """A checkpoint is due: every ``ckpt_every`` steps or ``ckpt_minutes`` minutes, the last
+        step, and early: the first after ``min(ckpt_every, 100)`` steps or one minute."""
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            return True
+        elapsed = time.time() - saved["time"]
+        if cfg.ckpt_minutes is not None and elapsed >= 60.0 * cfg.ckpt_minutes:
+            return True
+        return saved["step"] is None and (step >= min(cfg.ckpt_every, FIRST_CKPT_STEPS) or elapsed >= FIRST_CKPT_SECONDS)
+
+    def interrupted() -> TrainingInterrupted:
+        if out is None:
+            what = "nothing saved (no out_dir)"
+        elif saved["step"] is None:
+            what = f"nothing saved yet in {out} (no checkpoint written); a rerun starts from step 0"
+        else:
+            what = f"last checkpoint: step {saved['step']} in {state_path}; rerun the same command to resume from there"
+        return TrainingInterrupted(f"interrupted at step {step} of {cfg.steps}; {what}")
 
     for m in nets.values():
         m.train()
@@ -256,47 +296,54 @@ def train(objective: Callable, nets: Union[nn.Module, dict], data: Callable[[int
         bar = tqdm(total=cfg.steps, initial=step, desc="train", leave=False, dynamic_ncols=True)
     t0 = time.time()
     running: dict[str, float] = {}
-    while step < cfg.steps:
-        batch = data(cfg.batch_size, gen).to(device)
-        logs = {}
-        for name, names, every in phases:
-            if step % every:
-                continue
-            for g in optims[name].param_groups:
-                g["lr"] = cfg.lr * _lr_factor(step, cfg)
-            kwargs = {"phase": name} if getattr(objective, "phases", None) else {}
-            loss = objective(nets, batch, gen, **kwargs)
-            if loss.ndim != 1 or loss.shape[0] != len(batch):
-                raise ValueError(f"objective must return a per-sample loss of shape [B]=[{len(batch)}], got {tuple(loss.shape)}")
-            loss = loss.mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step} (phase {name}); lower the learning rate or check the data scale")
-            optims[name].zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                params = [p for g in optims[name].param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optims[name].step()
-            logs[name] = loss.item()
-        for n, e in emas.items():
-            e.update(nets[n], step)
-        for tgt, (src, decay) in ema_targets.items():  # e.g. consistency models' target network
-            _lerp_module(nets[tgt], nets[src], 1.0 - float(decay))
-        step += 1
-        for k, v in logs.items():
-            running[k] = running.get(k, 0.0) + v
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            k = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-            history.append({"step": step, **{kk: vv / k for kk, vv in running.items()}})
-            running = {}
+    try:
+        while step < cfg.steps:
+            batch = data(cfg.batch_size, gen).to(device)
+            logs = {}
+            for name, names, every in phases:
+                if step % every:
+                    continue
+                for g in optims[name].param_groups:
+                    g["lr"] = cfg.lr * _lr_factor(step, cfg)
+                kwargs = {"phase": name} if getattr(objective, "phases", None) else {}
+                loss = objective(nets, batch, gen, **kwargs)
+                if loss.ndim != 1 or loss.shape[0] != len(batch):
+                    raise ValueError(f"objective must return a per-sample loss of shape [B]=[{len(batch)}], got {tuple(loss.shape)}")
+                loss = loss.mean()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step} (phase {name}); lower the learning rate or check the data scale")
+                optims[name].zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    params = [p for g in optims[name].param_groups for p in g["params"]]
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optims[name].step()
+                logs[name] = loss.item()
+            for n, e in emas.items():
+                e.update(nets[n], step)
+            for tgt, (src, decay) in ema_targets.items():  # e.g. consistency models' target network
+                _lerp_module(nets[tgt], nets[src], 1.0 - float(decay))
+            step += 1
+            for k, v in logs.items():
+                running[k] = running.get(k, 0.0) + v
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                k = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+                history.append({"step": step, **{kk: vv / k for kk, vv in running.items()}})
+                running = {}
+                if bar is not None:
+                    bar.set_postfix({kk: f"{vv:.4g}" for kk, vv in history[-1].items() if kk != "step"})
             if bar is not None:
-                bar.set_postfix({kk: f"{vv:.4g}" for kk, vv in history[-1].items() if kk != "step"})
+                bar.update(1)
+            if on_step is not None:
+                on_step(step, logs)
+            if out is not None and due():
+                checkpoint()
+    except KeyboardInterrupt as e:
         if bar is not None:
-            bar.update(1)
-        if on_step is not None:
-            on_step(step, logs)
-        if out is not None and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-            checkpoint()
+            bar.close()
+        if isinstance(e, TrainingInterrupted):  # from a nested loop: it already says what was saved
+            raise
+        raise interrupted() from None
     if bar is not None:
         bar.close()
     for m in nets.values():

@@ -82,7 +82,7 @@ class ProteinBackboneConfig:
 
     data: str = field(default="globular", metadata={"help": "training chains: " + ", ".join(DATA_SOURCES)})
     root: Optional[str] = field(default=None, metadata={"help": "a directory of your own PDB/mmCIF files (replaces the shipped chains)"})
-    n_max: int = field(default=128, metadata={"help": "padded chain length; generated lengths above it pad further"})
+    n_max: int = field(default=128, metadata={"help": "padded chain length, also the longest length that can be generated"})
     lengths: Any = field(default=None, metadata={"help": "chain lengths to generate, e.g. [50,100] (null: the training length histogram)"})
     net: dict = field(default_factory=lambda: dict(DEFAULT_NET), metadata={"help": "ProteinTransformer options (merged over DEFAULT_NET), e.g. domain.net.depth=2"})
     self_conditioning: bool = field(default=True, metadata={"help": "Proteina-style self-conditioning on the previous step's estimate"})
@@ -102,6 +102,9 @@ class ProteinBackboneDomain(Domain):
     module docstring)."""
 
     name = "protein_backbone"
+    #: the network is padding-invariant (masked attention, ranks as positions): generation batches
+    #: are grouped by length instead of padded to the longest (measured ~5x faster for length 50)
+    bucket_lengths = True
     description = "protein CA backbones (nm, zero CoM, masked) with a small Proteina-like flow-matching teacher"
     Config = ProteinBackboneConfig
     formats = ("pdb", "cif")
@@ -123,6 +126,9 @@ class ProteinBackboneDomain(Domain):
             if not lengths or any(not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 2 for v in lengths):
                 raise ValueError(f"lengths must be a non-empty list of integers >= 2, got {self.config['lengths']!r}")
             self.config["lengths"] = [int(v) for v in lengths]
+            if max(self.config["lengths"]) > n_max:
+                raise ValueError(f"lengths must be <= n_max={n_max} (the longest chain the model is trained and padded for), "
+                                 f"got {self.config['lengths']}")
         net = self.config.get("net") or {}
         if not isinstance(net, dict):
             raise ValueError(f"net must be a dict of ProteinTransformer sizes, got {type(net).__name__}")

@@ -37,7 +37,7 @@ class DesignabilityOptions:
     fold_sampler: Optional[str] = field(default=None, metadata={"help": "default folder only: ode (probability-flow ODE) or af3 (AF3's 200-step sampler)"})
     fold_steps: Optional[int] = field(default=None, metadata={"help": "steps of the folder's sampler (above 10 without fold_sampler: AF3's sampler)"})
     reference: Optional[str] = field(default=None, metadata={"help": "natives (held-out test chains) or a directory / files, run beside the inputs"})
-    batch_size: int = field(default=8, metadata={"help": "sequences per folding batch"})
+    batch_size: int = field(default=8, metadata={"help": "accepted for compatibility: backbones run one at a time, each with its own seed, so results never depend on it"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     threshold: float = field(default=2.0, metadata={"help": "scRMSD (A) below which a backbone is designable"})
     all_chains: bool = field(default=False, metadata={"help": "every chain of each file (default: the first)"})

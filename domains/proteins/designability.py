@@ -16,14 +16,18 @@ Per backbone the best values are kept (minimum scRMSD, maximum scTM); a backbone
 *designable* when its best scRMSD is below 2 A. The designable fraction is over the backbones
 that could be evaluated.
 
-Mechanics: backbones are processed in batches (``batch_size`` backbones: one ``design`` call and
-one ``fold`` call of ``batch_size * n_seq`` sequences); after each batch ``results.jsonl`` in
-``out_dir`` is rewritten atomically (temp file + fsync + ``os.replace``), one JSON record per
-backbone keyed by ``"<absolute file path>#<chain id>"`` (``"chain:<name>"`` for in-memory
-chains). A rerun with the same settings skips backbones already evaluated, so an interrupted
-run resumes where it stopped. Files that cannot be read (missing, empty, malformed, no protein)
-are recorded with the one-line :class:`~domains.proteins.io.StructureError` message and the
-other inputs are still evaluated; such records are retried on a rerun.
+Mechanics: backbones are processed one at a time (one ``design`` call of ``n_seq`` sequences and
+one ``fold`` call), each with its own generator seeded from ``seed`` and the backbone's CA
+coordinates (:func:`_backbone_generator`), so a backbone's results do not depend on the other
+inputs, their order, ``batch_size`` or where the files are. After each backbone ``results.jsonl``
+in ``out_dir`` is rewritten atomically (temp file + fsync + ``os.replace``; a kill loses at most
+the backbone in progress), one JSON record per backbone keyed by ``"<absolute file
+path>#<chain id>"`` (``"chain:<name>"`` for in-memory chains). A rerun with the same settings
+skips backbones already evaluated; a rerun whose settings differ (:data:`RESUME_KEYS`) is refused
+with one line naming the differing keys (``resume=False`` recomputes). Files that cannot be read
+(missing, empty, truncated, malformed, no protein) are recorded with the one-line
+:class:`~domains.proteins.io.StructureError` message and the other inputs are still evaluated;
+such records are retried on a rerun. When no input can be read at all the run raises.
 
 The default folder is the project's own small structure-prediction model (the
 ``structure_prediction`` domain), not ESMFold; ESMFold is used only when asked for and installed
@@ -445,14 +449,34 @@ def evaluate_backbone(backbone: Chain, sequences: Sequence[str], refolded: Seque
         }
 
 
-def _batch_generator(seed: int, chains: Sequence[Chain]) -> torch.Generator:
-    """The generator of one batch, seeded from ``seed`` and the batch's CA coordinates (rounded
-    to 1e-3 A), not from file paths or names: the same backbones give the same designs and
-    folds wherever their files are."""
-    h = 0
-    for c in chains:
-        h = zlib.crc32(np.round(np.asarray(c.ca, dtype=np.float64), 3).astype("<f8").tobytes(), h)
+#: the per-backbone seeding scheme, part of the resume key (records of another scheme are not reused)
+SEEDING = "per-backbone crc32 of CA (1e-3 A)"
+#: the settings a record depends on; a rerun into the same ``out_dir`` must match on all of them
+RESUME_KEYS = ("inverse_folder", "folder", "n_seq", "temperature", "seed", "seeding")
+
+
+def _backbone_generator(seed: int, chain: Chain) -> torch.Generator:
+    """The generator of one backbone, seeded from ``seed`` and its CA coordinates (rounded to
+    1e-3 A), not from file paths, names or batch mates: the same backbone gives the same designs
+    and folds wherever its file is and whatever else is evaluated with it."""
+    h = zlib.crc32(np.round(np.asarray(chain.ca, dtype=np.float64), 3).astype("<f8").tobytes())
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + h) % (2**63 - 1))
+
+
+def _config_mismatch(records: dict, config: dict) -> Optional[str]:
+    """One line naming the settings that differ between ``config`` and the finished records of
+    an earlier run (``None`` when they all match)."""
+    diffs: dict = {}
+    for r in records.values():
+        old = r.get("config")
+        if r.get("status") != "ok" or not isinstance(old, dict) or old == config:
+            continue
+        for k in RESUME_KEYS:
+            if old.get(k) != config.get(k):
+                diffs.setdefault(k, (old.get(k), config.get(k)))
+    if not diffs:
+        return None
+    return ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items())
 
 
 def _accepts_generator(fn) -> bool:
@@ -480,14 +504,15 @@ def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_se
         folder: a :class:`Folder`, a name from ``("default", "esmfold")``, or ``None`` (default:
             the in-repo structure-prediction model).
         n_seq, temperature: sequences per backbone and the inverse folder's sampling temperature.
-        batch_size: backbones per batch (one ``design`` and one ``fold`` call; results are saved
-            after every batch).
-        seed: designs (and folds, for folders taking a ``generator``) use a generator seeded from
-            ``seed`` and the batch's coordinates, so a run is a pure function of its inputs and
-            settings, wherever the files are.
+        batch_size: accepted for compatibility; backbones are designed and folded one at a time,
+            each with its own generator, so results never depend on it.
+        seed: each backbone's designs (and folds, for folders taking a ``generator``) use a
+            generator seeded from ``seed`` and that backbone's coordinates
+            (:func:`_backbone_generator`): a run is a pure function of its inputs and settings.
         threshold: designable iff best scRMSD < ``threshold`` (2 A).
-        resume: skip backbones already in ``results.jsonl`` with the same inverse folder, folder,
-            ``n_seq``, ``temperature`` and ``seed``; ``False`` recomputes everything.
+        resume: skip backbones already in ``results.jsonl`` (same :data:`RESUME_KEYS`); finished
+            records of other settings raise a one-line ValueError naming the differing keys;
+            ``False`` recomputes everything.
         save_structures: also write each backbone's best refolded structure to
             ``out_dir/refolded/<name>_best.pdb``.
         reference: native backbones run through the same pipeline (same inverse folder, folder
@@ -504,10 +529,15 @@ def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_se
         raise ValueError(f"temperature must be > 0, got {temperature}")
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     items = expand_inputs(inputs)
     if not items:
         raise ValueError("designability: no inputs given")
+    backbones, read_errors = _load_backbones(items, all_chains)
+    if not backbones:
+        more = f" (and {len(read_errors) - 1} more)" if len(read_errors) > 1 else ""
+        first = read_errors[0]["error"] if read_errors else "no protein chains"
+        raise ValueError(f"designability: none of the {len(items)} inputs could be read: {first}{more}")
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     folder_arg = folder
     if inverse_folder is None or isinstance(inverse_folder, str):
@@ -517,11 +547,14 @@ def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_se
     inv_name = str(getattr(inverse_folder, "name", type(inverse_folder).__name__))
     fold_name = str(getattr(folder, "name", type(folder).__name__))
     config = {"inverse_folder": inv_name, "folder": fold_name, "n_seq": int(n_seq), "temperature": float(temperature),
-              "seed": int(seed)}
+              "seed": int(seed), "seeding": SEEDING}
 
-    backbones, read_errors = _load_backbones(items, all_chains)
     results_path = out_dir / "results.jsonl"
     records = _read_results(results_path) if resume else {}
+    mismatch = _config_mismatch(records, config)
+    if mismatch:
+        raise ValueError(f"{results_path} holds results of other settings ({mismatch}); rerun with the same settings, "
+                         f"another out=, or resume=false to recompute")
     for e in read_errors:
         records[e["key"]] = e
     done = {k for k, r in records.items() if r.get("status") == "ok" and r.get("config") == config}
@@ -541,68 +574,48 @@ def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_se
                        file=sys.stderr)
         except ImportError:  # pragma: no cover
             bar = None
-    def process(batch) -> list[dict]:
-        """Design, fold and score one batch of backbones -> one record each."""
-        gen = _batch_generator(seed, [b[1] for b in batch])
-        t0 = time.perf_counter()
-        if scored:
-            designs, nlls = inverse_folder.design_scored([b[1] for b in batch], n_seq=int(n_seq), temperature=float(temperature),
-                                                         generator=gen)
-        else:
-            designs = inverse_folder.design([b[1] for b in batch], n_seq=int(n_seq), temperature=float(temperature), generator=gen)
-            nlls = [None] * len(batch)
-        t1 = time.perf_counter()
-        flat = [s for ds in designs for s in ds]
-        folded = list(folder.fold(flat, generator=gen) if fold_kwargs_ok else folder.fold(flat))
-        t2 = time.perf_counter()
-        if len(folded) != len(flat):
-            raise RuntimeError(f"folder {fold_name!r} returned {len(folded)} structures for {len(flat)} sequences")
-        out = []
-        for i, (key, chain, src) in enumerate(batch):
-            rec = {"key": key, "file": src, "chain": chain.name, "length": len(chain), "config": config,
-                   "seconds": (t2 - t0) / len(batch), "design_seconds": (t1 - t0) / len(batch),
-                   "fold_seconds": (t2 - t1) / len(batch)}
-            try:
-                rec.update(evaluate_backbone(chain, designs[i], folded[i * int(n_seq):(i + 1) * int(n_seq)]))
-                if nlls[i] is not None:
-                    rec["mpnn_self_nlls"] = [_finite_or_none(v) for v in nlls[i]]
-                    rec["mpnn_self_nll"] = _finite_or_none(np.mean(nlls[i]))
-                rec["geometry"] = backbone_geometry(chain)
-                rec["status"] = "ok"
-                if save_structures:
-                    from .io import write_chain
 
-                    best = folded[i * int(n_seq) + rec["best_index"]]
-                    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in chain.name)
-                    rec["refolded_path"] = str(write_chain(best, out_dir / "refolded" / f"{name}_best.pdb"))
-            except ValueError as e:
-                rec.update({"status": "error", "error": " ".join(str(e).split())})
-            out.append(rec)
-        return out
-
-    for start in range(0, len(todo), int(batch_size)):
-        batch = todo[start:start + int(batch_size)]
+    def process(key, chain, src) -> dict:
+        """Design, fold and score one backbone -> its record."""
+        gen = _backbone_generator(seed, chain)
+        rec = {"key": key, "file": src, "chain": chain.name, "length": len(chain), "config": config}
         try:
-            new_records = process(batch)
-        except ValueError as e:
-            # a backbone the inverse folder or folder rejects (e.g. too long): isolate it, keep the others
-            if len(batch) == 1:
-                key, chain, src = batch[0]
-                new_records = [{"key": key, "file": src, "chain": chain.name, "length": len(chain), "config": config,
-                                "status": "error", "error": " ".join(str(e).split())}]
+            t0 = time.perf_counter()
+            if scored:
+                designs, nlls = inverse_folder.design_scored([chain], n_seq=int(n_seq), temperature=float(temperature),
+                                                             generator=gen)
             else:
-                new_records = []
-                for b in batch:
-                    try:
-                        new_records += process([b])
-                    except ValueError as e1:
-                        new_records.append({"key": b[0], "file": b[2], "chain": b[1].name, "length": len(b[1]),
-                                            "config": config, "status": "error", "error": " ".join(str(e1).split())})
-        for rec in new_records:
-            records[rec["key"]] = rec
-        _write_results(results_path, records)
+                designs = inverse_folder.design([chain], n_seq=int(n_seq), temperature=float(temperature), generator=gen)
+                nlls = [None]
+            t1 = time.perf_counter()
+            seqs = list(designs[0])
+            folded = list(folder.fold(seqs, generator=gen) if fold_kwargs_ok else folder.fold(seqs))
+            t2 = time.perf_counter()
+            if len(folded) != len(seqs):
+                raise RuntimeError(f"folder {fold_name!r} returned {len(folded)} structures for {len(seqs)} sequences")
+            rec.update({"seconds": t2 - t0, "design_seconds": t1 - t0, "fold_seconds": t2 - t1})
+            rec.update(evaluate_backbone(chain, seqs, folded))
+            if nlls[0] is not None:
+                rec["mpnn_self_nlls"] = [_finite_or_none(v) for v in nlls[0]]
+                rec["mpnn_self_nll"] = _finite_or_none(np.mean(nlls[0]))
+            rec["geometry"] = backbone_geometry(chain)
+            rec["status"] = "ok"
+            if save_structures:
+                from .io import write_chain
+
+                name = "".join(c if c.isalnum() or c in "-_." else "_" for c in chain.name)
+                rec["refolded_path"] = str(write_chain(folded[rec["best_index"]], out_dir / "refolded" / f"{name}_best.pdb"))
+        except ValueError as e:  # a backbone the inverse folder or folder rejects (e.g. too long): record it, go on
+            rec.update({"status": "error", "error": " ".join(str(e).split())})
+        return rec
+
+    for key, chain, src in todo:
         if bar is not None:
-            bar.update(len(batch))
+            bar.set_postfix_str(f"{chain.name} (L={len(chain)})", refresh=True)
+        records[key] = process(key, chain, src)
+        _write_results(results_path, records)  # after every backbone: a kill loses at most the one in progress
+        if bar is not None:
+            bar.update(1)
     if bar is not None:
         bar.close()
 

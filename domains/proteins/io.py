@@ -5,8 +5,8 @@ Only the backbone (N, CA, C, O) of protein residues is kept: the standard amino 
 modified/protonation variants of :data:`~domains.proteins.chain.THREE_TO_ONE`, and any other
 residue the chemical component dictionary calls an amino acid (mapped to its parent's one-letter
 code, ``X`` when it has none). First model only, first alternate location only. Every problem
-with a file (missing, empty, unparsable, no protein, unknown suffix) raises a one-line
-:class:`StructureError` naming the file.
+with a file (missing, empty, truncated, unparsable, no protein, unknown suffix) raises a one-line
+:class:`StructureError` naming the file (:func:`check_pdb_complete` says what counts as truncated).
 """
 from __future__ import annotations
 
@@ -79,6 +79,49 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8", errors="replace")
     except (OSError, EOFError, zlib.error) as exc:  # unreadable or corrupt gzip
         raise StructureError(f"{path}: cannot read file ({_one_line(exc)})") from None
+
+
+_BACKBONE_SET = {"N", "CA", "C", "O"}
+
+
+def check_pdb_complete(path: PathLike, text: str) -> None:
+    """Raise a one-line :class:`StructureError` when PDB ``text`` looks cut short: an
+    ``ATOM``/``HETATM`` record without its coordinates (< 54 columns); a last line that is not
+    newline-terminated and is only a fragment of a record (``"AT"``, ``"EN"``); a file written by
+    :func:`write_chain` (which always ends it with ``END``) without ``END``; or a file whose last
+    record is an atom of an amino acid with fewer backbone atoms (N, CA, C, O) than the amino
+    acid before it. (Files of other programs often lack ``END``: that alone is not an error.)"""
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        return
+    for i, line in enumerate(lines, 1):
+        if line.startswith(("ATOM", "HETATM")) and len(line.rstrip()) < 54:
+            raise StructureError(f"{path}: truncated or malformed PDB: line {i} ({line[:6].strip()} record) ends at column "
+                                 f"{len(line.rstrip())}, before its coordinates (columns 31-54)")
+    last = lines[-1].rstrip()
+    if not text.endswith("\n") and len(last) <= 6 and last not in ("END", "ENDMDL", "TER"):
+        raise StructureError(f"{path}: truncated PDB: the file ends inside a record ({last!r}, no newline)")
+    ours = any(ln.startswith("REMARK   1 WRITTEN BY FEWSTEP-WORKBENCH") for ln in lines[:5])
+    if ours and not any(ln.rstrip() == "END" for ln in lines[-3:]):
+        raise StructureError(f"{path}: truncated PDB: written by fewstep-workbench but without its final END record "
+                             f"(the file was cut short)")
+    if last.startswith(("ATOM", "HETATM")):
+        res, order = {}, []
+        for ln in lines:
+            if ln.startswith(("ATOM", "HETATM")) and ln[17:20].strip() in THREE_TO_ONE:
+                key = ln[17:27]
+                if key not in res:
+                    res[key] = set()
+                    order.append(key)
+                res[key].add(ln[12:16].strip())
+        if len(order) >= 2:
+            prev, cur = res[order[-2]] & _BACKBONE_SET, res[order[-1]] & _BACKBONE_SET
+            if cur < prev:
+                raise StructureError(f"{path}: truncated PDB: the last residue ({order[-1].strip()}) has only "
+                                     f"{', '.join(sorted(cur)) or 'no backbone atoms'} of the backbone atoms "
+                                     f"{', '.join(sorted(prev))} of the residue before it, and no END/TER follows")
 
 
 def _one_letter(res_name: str) -> str:
@@ -166,6 +209,8 @@ def read_chains(path: PathLike, *, chain_ids: Optional[Iterable[str]] = None, mi
             protein residues (after ``chain_ids``/``min_len`` filtering).
     """
     path = Path(path)
+    if not path.exists() and not path.suffix:  # e.g. a mistyped directory: "not found" says more than "suffix"
+        raise StructureError(f"{path}: file not found")
     fmt = structure_format(path)
     if not path.exists():
         raise StructureError(f"{path}: file not found")
@@ -174,6 +219,8 @@ def read_chains(path: PathLike, *, chain_ids: Optional[Iterable[str]] = None, mi
     text = _read_text(path)
     if not text.strip():
         raise StructureError(f"{path}: file is empty")
+    if fmt == "pdb":
+        check_pdb_complete(path, text)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # biotite warns about guessed elements etc.

@@ -337,6 +337,26 @@ class StructurePredictionDomain(Domain):
             self._targets = [(n, s, c if c is not None else known.get(s)) for n, s, c in self._targets]
         return self._targets
 
+    sampling_config_keys = ("steps", "sampler", "sampler_options")
+
+    def default_n(self) -> Optional[int]:
+        """How many predictions a ``generate`` without ``n=`` should make: one per configured
+        sequence (``sequences`` / ``fasta``); ``None`` (the runner's default) for the test chains."""
+        if self.opts["sequences"] is None and self.opts["fasta"] is None:
+            return None
+        return len(self.targets())
+
+    def sample_names(self, samples: Batch) -> list[Optional[str]]:
+        """The ``sequences`` / ``fasta`` record name of each sample (matched by sequence; the first
+        record wins for repeated sequences), ``None`` for samples of the default test chains or of
+        sequences not configured."""
+        if self.opts["sequences"] is None and self.opts["fasta"] is None:
+            return [None] * int(torch.as_tensor(samples.x).shape[0])
+        by_seq: dict = {}
+        for name, seq, _ in self.targets():
+            by_seq.setdefault(seq, name)
+        return [by_seq.get(seq) for seq, _ in self._split_samples(samples)]
+
     def known_structures(self) -> dict:
         """``{sequence: Chain}`` of every chain of the configured data (all splits), used as the
         reference when a sequence to evaluate has a known structure (all-``X`` sequences of
@@ -483,6 +503,22 @@ class StructurePredictionDomain(Domain):
         return StructurePredictorFolder(self, steps=steps, sampler=sampler, options=options, seed=seed)
 
     # -- evaluation ----------------------------------------------------------------------------
+    def check_samples(self, samples: Batch) -> None:
+        """Raise a one-line ValueError unless ``samples`` are predictions of this domain: every
+        sample carries its sequence (``cond``, the ``cond`` array of ``samples.npz``) and its CA
+        trace is in units of ``sigma_data`` (median consecutive CA-CA within 2-6 A). Backbones
+        of ``protein_backbone`` (no sequences, nm units) are refused, so ``workbench evaluate``
+        writes nothing for them."""
+        hint = "evaluate generated backbones with domain=protein_backbone"
+        if samples.cond is None:
+            raise ValueError(f"structure_prediction evaluates predicted structures of sequences, but these samples carry no "
+                             f"sequences (no 'cond' in samples.npz); {hint}")
+        aatype = samples.cond["aatype"] if isinstance(samples.cond, dict) else samples.cond
+        x = torch.as_tensor(samples.x).detach().cpu().float()
+        if torch.as_tensor(aatype).shape[:2] != x.shape[:2]:
+            raise ValueError(f"structure_prediction samples: sequences {tuple(torch.as_tensor(aatype).shape)} do not match "
+                             f"coordinates {tuple(x.shape)}")
+
     def _split_samples(self, samples: Batch) -> list[tuple[str, np.ndarray]]:
         from domains.proteins.chain import detokenize
 
@@ -517,6 +553,7 @@ class StructurePredictionDomain(Domain):
         """
         from .scoring import mean_scores, score_prediction, shape_metrics
 
+        self.check_samples(samples)
         items = self._split_samples(samples)
         refs: list = [None] * len(items)
         if reference is not None:
@@ -545,19 +582,23 @@ class StructurePredictionDomain(Domain):
     # -- I/O -----------------------------------------------------------------------------------
     def save_samples(self, samples: Batch, out_dir: Path) -> list[Path]:
         """One CA-only PDB and one mmCIF per sample (``sample_00000.pdb`` / ``.cif``, Angstrom,
-        residue names from the sequence) and ``samples.npz`` (``x`` float32 ``[B, N, 3]`` the
-        states in units of ``sigma_data``, ``mask``,
-        ``cond`` = aatype int64 ``[B, N]``, ``residue_index``)."""
+        residue names from the sequence; ``sample_00000_<record>.pdb`` with the FASTA / ``sequences``
+        record name, also the chain name in the file, when sequences were configured) and
+        ``samples.npz`` (``x`` float32 ``[B, N, 3]`` the states in units of ``sigma_data``, ``mask``,
+        ``cond`` = aatype int64 ``[B, N]``, ``residue_index``, and ``names`` when known)."""
         from domains.proteins.chain import Chain
         from domains.proteins.io import write_chain
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
+        names = self.sample_names(samples)
         for i, (seq, ca) in enumerate(self._split_samples(samples)):
-            ch = Chain(name=f"sample_{i:05d}", sequence=seq, coords=ca.astype(np.float32), source="structure_prediction")
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in names[i])[:60] if names[i] else ""
+            stem = f"sample_{i:05d}_{safe}" if safe else f"sample_{i:05d}"
+            ch = Chain(name=names[i] or f"sample_{i:05d}", sequence=seq, coords=ca.astype(np.float32), source="structure_prediction")
             for fmt in self.formats:
-                paths.append(write_chain(ch, out_dir / f"sample_{i:05d}.{fmt}"))
+                paths.append(write_chain(ch, out_dir / f"{stem}.{fmt}"))
         x = torch.as_tensor(samples.x).detach().cpu().float().numpy()
         mask = (samples.mask.cpu().float().numpy() if samples.mask is not None else np.ones(x.shape[:2], dtype=np.float32))
         cond = samples.cond if isinstance(samples.cond, dict) else {"aatype": samples.cond}
@@ -569,6 +610,8 @@ class StructurePredictionDomain(Domain):
                     extra["cond"] = cond["aatype"].cpu().long().numpy()
                 if cond.get("residue_index") is not None:
                     extra["residue_index"] = cond["residue_index"].cpu().long().numpy()
+                if any(n is not None for n in names):
+                    extra["names"] = np.array([n or "" for n in names])
                 np.savez_compressed(f, x=x, mask=mask, **extra)
         paths.append(npz)
         return paths
@@ -653,8 +696,12 @@ class StructurePredictorFolder:
                      f"{self.steps} steps ({opts}; gamma_min, s_trans in units of sigma_data = {domain.unit:g} A), "
                      f"sequence_encoder={domain.opts['sequence_encoder']}")
 
-    def fold(self, sequences: Sequence[str]) -> list:
-        return self.domain.predict(list(sequences), steps=self.steps, sampler=self.sampler, options=self.options, seed=self.seed)
+    def fold(self, sequences: Sequence[str], generator: Optional[torch.Generator] = None) -> list:
+        """One CA-only Chain per sequence; sequence ``i`` uses seed ``s + i`` where ``s`` is drawn
+        from ``generator`` (the designability pipeline's per-backbone generator) or, without
+        one, is the folder's ``seed``."""
+        seed = self.seed if generator is None else int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        return self.domain.predict(list(sequences), steps=self.steps, sampler=self.sampler, options=self.options, seed=seed)
 
     def __repr__(self) -> str:
         return f"StructurePredictorFolder({self.name!r})"
