@@ -378,3 +378,10 @@ def test_bench_backbone_teacher_only_without_designability(tmp_path):
     assert a["rows"][0]["name"] == "teacher sde T0 3" and a["rows"][0]["nfe"] == 3
     assert a["rows"][0]["ca_ca_mean"] == b["rows"][0]["ca_ca_mean"] != row["ca_ca_mean"]
     assert "reverse SDE (`sde`, noise scaling temperature 0)" in (tmp_path / "s" / "backbone.md").read_text()
+
+
+def test_progress_messages_go_to_stderr(capsys):
+    B._log(True, "bench backbone: a row")
+    B._log(False, "silent")
+    err = capsys.readouterr().err
+    assert "bench backbone: a row" in err and "silent" not in err

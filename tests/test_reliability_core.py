@@ -10,10 +10,10 @@ import torch
 
 import workbench.training as training
 from workbench.cli import main
-from workbench.losses import Batch, DenoisingLoss
+from workbench.losses import DenoisingLoss
 from workbench.processes import VPLinear
 from workbench.training import TrainConfig, TrainingInterrupted, train
-from workbench.utils import LOCK_NAME, OutputDir
+from workbench.utils import LOCK_NAME
 
 from test_training import data, make  # noqa: E402  (tests/ is on sys.path)
 

@@ -7,7 +7,6 @@ any dependence of a backbone's random stream on its batch mates shows up in the 
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
 
 from .domain import Domain, get_domain
 from .runner import distill, load_generator, sample_domain, sample_generator

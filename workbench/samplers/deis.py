@@ -45,7 +45,6 @@ rule) with fewer than 15 steps: last step first order, the one before at most se
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
