@@ -103,14 +103,26 @@ def test_translation_invariance_and_zero_com(head):
     assert com.abs().max() < 1e-10 and out[mask == 0].abs().max() == 0
 
 
-def test_not_rotation_equivariant_by_construction():
-    """Proteina-like: no built-in equivariance (rotations come from data augmentation)."""
+def test_raw_coordinate_embeddings_are_the_only_non_equivariant_part():
+    """Proteina-like: rotations are learnt from augmentation through the raw-coordinate
+    embeddings; every other path (pair features, relative head, chiral frame features) is
+    rotation-equivariant. Zeroing those embeddings and the linear read-out makes the whole
+    network equivariant; restoring them breaks it."""
     model = tiny_model().double()
     x = torch.randn(1, 10, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     x = x - x.mean(1, keepdim=True)
     R = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64))[0]
+    R = R * torch.sign(torch.linalg.det(R))  # a proper rotation
     t = torch.tensor([0.5], dtype=torch.float64)
-    assert not torch.allclose(model(x @ R.T, t) , model(x, t) @ R.T, atol=1e-6)
+    with torch.no_grad():
+        assert not torch.allclose(model(x @ R.T, t), model(x, t) @ R.T, atol=1e-6)
+        bb = model.backbone
+        for lin in (bb.embed_x, bb.embed_sc, bb.out):
+            lin.weight.zero_()
+        g = torch.Generator().manual_seed(5)
+        for prm in list(bb.rel_head.out.parameters()) + [bb.frame_out.weight, bb.embed_local.weight, bb.pair_dir.weight]:
+            prm.copy_(0.3 * torch.randn(prm.shape, generator=g, dtype=prm.dtype))
+        assert torch.allclose(model(x @ R.T, t), model(x, t) @ R.T, atol=1e-8)
 
 
 def test_relative_coord_head_is_equivariant_and_starts_at_zero():
