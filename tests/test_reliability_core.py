@@ -210,3 +210,33 @@ def test_bucketed_generation_equals_padded_generation(sampler, options):
     assert len(_prefix_groups(a.mask)) > 1
     assert torch.equal(a.mask, b.mask) and not b.x.requires_grad
     assert torch.allclose(a.x, b.x, atol=1e-5), (a.x - b.x).abs().max()
+
+
+def test_library_plots_leave_the_interactive_backend_alone(tmp_path):
+    """Notebook figures vanished because library plotting called ``matplotlib.use("Agg")``:
+    plots are now bare Figures, so the user's backend (inline in Jupyter) is never switched."""
+    import matplotlib
+
+    import torch
+
+    from domains.toy.domain import ToyDomain
+    from workbench.training import plot_history
+    from workbench.utils import new_figure, save_figure
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands in for a notebook's inline backend
+    try:
+        dom = ToyDomain()
+        b = dom.generation_batch(16, generator=torch.Generator().manual_seed(0))
+        from workbench.losses import Batch
+
+        dom.plot(Batch(x=b.x_T, mask=b.mask, cond=b.cond), tmp_path / "toy.png")
+        plot_history([{"step": 1, "main": 1.0}, {"step": 2, "main": 0.5}], tmp_path / "loss.png")
+        fig, ax = new_figure(figsize=(2, 2))
+        ax.plot([0, 1], [0, 1])
+        save_figure(fig, tmp_path / "f.png")
+        assert matplotlib.get_backend() == "svg"
+        for name in ("toy.png", "loss.png", "f.png"):
+            assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(before)

@@ -222,12 +222,9 @@ def bookkeeping_overhead(process, x_T: torch.Tensor, prediction: str, steps: int
 
 
 def plot_rows(rows, path: Path, title: str) -> Path:
-    import matplotlib
+    from workbench.utils import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = new_figure(figsize=(7, 4.5))
     for m in dict.fromkeys(r["method"] for r in rows):
         rr = sorted((r for r in rows if r["method"] == m), key=lambda r: r["nfe"])
         ls = "--" if m.startswith("diffusers:") else ("-" if not rr[0]["stochastic"] else ":")

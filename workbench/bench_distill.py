@@ -165,19 +165,16 @@ def markdown(rows: list, dom: Domain, metric: str, n: int) -> str:
 
 
 def plot(rows: list, path: Path, dom: Domain, metric: str) -> Path:
-    import matplotlib
+    from workbench.utils import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = new_figure(figsize=(7, 4.5))
     best = sorted((r for r in rows if r["method"] == "teacher" and r.get("best")), key=lambda r: r["nfe"])
     if best:
         ax.plot([r["nfe"] for r in best], [r["metric"] for r in best], "k--", marker="s", label="teacher (best sampler)")
     # 14+ methods: cycle colours (tab20) and markers so no two lines look alike; log y keeps the
     # near-teacher methods apart when one method is far off
     markers = "os^vDP*Xph<>"
-    cmap = plt.get_cmap("tab20")
+    cmap = __import__("matplotlib").colormaps["tab20"]
     for i, m in enumerate(dict.fromkeys(r["method"] for r in rows if r["method"] != "teacher")):
         rr = sorted((r for r in rows if r["method"] == m), key=lambda r: r["nfe"])
         ax.plot([r["nfe"] for r in rr], [r["metric"] for r in rr], marker=markers[i % len(markers)], ms=4, color=cmap(i % 20),

@@ -355,15 +355,10 @@ def plot_history(history: list, path: Union[str, Path]) -> Optional[Path]:
     """Loss curves (log scale) as a PNG, written atomically."""
     if not history:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .utils import save_figure
+    from .utils import new_figure, save_figure
 
     keys = [k for k in history[0] if k != "step"]
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = new_figure(figsize=(5, 3))
     steps = [h["step"] for h in history]
     for k in keys:
         ax.plot(steps, [h.get(k, float("nan")) for h in history], label=k)

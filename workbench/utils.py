@@ -105,14 +105,26 @@ def resolve_device(device: Optional[str] = None) -> torch.device:
     return torch.device(device)
 
 
+def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
+    """``(fig, axes)`` like ``plt.subplots`` but without pyplot: a bare
+    :class:`matplotlib.figure.Figure` (rendered by Agg on save). Library plots use it so they
+    never switch or touch the interactive backend (a notebook's inline figures keep working)."""
+    from matplotlib.figure import Figure
+
+    fig_kw = {k: kwargs.pop(k) for k in ("figsize", "dpi", "layout") if k in kwargs}
+    fig = Figure(**fig_kw)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
 def save_figure(fig, path, *, dpi: int = 100) -> Path:
-    """Write a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
+    """Write a matplotlib figure as PNG atomically (and close it if pyplot manages it)."""
+    import sys
 
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-    plt.close(fig)
+    if "matplotlib.pyplot" in sys.modules:  # a pyplot figure: release it (a bare Figure needs nothing)
+        sys.modules["matplotlib.pyplot"].close(fig)
     return path
 
 

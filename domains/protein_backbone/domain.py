@@ -335,16 +335,13 @@ class ProteinBackboneDomain(Domain):
     def plot(self, samples: Batch, path: Path, *, max_samples: int = 4) -> Path:
         """A PNG: for the first ``max_samples`` samples, the CA trace projected on its two
         principal axes (colour = residue index) above its CA contact map (``d < 8 A``)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from workbench.utils import new_figure
 
         from workbench.utils import atomic_path
 
         chains = self.to_chains(samples)[:max_samples]
         k = max(1, len(chains))
-        fig, axes = plt.subplots(2, k, figsize=(3 * k, 6), squeeze=False)
+        fig, axes = new_figure(2, k, figsize=(3 * k, 6), squeeze=False)
         for j, ch in enumerate(chains):
             ca = ch.ca.astype(np.float64)
             ok = np.isfinite(ca).all(1)
@@ -366,7 +363,6 @@ class ProteinBackboneDomain(Domain):
         path = Path(path)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=80)
-        plt.close(fig)
         return path
 
     def __repr__(self) -> str:

@@ -467,17 +467,14 @@ def _structure_markdown(info: dict) -> str:
 
 
 def _plot_structure(rows: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from workbench.utils import new_figure
 
     from workbench.utils import save_figure
 
     samp = [r for r in rows if r.get("kind", "sampler") == "sampler"]
     base = [r for r in rows if r.get("kind") == "baseline"]
     ref, few = samp[0], samp[1:]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = new_figure(1, 3, figsize=(13, 3.6))
     nfe = [r["nfe"] for r in few]
     for key, label, mk in (("tm_score", "TM-score (position-matched)", "s"), ("ca_lddt", "CA-lDDT", "o")):
         line = axes[0].plot(nfe, [r[key] for r in few], marker=mk, label=f"ODE {label}")[0]
@@ -961,10 +958,7 @@ def _backbone_markdown(info: dict) -> str:
 
 
 def _plot_backbone(rows: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from workbench.utils import new_figure
 
     from workbench.utils import save_figure
 
@@ -972,7 +966,7 @@ def _plot_backbone(rows: list[dict], path: Path) -> Path:
     keys = [("designable_fraction", "designable fraction (scRMSD < 2 A)"), ("diversity_cluster_fraction", "diversity (clusters / sample)"),
             ("novelty_max_tm_mean", "novelty: max TM to train (lower = more novel)"), ("mean_best_sc_tm", "mean best scTM"),
             ("ca_ca_outlier_fraction", "CA-CA outlier fraction (lower = better)"), ("seconds_per_sample", "s / sample")]
-    fig, axes = plt.subplots(2, 3, figsize=(11, 6.4))
+    fig, axes = new_figure(2, 3, figsize=(11, 6.4))
     axes = axes.ravel()
     ref = rows[0]
     for ax, (k, label) in zip(axes, keys):

@@ -620,17 +620,14 @@ class StructurePredictionDomain(Domain):
         """A PNG: per sample (up to ``max_samples``) the predicted CA distance map (upper
         triangle) against the true one (lower triangle, when known) and the CA trace projected
         on its two principal axes."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from workbench.utils import new_figure
 
         from workbench.utils import save_figure
 
         items = self._split_samples(samples)[:max_samples]
         known = self.known_structures()
         n = max(1, len(items))
-        fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.2), squeeze=False)
+        fig, axes = new_figure(2, n, figsize=(2.6 * n, 5.2), squeeze=False)
         for j, (seq, ca) in enumerate(items):
             dp = np.linalg.norm(ca[:, None] - ca[None], axis=-1)
             ref = known.get(seq)
@@ -652,7 +649,6 @@ class StructurePredictionDomain(Domain):
         fig.suptitle("structure_prediction: CA distance maps (upper: predicted, lower: true) and traces", fontsize=9)
         path = Path(path)
         save_figure(fig, path)
-        plt.close(fig)
         return path
 
     def __repr__(self) -> str:

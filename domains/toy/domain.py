@@ -449,10 +449,7 @@ class ToyDomain(Domain):
     def plot(self, samples: Batch, path: Path) -> Path:
         """gmm: samples over the true log-density contours; pointset: the first 8 sets
         (x-y projection, chain order drawn as lines, colour = chain index)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from workbench.utils import new_figure
 
         from workbench.utils import save_figure
 
@@ -462,7 +459,7 @@ class ToyDomain(Domain):
             k = min(8, len(x))
             cols = min(4, max(1, k))
             rows = max(1, math.ceil(k / cols))
-            fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows), squeeze=False)
+            fig, axes = new_figure(rows, cols, figsize=(2.4 * cols, 2.4 * rows), squeeze=False)
             for i, ax in enumerate(axes.flat):
                 ax.set_xticks([])
                 ax.set_yticks([])
@@ -476,7 +473,7 @@ class ToyDomain(Domain):
                 ax.set_title(f"n = {len(p)}", fontsize=8)
             fig.suptitle("toy point sets (x-y projection)", fontsize=9)
         else:
-            fig, ax = plt.subplots(figsize=(4.5, 4.5))
+            fig, ax = new_figure(figsize=(4.5, 4.5))
             lim = 3.2
             g = torch.linspace(-lim, lim, 200, dtype=torch.float64)
             gx, gy = torch.meshgrid(g, g, indexing="xy")
