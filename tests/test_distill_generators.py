@@ -108,6 +108,13 @@ def test_multi_student_routing_slices_dict_conditions():
             super().__init__()
             self.seen = []
 
+        def _config(self):
+            return {}
+
+        @classmethod
+        def from_config(cls, domain, config):
+            return cls()
+
         def nfe(self, steps=None):
             return 1
 
@@ -132,3 +139,17 @@ def test_multi_student_routing_slices_dict_conditions():
         assert len({int(i) for i in idx}) > 1  # the test routes to several students
     finally:
         GENERATORS.pop("Echo", None)
+
+
+def test_a_generator_must_implement_the_contract():
+    """``BaseGenerator`` is abstract: a subclass missing ``generate`` / ``nfe`` / ``_config`` /
+    ``from_config`` cannot be instantiated (no silent stub)."""
+
+    class _IncompleteGeneratorForTest(BaseGenerator):
+        kind = "incomplete_test"
+
+        def nfe(self, steps=None):
+            return 1
+
+    with pytest.raises(TypeError, match="abstract"):
+        _IncompleteGeneratorForTest()

@@ -153,6 +153,15 @@ def _default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fewstep-workbench"
 
 
+def _cache_file(cache_dir: Union[None, PathArg, bool], name: str) -> Optional[Path]:
+    """``<cache root>/proteins/<name>`` (root: ``cache_dir`` or :func:`_default_cache_dir`);
+    ``None`` when caching is off (``cache_dir=False``)."""
+    if cache_dir is False:
+        return None
+    root = _default_cache_dir() if cache_dir is None else Path(cache_dir)
+    return root / "proteins" / name
+
+
 def _cache_key(files: Sequence[Path], params: dict) -> str:
     items = []
     for f in files:
@@ -210,10 +219,8 @@ def load_chains(paths: Union[None, PathArg, Iterable[PathArg]] = None, *, min_le
     files = discover_structure_files() if discovered else _expand_paths(paths)
     params = {"min_len": int(min_len), "max_len": int(max_len), "full": bool(require_full_backbone),
               "break": [MAX_CA_CA, MIN_CA_CA], "discovered": discovered}
-    cache_path = None
-    if cache_dir is not False:
-        root = _default_cache_dir() if cache_dir is None else Path(cache_dir)
-        cache_path = root / "proteins" / f"chains_{_cache_key(files, params)}.npz"
+    cache_path = _cache_file(cache_dir, f"chains_{_cache_key(files, params)}.npz")
+    if cache_path is not None:
         if cache_path.exists():
             try:
                 chains, skipped = _load_cache(cache_path)
@@ -431,10 +438,8 @@ def structural_families(chains: Sequence[Chain], *, threshold: float = FAMILY_TM
     n = len(chains)
     blob = json.dumps({"v": 1, "t": threshold, "r": min_length_ratio, "c": [[c.name, c.sequence] for c in chains]})
     key = hashlib.sha256(blob.encode()).hexdigest()[:20]
-    path = None
-    if cache_dir is not False:
-        root = _default_cache_dir() if cache_dir is None else Path(cache_dir)
-        path = root / "proteins" / f"families_{key}.json"
+    path = _cache_file(cache_dir, f"families_{key}.json")
+    if path is not None:
         if path.exists():
             try:
                 fam = json.loads(path.read_text())

@@ -25,6 +25,8 @@ Time convention as everywhere: ``t = 0`` data, ``t = 1`` noise.
 """
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Optional
 
 import torch
@@ -44,7 +46,7 @@ __all__ = ["GENERATORS", "GENERATOR_KINDS", "BaseGenerator", "build_generator", 
 GENERATORS: dict[str, type] = {}
 
 
-class BaseGenerator(nn.Module):
+class BaseGenerator(nn.Module, metaclass=abc.ABCMeta):
     """A few-step generator that describes itself: ``to_config()`` is a JSON dict (with its
     ``"class"`` and ``kind``) stored in the ``generator.safetensors`` header, and
     ``cls.from_config(domain, config)`` rebuilds the (untrained) module from it and the
@@ -62,19 +64,23 @@ class BaseGenerator(nn.Module):
     def to_config(self) -> dict:
         return {"class": type(self).__name__, "kind": self.kind, **self._config()}
 
-    def _config(self) -> dict:  # the class's own JSON fields
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _config(self) -> dict:
+        """The class's own JSON fields (everything :meth:`from_config` needs besides the domain)."""
 
     @classmethod
+    @abc.abstractmethod
     def from_config(cls, domain, config: dict) -> "BaseGenerator":
-        raise NotImplementedError
+        """The untrained module described by ``config`` (a :meth:`to_config` dict) for ``domain``."""
 
+    @abc.abstractmethod
     def nfe(self, steps: Optional[int] = None) -> int:
-        raise NotImplementedError
+        """Network evaluations of one :meth:`generate` call with ``steps`` steps."""
 
+    @abc.abstractmethod
     def generate(self, x_T: Tensor, steps: Optional[int] = None, *, timesteps=None, mask: Optional[Tensor] = None,
                  cond: Any = None, generator: Generator = None, noise_scale: Optional[float] = None) -> Tensor:
-        raise NotImplementedError
+        """Samples ``[B, ...]`` from prior noise ``x_T`` in ``steps`` steps."""
 
 
 def _floats(ts) -> Optional[list]:

@@ -332,11 +332,11 @@ def two_time_setup(ctx: RecipeContext, objective, sspec: dict, *, init: str, use
 
 
 @dataclass
-class MeanFlowOptions(MethodOptions):
-    """Options of method ``meanflow`` (``distill.KEY=VALUE``, documented in :func:`meanflow_recipe`)."""
+class AverageVelocityOptions(MethodOptions):
+    """Options shared by the average-velocity methods (``meanflow``, ``splitmeanflow``): where the
+    velocity comes from, the time law, the adaptive weight, the student's parameterisation."""
 
     source: str = "teacher"
-    ratio_r_neq_t: float = 0.25
     time_sampler: str = "uniform"
     logit_mean: float = -0.4
     logit_std: float = 1.0
@@ -351,6 +351,13 @@ class MeanFlowOptions(MethodOptions):
     def __post_init__(self):
         super().__post_init__()
         _check_choice("velocity source", self.source, ("teacher", "data"))
+
+
+@dataclass
+class MeanFlowOptions(AverageVelocityOptions):
+    """Options of method ``meanflow`` (``distill.KEY=VALUE``, documented in :func:`meanflow_recipe`)."""
+
+    ratio_r_neq_t: float = 0.25
 
 
 @register_method("meanflow", options=MeanFlowOptions, kind="meanflow", requires=("build_two_time_backbone",), paper="Geng et al. 2025, Mean Flows for One-step Generative Modeling",

@@ -27,8 +27,8 @@ from torch import Tensor
 from ..losses import Batch, masked_mean
 from ..processes import GaussianProcess, append_dims
 from ..utils import Generator, first_generator, model_kwargs
-from .meanflow import _check_choice, _LinearViewObjective, _nets, sample_linear_times, two_time_setup, two_time_spec
-from .api import DistillSetup, MethodOptions, RecipeContext, register_method
+from .meanflow import AverageVelocityOptions, _LinearViewObjective, _nets, sample_linear_times, two_time_setup, two_time_spec
+from .api import DistillSetup, RecipeContext, register_method
 
 __all__ = ["SplitMeanFlow"]
 
@@ -120,25 +120,10 @@ class SplitMeanFlow(_LinearViewObjective):
 
 
 @dataclass
-class SplitMeanFlowOptions(MethodOptions):
+class SplitMeanFlowOptions(AverageVelocityOptions):
     """Options of method ``splitmeanflow`` (``distill.KEY=VALUE``, documented in :func:`splitmeanflow_recipe`)."""
 
-    source: str = "teacher"
     boundary_ratio: float = 0.75
-    time_sampler: str = "uniform"
-    logit_mean: float = -0.4
-    logit_std: float = 1.0
-    adaptive_p: float = 0.0
-    adaptive_c: float = 1e-3
-    student_prediction: str = "v"
-    time_scale: Optional[float] = 1.0
-    gap_scale: float = 1.0
-    backbone: Optional[dict] = None
-    init: str = "teacher"
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check_choice("velocity source", self.source, ("teacher", "data"))
 
 
 @register_method("splitmeanflow", options=SplitMeanFlowOptions, kind="meanflow", requires=("build_two_time_backbone",), paper="Guo et al. 2025, SplitMeanFlow: Interval Splitting Consistency",
