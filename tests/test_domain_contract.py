@@ -5,6 +5,7 @@ method driven by hooks; registry-wide invariants over every installed domain."""
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,7 +171,16 @@ def test_registered_domains_declare_the_contract(name):
     cls = get_domain_class(name)
     assert issubclass(cls, Domain) and cls.name == name
     assert isinstance(cls.primary_metric, str) and cls.primary_metric, f"{name} declares no primary_metric"
-    assert isinstance(cls.demo_configs, tuple) and cls.demo_n > 0 and cls.demo_n_ref >= 0
+    assert isinstance(cls.demo_configs, dict) and cls.demo_n > 0
+    assert all(isinstance(k, str) and k.isidentifier() and isinstance(v, dict) for k, v in cls.demo_configs.items())
+    from workbench.samplers import available
+
+    assert cls.teacher_sampler[0] in available() and set(cls.demo_fast_samplers) <= set(available())
+    assert cls.primary_metric in cls.metric_info, f"{name}: the primary metric has no definition/direction"
+    assert all(d in ("lower", "higher") or d.startswith("target") for d, _ in cls.metric_info.values())
+    for cfg in cls.demo_configs.values() or [{}]:  # every shipped student of a demo config exists
+        for s in get_domain(name, **cfg).shipped_students():
+            assert Path(s.path).is_file() and s.steps >= 1 and s.name.isidentifier(), s
     for cap in cls.capabilities():  # an implemented capability is an override, not the raising default
         assert getattr(cls, cap) is not getattr(Domain, cap)
 

@@ -42,8 +42,9 @@ def run_sampler(model: Callable, process: GaussianProcess, x_T: Tensor, *, sampl
     """Like :func:`sample` but returns a :class:`SampleOutput` with the NFE count and grid.
 
     Gradients are NOT disabled here (distillation differentiates through samplers): with a
-    network whose parameters require grad, the whole sampling graph is kept in memory (about
-    2 GB instead of 114 MB for 8 steps of the images UNet) and ``x`` has ``requires_grad``.
+    network whose parameters require grad, the whole sampling graph is kept in memory and ``x``
+    has ``requires_grad`` (measured, 64 samples of the shipped digits UNet, 8 Euler steps, CPU:
+    peak RSS grows by 336 MB with the graph, 33 MB under ``torch.no_grad()``).
     Call it under ``torch.no_grad()`` (or use :func:`sample`, which does) to only sample."""
     spec = get(sampler)
     if not isinstance(process, GaussianProcess):

@@ -39,7 +39,8 @@ def save_weights(path: PathLike, module_or_state, meta: Optional[dict] = None) -
 
 def load_weights(path: PathLike, *, device="cpu") -> tuple[dict, dict]:
     """Read ``(state_dict, meta)`` from a safetensors file with a clear error if it is missing
-    or corrupt."""
+    or corrupt; ``meta`` (the ``workbench`` header) is always a dict (a header that is not a JSON
+    object is a :class:`CheckpointError`)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -51,8 +52,11 @@ def load_weights(path: PathLike, *, device="cpu") -> tuple[dict, dict]:
 
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("workbench", "{}"))
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as e:
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {e}") from None
+    if not isinstance(meta, dict):  # the header the workbench writes is always a JSON object
+        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: its 'workbench' header is a JSON "
+                              f"{type(meta).__name__}, not an object (not written by the workbench, or damaged)")
     return state, meta
 
 

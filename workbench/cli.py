@@ -122,6 +122,8 @@ def _prepare(overrides: list[str], cdir: Path) -> tuple[list[str], str]:
         if "=" not in o:
             raise CLIError(f"expected key=value, got {o!r} (e.g. steps=5)")
         key = o.split("=", 1)[0]
+        if not key.lstrip("+~").strip():
+            raise CLIError(f"empty key in {o!r}; expected key=value (e.g. steps=5)")
         if key in MOVED_TO_DOMAIN:  # deprecated alias of domain.lengths= / domain.fasta=
             o = "domain." + o
         out.append(o)
@@ -167,6 +169,8 @@ def load_config(overrides: list[str]):
             raise CLIError(f"no config for domain {dom!r} under {cdir / 'domain'}") from None
         except (ConfigCompositionException, OverrideParseException) as e:
             msg = str(e).splitlines()[0]
+            if isinstance(e, OverrideParseException):  # the grammar: name the token it could not parse
+                _raise_unparsable(overrides, msg)
             bad = next((o.split("=", 1)[0].lstrip("+~") for o in overrides
                         if f"'{o}'" in msg or f"'{o.split('=', 1)[0].lstrip('+~')}'" in msg), None)
             if bad is None:  # hydra quotes some messages ("Error merging override domain.x=abc") without quotes
@@ -179,8 +183,52 @@ def load_config(overrides: list[str]):
                 detail = str(cause).strip().splitlines()[0] if str(cause).strip() else msg
                 raise CLIError(f"bad value for {bad}: {detail}") from None
             raise CLIError(f"bad override: {msg}") from None
+    _check_interpolations(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+#: what a value may look like on the command line (hydra's override grammar)
+VALUE_FORMS = "a number, true/false, null, text, 'quoted text', or a list [1,2]"
+
+
+def _raise_unparsable(overrides: list[str], msg: str) -> None:
+    """One-line :class:`CLIError` naming the first override that hydra's grammar cannot parse
+    (e.g. ``steps=[``), with the valid forms of a value; returns if each parses alone."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_overrides([o])
+        except OverrideParseException as e:
+            key, value = (o.split("=", 1) + [""])[:2]
+            key = key.lstrip("+~")
+            detail = (str(e).strip().splitlines() or [msg])[0]
+            try:
+                parser.parse_overrides([f"{key}=1"])
+            except OverrideParseException:  # the key itself is malformed
+                raise CLIError(f"bad key {key!r} in {o!r} ({detail}); expected key=value with a key such as steps, "
+                               f"train.lr or domain.<option>") from None
+            raise CLIError(f"bad value for {key}: cannot parse {value!r} ({detail}); a value is {VALUE_FORMS}") from None
+        except Exception:  # noqa: BLE001 - not a grammar error; the caller reports it
+            continue
+
+
+def _check_interpolations(cfg) -> None:
+    """Resolve every ``${...}`` once (a check; ``cfg`` is unchanged): one that cannot be resolved
+    (``steps=${x}``) is a one-line :class:`CLIError` naming its key, before any work."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        detail = " ".join((str(e).strip().splitlines() or [type(e).__name__])[0].split())
+        raise CLIError(f"bad value for {key}: {detail}; an interpolation ${{...}} must name an existing key "
+                       f"(e.g. out=outputs/${{domain.name}}), else pass {VALUE_FORMS}") from None
 
 
 def _domain_kwargs(cfg) -> tuple[str, dict]:
@@ -584,9 +632,25 @@ def run_plugin_command(command: str, argv, options: type, run, *, what: str, usa
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"workbench {command}: error: {text}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. ENOSPC while writing outputs
+        if os.environ.get("WORKBENCH_DEBUG"):
+            raise
+        print(f"workbench {command}: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
     if msg:
         print(msg)
     return 0
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an ``OSError`` (a full disk, a permission refused, ...): the OS's words, the
+    error's name and the path, e.g. ``No space left on device (ENOSPC): runs/x/samples/samples.npz``."""
+    import errno
+
+    what = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
+    code = f" ({errno.errorcode[e.errno]})" if isinstance(e.errno, int) and e.errno in errno.errorcode else ""
+    where = "".join(f": {f}" for f in (e.filename, e.filename2) if f is not None)
+    return " ".join(f"{what}{code}{where}".split())
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -634,6 +698,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"workbench: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. ENOSPC while writing outputs (atomic writes: the earlier files stay intact)
+        if os.environ.get("WORKBENCH_DEBUG"):
+            raise
+        print(f"workbench: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:
         from .checkpoint import CheckpointError
@@ -761,7 +830,8 @@ def _validate(cfg, cmd: str = "", kind=None) -> None:
         except ValueError as e:
             raise CLIError(str(e)) from None
     if isinstance(cfg.timesteps, str) and cfg.timesteps not in grids():
-        raise CLIError(f"unknown time grid {cfg.timesteps!r}; valid: {', '.join(grids())} or a list of times")
+        raise CLIError(f"unknown time grid {cfg.timesteps!r}; valid: {', '.join(grids())} or a list of times "
+                       f"(e.g. timesteps=[1.0,0.5,0.0])")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,20 @@ ENTRY_POINT_GROUP = "workbench.domains"
 OPTIONAL_CAPABILITIES = ("build_two_time_backbone", "slim_backbone_kwargs", "reward")
 
 
+@dataclass(frozen=True)
+class ShippedStudent:
+    """A distilled few-step generator a domain ships (``workbench demo`` runs it next to the
+    teacher). ``name``: a short label (also the demo's folder name); ``path``: its
+    ``.safetensors``; ``steps``: the steps it was distilled for; ``options``: sampling options
+    (e.g. ``{"noise_scale": 0.45}``; empty: those recorded in the checkpoint)."""
+
+    name: str
+    path: Path
+    steps: int
+    options: dict = field(default_factory=dict)
+    description: str = ""
+
+
 @dataclass
 class GenerationBatch:
     """What a sampler needs to start: noise ``x_T`` ``[B, ...]`` (already scaled and
@@ -76,11 +90,23 @@ class Domain(ABC):
     #: the metric benchmarks tabulate and rank by (a key of :meth:`evaluate`; lower is better
     #: unless the benchmark says otherwise); ``""``: none declared
     primary_metric: str = ""
-    #: ``workbench demo``: the domain configs it runs (empty: the domain's default config),
-    #: samples per run, and how many of them are checked against the reference ODE solution
-    demo_configs: tuple = ()
+    #: ``{metric: (direction, definition)}`` of the metrics reports show (direction ``"lower"``
+    #: or ``"higher"`` is better); metrics without an entry are shown without one
+    metric_info: dict = {}
+    #: the teacher's usual sampler: ``(sampler, steps)`` or ``(sampler, steps, options)``; the
+    #: many-step row students are compared with (``workbench demo``, the domain's benchmarks)
+    teacher_sampler: tuple = ("euler", 50)
+    #: ``workbench demo``: the domain configs it runs (``{short name: config}``; empty: the
+    #: domain's default config), samples per run, the training-free samplers tried at each
+    #: student's NFE, and the metrics its table shows (default: :attr:`primary_metric`)
+    demo_configs: dict = {}
     demo_n: int = 64
-    demo_n_ref: int = 0
+    #: non-empty: ``workbench demo`` leaves the domain out and prints this reason
+    demo_skip_reason: str = ""
+    demo_fast_samplers: tuple = ("dpm_solver_pp_2m", "unipc_3")
+    #: NFEs of the training-free rows when the domain ships no student
+    demo_fast_steps: tuple = (5,)
+    demo_metrics: tuple = ()
     #: generation batches whose masks have varying lengths are sampled in groups of similar
     #: length, each padded to its own longest (the model's output on the valid positions must not
     #: depend on the padding: masked attention, no fixed-size layers); deterministic samplers only
@@ -97,6 +123,11 @@ class Domain(ABC):
                 raise ValueError(f"unknown {self.name} domain option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
             config = {**dataclasses.asdict(self.Config()), **config}
         self.config = dict(config)
+
+    def shipped_students(self) -> tuple:
+        """The :class:`ShippedStudent` generators shipped for this domain configuration (empty:
+        none); ``workbench demo`` compares them with the teacher."""
+        return ()
 
     # -- modelling ---------------------------------------------------------------------------
     @abstractmethod

@@ -16,7 +16,7 @@ from .api import cat_batches, generation_batches, length_buckets
 from .domain import Domain, get_domain
 from .losses import Batch, tree_map
 from .model import prepare_cond_all
-from .utils import OutputDir, resolve_device, write_json, write_text
+from .utils import OutputDir, resolve_device, show_progress, write_json, write_text
 
 PathLike = Union[str, Path]
 #: tolerance of reference solves of network teachers (float32 networks; errors of interest >= 1e-5)
@@ -173,7 +173,8 @@ def generate(domain: Union[str, Domain], *, sampler: str = "dpm_solver_pp_2m", s
             model = dom.load_teacher(teacher, device=resolve_device(device))
             samples, info = sample_domain(dom, model, sampler=sampler, steps=steps, n=n, seed=seed, timesteps=timesteps,
                                           batch_size=batch_size, device=device, options=options, progress=progress)
-        metrics = {k: float(v) for k, v in dom.evaluate(samples).items()}
+        with show_progress(progress):
+            metrics = {k: float(v) for k, v in dom.evaluate(samples).items()}
         metrics["nfe"] = info["nfe"]
         metrics["seconds_per_sample"] = info["seconds"] / max(1, n)
         err = ode_reference_error(dom, model, samples, seed=seed, n_ref=n_ref, device=device, progress=progress)
@@ -222,18 +223,54 @@ def evaluate_dir(domain: Union[str, Domain, None], samples_dir: PathLike, *, out
     dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
     if recorded is not None and recorded != dom.name:
         raise ValueError(f"{run_dir} holds samples of domain {recorded!r}, not {dom.name!r}; pass domain={recorded} (or leave domain= out)")
-    with np.load(npz, allow_pickle=False) as f:
-        x = torch.from_numpy(f["x"]).float()
-        mask = torch.from_numpy(f["mask"]).float() if "mask" in f.files else None
-        cond = torch.from_numpy(f["cond"]).long() if "cond" in f.files else None
+    x, mask, cond = _read_samples_npz(npz)
     _check_sample_shape(dom, x, mask, npz)
     dest = Path(out) if out else run_dir / "metrics_eval.json"
     with OutputDir(dest.parent, "evaluate", lock_only=True):  # not while another run writes there
         if progress:
             print(f"evaluating {x.shape[0]} {dom.name} samples from {npz} ...", file=sys.stderr, flush=True)
-        metrics = {k: float(v) for k, v in dom.evaluate(Batch(x=x, mask=mask, cond=cond)).items()}
+        with show_progress(progress):
+            metrics = {k: float(v) for k, v in dom.evaluate(Batch(x=x, mask=mask, cond=cond)).items()}
         write_json(dest, {"domain": dom.name, "domain_config": dom.config, "samples": str(npz), "metrics": metrics})
     return metrics
+
+
+def _read_samples_npz(npz: Path):
+    """``(x, mask, cond)`` tensors of a ``samples.npz`` written by :func:`generate`; a file that is
+    cut short or not an npz, has no ``x``, holds no samples, pickled objects or non-numeric arrays
+    is a one-line ``ValueError`` naming the file (nothing is unpickled)."""
+    import zipfile
+    import zlib
+
+    again = "; pass the samples.npz of a finished 'workbench generate' run (or generate again)"
+    try:
+        f = np.load(npz, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):  # a bare .npy array, not an npz archive
+            raise ValueError(f"{npz} is a single .npy array, not an npz archive with an array 'x'{again}")
+        with f:
+            if "x" not in f.files:
+                raise ValueError(f"{npz} has no array 'x' (it holds: {', '.join(f.files) or 'nothing'}){again}")
+            arrays = {k: f[k] for k in ("x", "mask", "cond") if k in f.files}
+    except ValueError as e:
+        if str(e).startswith(str(npz)):
+            raise
+        raise ValueError(f"{npz} cannot be read as samples ({_first_line(e)}){again}") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, NotImplementedError) as e:
+        raise ValueError(f"{npz} is damaged or cut short ({type(e).__name__}: {_first_line(e)}){again}") from None
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf" or a.ndim == 0:
+            raise ValueError(f"{npz}: array {k!r} has dtype {a.dtype} and shape {list(a.shape)}; expected a numeric array "
+                             f"with one row per sample{again}")
+    x = arrays["x"]
+    if x.shape[0] == 0:
+        raise ValueError(f"{npz} holds 0 samples (x has shape {list(x.shape)}); nothing to evaluate{again}")
+    mask = torch.from_numpy(arrays["mask"]).float() if "mask" in arrays else None
+    cond = torch.from_numpy(arrays["cond"]).long() if "cond" in arrays else None
+    return torch.from_numpy(x).float(), mask, cond
+
+
+def _first_line(e: BaseException) -> str:
+    return " ".join((str(e).strip().splitlines() or [type(e).__name__])[0].split())
 
 
 def _check_sample_shape(dom: Domain, x: torch.Tensor, mask, path) -> None:
@@ -317,7 +354,7 @@ def load_generator(domain: Domain, path: PathLike, *, device="cpu"):
     from .checkpoint import CheckpointError, load_state_into, load_weights
     from .distill.generators import build_generator
 
-    state, meta = load_weights(path, device=device)
+    state, meta = load_weights(path, device=device)  # its header is a JSON object (else a CheckpointError)
     if meta.get("kind") != "generator":
         raise CheckpointError(f"{path} is not a distilled generator (written by 'workbench distill'); for a teacher use teacher=PATH")
     if meta.get("domain") != domain.name:

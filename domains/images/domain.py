@@ -107,8 +107,16 @@ class ImagesDomain(Domain):
     has_exact_model = False
     prediction = "epsilon"
     primary_metric = "fd_classifier"
+    metric_info = {
+        "fd_classifier": ("lower", "Frechet distance in the features of the in-repo digits classifier (not FID) to the test split"),
+        "class_accuracy": ("higher", "fraction of samples the in-repo classifier assigns to their conditioning label"),
+        "precision": ("higher", "fraction of samples inside the test split's feature manifold (k-NN, classifier features)"),
+        "recall": ("higher", "fraction of the test split inside the samples' feature manifold"),
+    }
     #: ``workbench demo``: the shipped digits teacher, class-conditional
-    demo_configs = ({"dataset": "digits", "conditional": True},)
+    demo_configs = {"digits": {"dataset": "digits", "conditional": True}}
+    demo_n = 200
+    demo_metrics = ("fd_classifier", "class_accuracy")
 
     def __init__(self, **config):
         super().__init__(**config)
@@ -193,6 +201,14 @@ class ImagesDomain(Domain):
 
     def default_teacher_path(self) -> Path:
         return CHECKPOINT_DIR / f"{self.dataset}_unet.safetensors"
+
+    def shipped_students(self) -> tuple:
+        """The SiD student of the shipped class-conditional digits teacher (``checkpoints/README.md``), 2 steps."""
+        from workbench.domain import ShippedStudent
+
+        if self.dataset != "digits" or not self.config["conditional"] or self.config["unet"] or float(self.config["guidance"]) != 1.0:
+            return ()
+        return (ShippedStudent("sid_2step", CHECKPOINT_DIR / "digits_sid_student_2step.safetensors", 2, description="SiD student, 2 steps"),)
 
     def classifier_path(self) -> Path:
         return Path(self.config["classifier"]) if self.config.get("classifier") else CHECKPOINT_DIR / f"{self.dataset}_classifier.safetensors"

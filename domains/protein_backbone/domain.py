@@ -30,7 +30,8 @@ Config keys (``domain.*``):
   the same loss, 4.18 +- 1.98 A for an x0 network with an x0 loss);
 * ``loss_space`` (``velocity``/``x0``), ``time_sampler`` (``proteina``/``uniform``/
   ``logit_normal``), ``p_self_cond`` (0.5): the training objective
-  (:class:`~domains.protein_backbone.objective.SelfCondFlowLoss`);
+  (:class:`~domains.protein_backbone.objective.SelfCondFlowLoss`); ``local_distance_weight``
+  (0): FrameDiff's auxiliary CA pair-distance loss at low noise (the objective's docstring);
 * ``novelty_reference``: number of training chains novelty is measured against (default 32;
   0 disables novelty).
 
@@ -90,6 +91,7 @@ class ProteinBackboneConfig:
     loss_space: str = field(default="velocity", metadata={"help": "training loss space: velocity or x0"})
     time_sampler: str = field(default="proteina", metadata={"help": "training times: proteina, uniform or logit_normal"})
     p_self_cond: float = field(default=0.5, metadata={"help": "probability of a self-conditioning pass in training"})
+    local_distance_weight: float = field(default=0.0, metadata={"help": "weight of FrameDiff's auxiliary CA pair-distance loss (0: off)"})
     novelty_reference: int = field(default=32, metadata={"help": "training chains novelty is measured against (0: no novelty)"})
 
 
@@ -110,6 +112,20 @@ class ProteinBackboneDomain(Domain):
     formats = ("pdb", "cif")
     has_exact_model = False
     primary_metric = "ca_ca_outlier_fraction"
+    metric_info = {
+        "ca_ca_outlier_fraction": ("lower", "consecutive CA-CA distances outside 3.8 +- 0.2 A (natives ~0.2%)"),
+        "dssp_helix": ("higher", "residues in DSSP helices (mkdssp, else pydssp, on ideal N/CA/C/O rebuilt from CA; natives ~0.3)"),
+        "dssp_strand": ("higher", "residues in DSSP strands (natives ~0.2-0.3)"),
+        "handedness_ratio": ("higher", "right- / left-handed helical CA torsions (natives ~12-40; a mirror-blind model ~1)"),
+        "rg_ratio_mean": ("target 0.8-1.4", "radius of gyration / (2.2 L^0.38 A): compactness (natives ~1.1)"),
+        "clashes_mean": ("lower", "non-bonded CA pairs closer than 3 A, per backbone"),
+    }
+    demo_n = 8
+    #: novelty (TM-align of every sample against 32 training chains) is left out of the demo for time
+    demo_configs = {"globular": {"novelty_reference": 0}}
+    demo_fast_samplers = ("dpm_solver_pp_2m",)
+    teacher_sampler = ("euler", 100)
+    demo_metrics = ("ca_ca_outlier_fraction", "dssp_helix", "dssp_strand", "handedness_ratio", "rg_ratio_mean")
 
     def __init__(self, **config):
         super().__init__(**config)
@@ -155,6 +171,16 @@ class ProteinBackboneDomain(Domain):
         return {"steps": 2700, "batch_size": 8, "lr": 5e-4, "warmup": 200, "schedule": "cosine", "ema_decay": 0.999,
                 "ckpt_every": 250, "grad_clip": 1.0, "log_every": 25}
 
+    def shipped_students(self) -> tuple:
+        """The SiD students (Proteina-SiD recipe, ``checkpoints/README.md``), 8 and 16 steps,
+        sampled with the noise scale their checkpoints record."""
+        from workbench.domain import ShippedStudent
+
+        if self.config.get("root") or self.config["data"] != "globular":
+            return ()  # distilled from the shipped teacher of the default data only
+        return tuple(ShippedStudent(f"sid_{k}step", CHECKPOINT_DIR / f"sid_student_k{k}.safetensors", k,
+                                    description=f"SiD student, {k} steps (Proteina-SiD recipe)") for k in (8, 16))
+
     # -- modelling ---------------------------------------------------------------------------
     def process(self) -> RectifiedFlow:
         return self._process
@@ -178,7 +204,8 @@ class ProteinBackboneDomain(Domain):
 
         p_sc = self.config.get("p_self_cond", 0.5) if self.config["self_conditioning"] else 0.0
         return SelfCondFlowLoss(self._process, self.prediction, loss_space=self.config.get("loss_space", "velocity"),
-                                time_sampler=self.config.get("time_sampler", "proteina"), p_self_cond=p_sc)
+                                time_sampler=self.config.get("time_sampler", "proteina"), p_self_cond=p_sc,
+                                local_distance_weight=float(self.config.get("local_distance_weight", 0.0)))
 
     def default_teacher_path(self) -> Path:
         return CHECKPOINT_DIR / "teacher.safetensors"

@@ -123,6 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--root", help="user directory of PDB/mmCIF files")
     ap.add_argument("--n-max", type=int, default=128)
     ap.add_argument("--prediction", default="velocity", choices=["x0", "velocity"])
+    ap.add_argument("--local-distance-weight", type=float, default=0.0, help="FrameDiff's auxiliary CA pair-distance loss (0: off)")
     ap.add_argument("--out-dir", default=str(CHECKPOINT_DIR))
     ap.add_argument("--work-dir", default="runs/protein_backbone/teacher")
     ap.add_argument("--no-resume", action="store_true")
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
     info_path = out / "teacher_quality.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     info.update({"torch": torch.__version__, "machine": f"{platform.machine()}, {args.threads} threads"})
-    config = {"data": args.data, "n_max": args.n_max, "prediction": args.prediction}
+    config = {"data": args.data, "n_max": args.n_max, "prediction": args.prediction, "local_distance_weight": args.local_distance_weight}
     if args.root:
         config["root"] = args.root
     if args.coord_head:

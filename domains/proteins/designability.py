@@ -307,17 +307,22 @@ def _load_backbones(items, all_chains: bool):
 # results file
 # --------------------------------------------------------------------------------------------
 def _read_results(path: Path) -> dict:
+    """``{key: record}`` of the resume file; lines that are not a JSON object with a ``key`` (cut,
+    edited, or not UTF-8) are skipped, so those backbones are computed again."""
     records: dict = {}
     if path.is_file():
-        for line in path.read_text().splitlines():
-            line = line.strip()
+        for raw in path.read_bytes().splitlines():
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                continue  # never produced by the atomic writer; tolerate damage
             if not line:
                 continue
             try:
                 r = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # JSONDecodeError, or e.g. an integer of over 4300 digits
                 continue  # never produced by the atomic writer; tolerate hand edits
-            if isinstance(r, dict) and "key" in r:
+            if isinstance(r, dict) and isinstance(r.get("key"), str):
                 records[r["key"]] = r
     return records
 
@@ -489,7 +494,18 @@ def _accepts_generator(fn) -> bool:
     return "generator" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def run_designability(inputs, out_dir, *, inverse_folder=None, folder=None, n_seq: int = 8, temperature: float = 0.1,
+def run_designability(inputs, out_dir, **options) -> dict:
+    """Run the designability protocol on ``inputs`` into ``out_dir``, which this run owns
+    (:class:`~workbench.utils.OutputDir` lock: a second live writer is refused in one line;
+    temporary files of a killed earlier write are removed). Options and return value:
+    :func:`designability_protocol`."""
+    from workbench.utils import OutputDir
+
+    with OutputDir(out_dir, "designability", lock_only=True):
+        return designability_protocol(inputs, out_dir, **options)
+
+
+def designability_protocol(inputs, out_dir, *, inverse_folder=None, folder=None, n_seq: int = 8, temperature: float = 0.1,
                       batch_size: int = 8, seed: int = 0, progress: bool = True, all_chains: bool = False,
                       threshold: float = SC_RMSD_THRESHOLD, resume: bool = True, save_structures: bool = False,
                       reference=None) -> dict:
@@ -786,6 +802,6 @@ def format_report(report: dict) -> str:
 __all__ = [
     "AF3_FOLD_STEPS", "DEFAULT_FOLD_STEPS", "ODE_MAX_STEPS", "ESMFoldFolder", "FOLD_SAMPLERS", "FEW_STEP_ODE", "Folder", "FolderUnavailable",
     "GEOMETRY_COLUMNS", "SC_RMSD_THRESHOLD", "SELF_NLL_LABEL", "backbone_geometry", "evaluate_backbone", "expand_inputs",
-    "format_report", "load_folder", "load_inverse_folder", "reference_natives", "run_designability", "summarize",
+    "designability_protocol", "format_report", "load_folder", "load_inverse_folder", "reference_natives", "run_designability", "summarize",
     "summarize_geometry",
 ]

@@ -6,12 +6,14 @@ modified/protonation variants of :data:`~domains.proteins.chain.THREE_TO_ONE`, a
 residue the chemical component dictionary calls an amino acid (mapped to its parent's one-letter
 code, ``X`` when it has none). First model only, first alternate location only. Every problem
 with a file (missing, empty, truncated, unparsable, no protein, unknown suffix) raises a one-line
-:class:`StructureError` naming the file (:func:`check_pdb_complete` says what counts as truncated).
+:class:`StructureError` naming the file (:func:`check_pdb_complete` and :func:`check_cif_complete` say what
+counts as truncated).
 """
 from __future__ import annotations
 
 import gzip
 import io as _io
+import re
 import string
 import warnings
 import zlib
@@ -124,6 +126,80 @@ def check_pdb_complete(path: PathLike, text: str) -> None:
                                      f"{', '.join(sorted(prev))} of the residue before it, and no END/TER follows")
 
 
+#: the comment line :func:`write_chain` puts right after ``data_`` in an mmCIF file (so a cut copy is still known as ours)
+CIF_MARK = "# written by fewstep-workbench"
+_CIF_TOKEN = re.compile(r"""'(?:[^']|'(?=\S))*'|"(?:[^"]|"(?=\S))*"|\S+""")
+
+
+def _cif_atom_site_loop(lines: list) -> tuple[list, list, bool]:
+    """``(columns, value lines, terminated)`` of the ``_atom_site`` loop of mmCIF ``lines``
+    (``([], [], True)`` when there is none); ``terminated``: something (``#``, a category, ``loop_``,
+    ``data_``) follows its last row, i.e. the file does not end inside it."""
+    i, n = 0, len(lines)
+    while i < n:
+        if lines[i].strip() == "loop_" and i + 1 < n and lines[i + 1].lstrip().startswith("_atom_site."):
+            j, cols = i + 1, []
+            while j < n and lines[j].lstrip().startswith("_atom_site."):
+                cols.append(lines[j].strip().split()[0][len("_atom_site."):])
+                j += 1
+            rows = []
+            while j < n and not lines[j].lstrip().startswith(("#", "_", "loop_", "data_")):
+                rows.append(lines[j])
+                j += 1
+            return cols, rows, j < n
+        i += 1
+    return [], [], True
+
+
+def check_cif_complete(path: PathLike, text: str) -> None:
+    """Raise a one-line :class:`StructureError` when mmCIF ``text`` looks cut short: a file written
+    by :func:`write_chain` (its first lines carry :data:`CIF_MARK`) that does not end with its final
+    ``#`` line; an ``_atom_site`` loop that runs to the end of the file with its last row cut (fewer
+    values than columns); or such a loop whose last residue has fewer backbone atoms (N, CA, C, O)
+    than the amino acid before it. (A loop that simply runs to the end of the file is allowed:
+    other programs write them. A file of another program cut exactly between two whole residues
+    cannot be told from a shorter chain.)"""
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        return
+    ours = any(ln.strip() == CIF_MARK for ln in lines[:5])
+    if ours and lines[-1].strip() != "#":
+        raise StructureError(f"{path}: truncated mmCIF: written by fewstep-workbench but without its final '#' line "
+                             f"(the file was cut short)")
+    cols, rows, terminated = _cif_atom_site_loop(lines)
+    if terminated or not cols or any(r.startswith(";") for r in rows):
+        return  # the loop is closed, absent, or holds multi-line text fields (not checked here)
+    values = [v for r in rows for v in _CIF_TOKEN.findall(r)]
+    if len(values) % len(cols):
+        raise StructureError(f"{path}: truncated mmCIF: the file ends inside a row of the _atom_site loop "
+                             f"({len(values) % len(cols)} of its {len(cols)} values)")
+    col = {c: k for k, c in enumerate(cols)}
+    pick = lambda *names: next((col[c] for c in names if c in col), None)  # noqa: E731
+    atom, comp = pick("label_atom_id", "auth_atom_id"), pick("label_comp_id", "auth_comp_id")
+    if atom is None or comp is None:
+        return
+    keys = [k for k in (pick("pdbx_PDB_model_num"), pick("label_asym_id", "auth_asym_id"), pick("label_seq_id", "auth_seq_id"),
+                        pick("pdbx_PDB_ins_code")) if k is not None]
+    res, order = {}, []
+    for r in range(len(values) // len(cols)):
+        row = values[r * len(cols):(r + 1) * len(cols)]
+        if row[comp].strip("'\"") not in THREE_TO_ONE:
+            continue
+        key = (row[comp],) + tuple(row[k] for k in keys)
+        if key not in res:
+            res[key] = set()
+            order.append(key)
+        res[key].add(row[atom].strip("'\""))
+    if len(order) >= 2:
+        prev, cur = res[order[-2]] & _BACKBONE_SET, res[order[-1]] & _BACKBONE_SET
+        if cur < prev:
+            raise StructureError(f"{path}: truncated mmCIF: the _atom_site loop runs to the end of the file and its last "
+                                 f"residue ({' '.join(order[-1])}) has only {', '.join(sorted(cur)) or 'no backbone atoms'} "
+                                 f"of the backbone atoms {', '.join(sorted(prev))} of the residue before it")
+
+
 def _one_letter(res_name: str) -> str:
     code = THREE_TO_ONE.get(res_name)
     if code is not None:
@@ -221,6 +297,8 @@ def read_chains(path: PathLike, *, chain_ids: Optional[Iterable[str]] = None, mi
         raise StructureError(f"{path}: file is empty")
     if fmt == "pdb":
         check_pdb_complete(path, text)
+    else:
+        check_cif_complete(path, text)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # biotite warns about guessed elements etc.
@@ -483,6 +561,8 @@ def write_chain(chain_or_chains: Union[Chain, Sequence[Chain]], path: PathLike, 
         site["label_entity_id"] = [ent[str(c)] for c in site["label_asym_id"].as_array()]
         buf = _io.StringIO()
         f.write(buf)
+        first, _, rest = buf.getvalue().partition("\n")  # data_NAME, then our mark (check_cif_complete)
+        buf = _io.StringIO(f"{first}\n{CIF_MARK}\n{rest}")
     text = buf.getvalue()
     with atomic_path(path) as tmp:
         if path.name.lower().endswith(".gz"):

@@ -38,6 +38,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from workbench.utils import track
+
 from .geometry import kabsch  # one Kabsch for the package (P @ R.T + t ~= Q)
 
 #: lDDT distance-difference thresholds (Angstrom), Mariani et al. 2013
@@ -470,10 +472,10 @@ def pairwise_tm(structures: Sequence) -> np.ndarray:
     cas = [_as_ca(s) for s in structures]
     n = len(cas)
     M = np.eye(n)
-    for i in range(n):
-        for j in range(i + 1, n):
-            r = tm_align(cas[i], cas[j])
-            M[i, j] = M[j, i] = 0.5 * (r["tm_score"] + r["tm_score_p"])
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    for i, j in track(pairs, "diversity (pairwise TM-align)"):
+        r = tm_align(cas[i], cas[j])
+        M[i, j] = M[j, i] = 0.5 * (r["tm_score"] + r["tm_score_p"])
     return M
 
 
@@ -513,7 +515,7 @@ def novelty(structures: Sequence, reference: Sequence) -> dict:
     if len(reference) == 0:
         raise ValueError("novelty needs a non-empty reference set")
     best = []
-    for s in structures:
+    for s in track(structures, f"novelty (TM-align vs {len(reference)} references)"):
         best.append(max(tm_align(s, r)["tm_score_p"] for r in reference))
     b = np.asarray(best, dtype=np.float64)
     if len(b) == 0:
@@ -569,7 +571,7 @@ def backbone_metrics(chains: Sequence, reference: Optional[Sequence] = None, *, 
     if dssp_backend is not None:
         from .dssp import dssp_fractions
 
-        fr = [dssp_fractions(c, backend=dssp_backend) for c in chains]
+        fr = [dssp_fractions(c, backend=dssp_backend) for c in track(chains, "DSSP")]
         for k in fr[0]:
             out[k] = float(np.nanmean([f[k] for f in fr]))
     out.update(handedness_pooled(cas))

@@ -140,8 +140,15 @@ def read_fasta_file(path) -> list[tuple[str, str]]:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"fasta file not found: {p}")
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:  # name the file, the byte and where it is (a binary or Latin-1 file)
+        line_no = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"fasta file {p} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} "
+                         f"(line {line_no}); a FASTA file holds '>name' headers and one-letter amino-acid lines") from None
     out, name, buf = [], None, []
-    for line in p.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
@@ -203,6 +210,17 @@ class StructurePredictionDomain(Domain):
     has_exact_model = False
     prediction = "x0"
     primary_metric = "ca_lddt"
+    metric_info = {
+        "ca_lddt": ("higher", "CA-lDDT of the prediction against the known structure, residues matched by position"),
+        "tm_score": ("higher", "TM-score with residues matched by position (an unrelated chain scores ~0.2)"),
+        "ca_ca_outlier_fraction": ("lower", "consecutive CA-CA distances outside 3.8 +- 0.2 A"),
+        "rg_vs_native": ("target 1", "radius of gyration of the prediction / of the true structure"),
+    }
+    demo_skip_reason = ("no distilled student ships for it, and its 200-step AF3 sampler takes about 30 s per prediction "
+                        "on this CPU; `workbench bench structure` compares its samplers (a sampler study, not a structure predictor)")
+    teacher_sampler = ("af3_edm", 200)
+    demo_fast_samplers = ("euler", "dpm_solver_pp_2m")
+    demo_metrics = ("ca_lddt", "tm_score", "ca_ca_outlier_fraction", "rg_vs_native")
 
     def __init__(self, **config):
         super().__init__(**config)  # the full option set (checkpoint metadata records every value)

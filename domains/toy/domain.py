@@ -147,10 +147,15 @@ class ToyDomain(Domain):
     has_exact_model = True
     prediction = "epsilon"
     primary_metric = "sw"
+    metric_info = {
+        "sw": ("lower", "sliced Wasserstein distance of the samples to exact samples of the data distribution"),
+        "sw_shape": ("lower", "sliced Wasserstein distance of the point sets' shape features (pointset)"),
+        "mmd": ("lower", "RBF-kernel MMD of the point sets' shape features to exact ones (pointset)"),
+    }
     #: ``workbench demo`` runs both datasets with the shipped MLP teachers
-    demo_configs = ({"dataset": "gmm", "teacher": "mlp"}, {"dataset": "pointset", "teacher": "mlp"})
-    demo_n = 512
-    demo_n_ref = 16
+    demo_configs = {"gmm": {"dataset": "gmm", "teacher": "mlp"}, "pointset": {"dataset": "pointset", "teacher": "mlp"}}
+    demo_n = 1000
+    teacher_sampler = ("dpm_solver_pp_2m", 50)
 
     def __init__(self, **config):
         super().__init__(**config)
@@ -223,6 +228,15 @@ class ToyDomain(Domain):
 
     def default_teacher_path(self) -> Path:
         return CHECKPOINT_DIR / f"{self.dataset}_mlp.safetensors"
+
+    def shipped_students(self) -> tuple:
+        """The MeanFlow student of the shipped GMM teacher (``checkpoints/README.md``), at 1 and 2 steps."""
+        from workbench.domain import ShippedStudent
+
+        if self.dataset != "gmm" or self.config["teacher"] != "mlp":
+            return ()
+        path = CHECKPOINT_DIR / "gmm_meanflow_student.safetensors"
+        return tuple(ShippedStudent(f"meanflow_{k}step", path, k, description=f"MeanFlow student, {k} step{'s' * (k > 1)}") for k in (1, 2))
 
     def teacher_regenerate_command(self) -> str:
         return "python -m domains.toy.train_teachers"
