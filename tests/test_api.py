@@ -14,13 +14,13 @@ def test_every_sampler_file_registers_and_the_registry_refuses_duplicates():
     (so a new file cannot silently replace an existing sampler)."""
     import pkgutil
 
-    from workbench.samplers import SAMPLERS, register
+    from workbench.samplers import REGISTRY, SAMPLERS, register
 
     mods = {f"workbench.samplers.{m.name}" for m in pkgutil.iter_modules(workbench.samplers.__path__)
             if m.name != "base" and not m.name.startswith("_")}
-    owners = {spec.fn.__module__ for spec in SAMPLERS.values()}
+    owners = {spec.fn.__module__ for spec in REGISTRY.values()}  # continuous and discrete samplers: one registry
     assert owners == mods
-    assert all(spec.name == name and spec.nfe(3) >= 3 for name, spec in SAMPLERS.items())
+    assert all(spec.name == name and spec.nfe(3) >= 3 for name, spec in REGISTRY.items())
     with pytest.raises(ValueError, match="euler"):
         register("euler")(lambda mf, x, ts: x)
     assert SAMPLERS["euler"].fn.__module__ == "workbench.samplers.euler"

@@ -9,8 +9,9 @@ from torch import Tensor
 
 from . import timegrids
 from .losses import Batch, tree_cat, tree_map
-from .processes import GaussianProcess, canonical_prediction
+from .processes import DiscreteProcess, GaussianProcess, canonical_prediction
 from .samplers import ModelFn, get
+from .samplers._discrete import DiscreteModelFn
 from .utils import Generator
 
 
@@ -45,15 +46,26 @@ def run_sampler(model: Callable, process: GaussianProcess, x_T: Tensor, *, sampl
     network whose parameters require grad, the whole sampling graph is kept in memory and ``x``
     has ``requires_grad`` (measured, 64 samples of the shipped digits UNet, 8 Euler steps, CPU:
     peak RSS grows by 336 MB with the graph, 33 MB under ``torch.no_grad()``).
-    Call it under ``torch.no_grad()`` (or use :func:`sample`, which does) to only sample."""
+    Call it under ``torch.no_grad()`` (or use :func:`sample`, which does) to only sample.
+
+    Dispatch on ``process.continuous``: a :class:`~workbench.processes.DiscreteProcess` runs the
+    discrete samplers (``available(state="discrete")``) with the model wrapped in
+    :class:`~workbench.samplers._discrete.DiscreteModelFn` (``prediction`` is then unused);
+    a sampler of the other kind is a one-line ``TypeError`` naming the valid samplers."""
     spec = get(sampler)
-    if not isinstance(process, GaussianProcess):
-        raise TypeError(f"sampler {sampler!r} needs a continuous Gaussian process, got {type(process).__name__}")
+    if not isinstance(process, (GaussianProcess, DiscreteProcess)):
+        raise TypeError(f"sampler {sampler!r} needs a continuous Gaussian process or a discrete process, got {type(process).__name__}")
+    if not spec.supports(process):  # dispatch on the state: continuous samplers on Gaussian processes, discrete on discrete
+        raise TypeError(spec.mismatch(process))
     if not isinstance(x_T, Tensor) or x_T.ndim < 1:
         raise ValueError("x_T must be a tensor of shape [B, ...]")
+    if not process.continuous and (x_T.ndim != 2 or x_T.is_floating_point() or x_T.is_complex()):
+        raise ValueError(f"a discrete process needs x_T as token ids LongTensor [B, N], got {x_T.dtype} of shape {tuple(x_T.shape)}")
     if mask is not None:
         if mask.ndim != 2 or x_T.ndim < 2 or tuple(mask.shape) != tuple(x_T.shape[:2]):
             raise ValueError(f"mask must have shape [B, N] = {tuple(x_T.shape[:2])}, got {tuple(mask.shape)}")
+    if not process.continuous and x0_clip is not None:
+        raise ValueError("x0_clip applies to continuous processes only")
     ts = resolve_timesteps(process, steps, timesteps, **(grid_options or {}))
     opts = {**spec.options, **options}
     import inspect
@@ -66,6 +78,10 @@ def run_sampler(model: Callable, process: GaussianProcess, x_T: Tensor, *, sampl
     from .model import prepare_cond
 
     cond = prepare_cond(model, cond, mask=mask, batch_size=x_T.shape[0])
+    if not process.continuous:  # discrete state: SUBS x0-logit models, float64 categorical draws
+        dmf = DiscreteModelFn(model, process, mask=mask, cond=cond, generator=generator, callback=callback)
+        out = spec.fn(dmf, dmf.project(x_T.long()), ts, **opts)
+        return SampleOutput(x=out, nfe=dmf.nfe, timesteps=ts, sampler=sampler)
     mf = ModelFn(model, process, canonical_prediction(prediction), mask=mask, cond=cond, generator=generator, callback=callback, x0_clip=x0_clip)
     mf.prime(ts)
     x = mf.project(x_T)
@@ -80,10 +96,13 @@ def sample(model: Callable, process: GaussianProcess, x_T: Tensor, *, sampler: s
 
     Args:
         model: ``model(x_t [B, ...], t [B]) -> [B, ...]`` in the process's time (t=1 noise,
-            t=0 data); receives ``mask=`` / ``cond=`` keywords when those are given.
-        process: a Gaussian process (:mod:`workbench.processes`).
-        x_T: ``[B, ...]`` initial noise at ``t = 1`` (e.g. ``process.prior(shape)``).
-        sampler: one of ``workbench.samplers.available()``.
+            t=0 data); receives ``mask=`` / ``cond=`` keywords when those are given. For a
+            discrete process: ``model(x_t LongTensor [B, N], t [B]) -> logits [B, N, vocab_size]``
+            over the clean tokens (MDLM's SUBS parameterisation).
+        process: a Gaussian or a discrete process (:mod:`workbench.processes`).
+        x_T: ``[B, ...]`` initial noise at ``t = 1`` (e.g. ``process.prior(shape)``); token ids
+            ``LongTensor [B, N]`` for a discrete process.
+        sampler: one of ``workbench.samplers.available(process=process)``.
         steps: number of steps (grid intervals); NFE depends on the sampler.
         prediction: the model's output: ``x0``, ``epsilon``, ``v``, ``velocity`` or ``score``.
         timesteps: ``None`` (process default grid), a grid name, or a decreasing tensor.
@@ -92,7 +111,8 @@ def sample(model: Callable, process: GaussianProcess, x_T: Tensor, *, sampler: s
         generator: ``torch.Generator`` or a list of per-sample generators (stochastic samplers).
         **options: sampler options (e.g. ``eta=1.0`` for ``euler``, ``s_churn`` for ``heun``).
     Returns:
-        ``[B, ...]`` the sample (the data prediction of the last step when the grid ends at 0).
+        ``[B, ...]`` the sample (the data prediction of the last step when the grid ends at 0);
+        a ``LongTensor [B, N]`` for a discrete process.
     """
     with torch.no_grad():
         return run_sampler(model, process, x_T, sampler=sampler, steps=steps, prediction=prediction, timesteps=timesteps,

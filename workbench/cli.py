@@ -278,11 +278,11 @@ def cmd_domains(_cfg) -> int:
 
 
 def cmd_samplers(_cfg) -> int:
-    from .samplers import SAMPLERS
+    from .samplers import REGISTRY
 
-    for name, spec in sorted(SAMPLERS.items()):
+    for name, spec in sorted(REGISTRY.items()):
         kind = "stochastic" if spec.stochastic else f"order {spec.order}"
-        print(f"{name:18s} {kind:12s} NFE(5 steps)={spec.nfe(5):<3d} {spec.reference}")
+        print(f"{name:18s} {spec.state:10s} {kind:12s} NFE(5 steps)={spec.nfe(5):<3d} {spec.reference}")
     return 0
 
 

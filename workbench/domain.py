@@ -387,12 +387,12 @@ def supported_samplers(domain: Domain, net: nn.Module, *, n: int = 2, steps: int
     gb = domain.generation_batch(n, generator=per_sample_generators(0, n))
     pred = getattr(net, "prediction", domain.prediction)
     out = {}
-    for name in available():
+    for name in available(process=proc):  # the samplers of the process's kind (continuous or discrete)
         try:
             with torch.no_grad():
                 x = api.sample(net, proc, gb.x_T, sampler=name, steps=steps, prediction=pred, mask=gb.mask, cond=gb.cond,
                                generator=per_sample_generators(1, n))
-            ok = bool(torch.isfinite(x).all()) and torch.allclose(proc.project(x, gb.mask), x, atol=1e-4)
+            ok = bool(torch.isfinite(x.double()).all()) and torch.allclose(proc.project(x, gb.mask).double(), x.double(), atol=1e-4)
             out[name] = None if ok else "non-finite samples or broken constraints"
         except Exception as e:  # noqa: BLE001 - any failure means "not supported here", reported with its reason
             out[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"

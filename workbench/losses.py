@@ -1,7 +1,9 @@
 """Training objectives for teachers. An objective is an object: hyper-parameters in
 ``__init__``, ``__call__(nets, batch, generator) -> per-sample loss [B]`` (as NVlabs/edm's
 loss classes). The shared training loop (:mod:`workbench.training`) reduces and
-optimises it; distillation methods follow the same protocol.
+optimises it; distillation methods follow the same protocol. Continuous state:
+:class:`DenoisingLoss`; discrete state (token ids): :class:`MaskedDiffusionELBO`. Both live
+here because they are the two teacher objectives, called the same way by the same loop.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .processes import GaussianProcess, append_dims, canonical_prediction
+from .processes import DiscreteProcess, GaussianProcess, append_dims, canonical_prediction
 from .utils import Generator, first_generator, randn
 
 def tree_map(fn, v):
@@ -163,3 +165,91 @@ class DenoisingLoss:
 
     def __repr__(self) -> str:
         return f"DenoisingLoss(prediction={self.prediction!r}, weighting={self.weighting!r}, time_sampler={self.time_sampler!r})"
+
+
+DISCRETE_OBJECTIVES = ("elbo", "cross_entropy")
+DISCRETE_TIME_SAMPLERS = ("antithetic", "uniform")
+
+
+class MaskedDiffusionELBO:
+    """MDLM's continuous-time ELBO for discrete (token) state (Sahoo et al. 2024, eq. 10-11):
+
+        L(x0) = E_{t ~ U[t_eps, 1]} E_{x_t ~ q(.|x0)} [ alpha'(t) / (1 - alpha(t)) * sum_{i masked in x_t} log p(x0_i | x_t) ]
+
+    (``alpha' < 0``, so ``L >= 0`` and is minimised; for the log-linear schedule the weight is
+    ``1 / t``, MDLM's ``dsigma / expm1(sigma)``). The network is SUBS-parameterised (logits
+    ``[B, N, vocab_size]`` over the clean tokens; unmasked positions are carried over, so they
+    contribute ``log 1 = 0`` and only masked positions enter the sum). Padding (``batch.mask``
+    = 0) never enters. One value per sample: the sum divided by the sample's number of real
+    tokens, i.e. the per-token negative ELBO in nats of a one-draw Monte-Carlo estimate
+    (``exp`` of its average over many draws bounds the per-token perplexity; MDLM divides by
+    the batch's token count instead, which weights long sequences more when lengths vary).
+
+    ``objective="cross_entropy"`` is a named variant, NOT MDLM's ELBO: the unweighted
+    cross-entropy ``-sum_{i real} log p(x0_i | x_t) / n_real`` over every real position (the
+    ``x0``-prediction auxiliary loss of D3PM, Austin et al. 2021, eq. 5, without its
+    variational term). It is the default, and the only choice, for a uniform-noise process,
+    where the mask-only ELBO above does not apply.
+
+    Args:
+        process: a :class:`~workbench.processes.DiscreteProcess`.
+        objective: ``elbo`` (absorbing processes; their default) or ``cross_entropy``
+            (the default for :class:`~workbench.processes.UniformProcess`).
+        time_sampler: ``antithetic`` (MDLM's low-discrepancy draw: ``t_i = (u_i / B + i / B) mod 1``,
+            mapped to ``[t_eps, 1]``) or ``uniform``.
+        t_eps: smallest training time (MDLM's ``sampling_eps = 1e-3``; the weight ``1/t``
+            diverges at 0).
+
+    Called by :func:`workbench.training.train` as ``objective(nets, batch, generator) -> [B]``
+    with ``nets["model"]`` (or a bare module) ``net(x_t LongTensor [B, N], t float32 [B],
+    mask=, cond=) -> logits [B, N, vocab_size]`` and ``batch.x`` the clean tokens ``[B, N]``.
+    """
+
+    def __init__(self, process: DiscreteProcess, objective: Optional[str] = None, *, time_sampler: str = "antithetic",
+                 t_eps: float = 1e-3):
+        if not isinstance(process, DiscreteProcess):
+            raise TypeError(f"MaskedDiffusionELBO needs a DiscreteProcess (MaskedProcess, UniformProcess), got {type(process).__name__}; "
+                            "use DenoisingLoss for Gaussian processes")
+        objective = objective or ("elbo" if process.absorbing else "cross_entropy")
+        if objective not in DISCRETE_OBJECTIVES:
+            raise ValueError(f"unknown discrete objective {objective!r}; valid: {', '.join(DISCRETE_OBJECTIVES)}")
+        if objective == "elbo" and not process.absorbing:
+            raise ValueError(f"the MDLM ELBO needs an absorbing (masked) process, got {type(process).__name__}; valid objective here: cross_entropy")
+        if time_sampler not in DISCRETE_TIME_SAMPLERS:
+            raise ValueError(f"unknown time sampler {time_sampler!r}; valid: {', '.join(DISCRETE_TIME_SAMPLERS)}")
+        if not 0.0 < t_eps < 1.0:
+            raise ValueError(f"t_eps must be in (0, 1), got {t_eps}")
+        self.process, self.objective, self.time_sampler, self.t_eps = process, objective, time_sampler, float(t_eps)
+
+    def sample_time(self, n: int, generator: Generator = None, device=None) -> Tensor:
+        """Training times float64 ``[n]`` in ``[t_eps, 1]`` (one ``torch.Generator``: the first of a list)."""
+        g = first_generator(generator)
+        u = torch.rand(n, generator=g, device=g.device if g is not None else device, dtype=torch.float64)
+        if self.time_sampler == "antithetic":
+            u = (u / n + torch.arange(n, dtype=torch.float64, device=u.device) / n) % 1.0
+        t = self.t_eps + (1.0 - self.t_eps) * u
+        return t.to(device) if device is not None else t
+
+    def weight(self, t: Tensor) -> Tensor:
+        """``-alpha'(t) / (1 - alpha(t))`` (float64, shape of ``t``; ``1/t`` for log-linear)."""
+        return -self.process.d_alpha(t) / (1.0 - self.process.alpha(t))
+
+    def __call__(self, nets, batch: Batch, generator: Generator = None) -> Tensor:
+        net = nets["model"] if isinstance(nets, (dict, torch.nn.ModuleDict)) else nets
+        x0, mask, p = batch.x, batch.mask, self.process
+        B = x0.shape[0]
+        t = self.sample_time(B, generator, device=x0.device)
+        x_t = p.add_noise(x0, t, generator, mask)
+        logits = net(x_t, t.to(torch.float32), mask=mask, cond=batch.cond)
+        if tuple(logits.shape) != (*x0.shape, p.vocab_size):
+            raise ValueError(f"model returned shape {tuple(logits.shape)}; a discrete model returns logits [B, N, vocab_size] = {(*x0.shape, p.vocab_size)}")
+        nll = -torch.log_softmax(logits.float(), dim=-1).gather(-1, x0.long()[..., None])[..., 0]   # [B, N]
+        real = torch.ones_like(x0, dtype=torch.bool) if mask is None else mask.to(x0.device).bool()
+        n_real = real.flatten(1).sum(1).clamp_min(1).to(nll.dtype)
+        if self.objective == "cross_entropy":
+            return torch.where(real, nll, torch.zeros_like(nll)).flatten(1).sum(1) / n_real
+        masked = (x_t == p.mask_id) & real
+        return self.weight(t).to(nll.dtype) * torch.where(masked, nll, torch.zeros_like(nll)).flatten(1).sum(1) / n_real
+
+    def __repr__(self) -> str:
+        return f"MaskedDiffusionELBO(process={self.process!r}, objective={self.objective!r}, time_sampler={self.time_sampler!r})"

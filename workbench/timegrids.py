@@ -148,7 +148,14 @@ def get_grid(name: str, process: GaussianProcess, steps: int, **kwargs) -> Tenso
     """Build grid ``name`` (one of :func:`available`)."""
     if name not in GRIDS:
         raise ValueError(f"unknown time grid {name!r}; valid: {', '.join(available())}")
+    if not getattr(process, "continuous", True) and name not in DISCRETE_GRIDS:
+        raise ValueError(f"time grid {name!r} needs a Gaussian process's log-SNR or t_min; valid for {type(process).__name__}: "
+                         f"{', '.join(DISCRETE_GRIDS)}")
     return GRIDS[name](process, steps, **kwargs)
+
+
+#: the grids defined by ``t`` alone, so they apply to discrete processes (which have no log-SNR)
+DISCRETE_GRIDS = ("flow_shift", "quadratic", "uniform_t")
 
 
 def default_grid(process: GaussianProcess, steps: int) -> Tensor:

@@ -124,7 +124,9 @@ class ProteinBackboneDomain(Domain):
     #: novelty (TM-align of every sample against 32 training chains) is left out of the demo for time
     demo_configs = {"globular": {"novelty_reference": 0}}
     demo_fast_samplers = ("dpm_solver_pp_2m",)
-    teacher_sampler = ("euler", 100)
+    #: the teacher's default sampler: Proteina's low-temperature SDE (noise scaling gamma 0.45, the
+    #: gamma its SiD students are sampled with) at Proteina's 400 steps
+    teacher_sampler = ("sde", 400, {"temperature": 0.45, "noise_scale": 1.0})
     demo_metrics = ("ca_ca_outlier_fraction", "dssp_helix", "dssp_strand", "handedness_ratio", "rg_ratio_mean")
 
     def __init__(self, **config):

@@ -120,19 +120,19 @@ class BackboneBenchOptions:
     out: str = field(default="outputs/bench_backbone", metadata={"help": "output folder"})
     n: int = field(default=16, metadata={"help": "samples per row"})
     lengths: List[int] = _list([60, 80, 100], "chain lengths (each sample draws one)")
-    teacher_steps: int = field(default=200, metadata={"help": "teacher sampler steps"})
+    teacher_steps: int = field(default=400, metadata={"help": "teacher sampler steps (Proteina's 400)"})
     teacher: Optional[str] = field(default=None, metadata={"help": "teacher checkpoint (null: the shipped one)"})
     generators: List[str] = _list([], "distilled generator.safetensors files")
     student_steps: List[int] = _list([1, 8, 16], "student step counts")
-    noise_scales: List[float] = _list([1.0], "student noise scales (multistep SiD noise modulation)")
+    noise_scales: List[float] = _list([0.45], "student noise scales (multistep SiD noise modulation; Proteina-SiD: 0.45)")
     designability: bool = field(default=True, metadata={"help": "designability of the written PDBs"})
     n_seq: int = field(default=8, metadata={"help": "sequences designed per backbone"})
     fold_steps: int = field(default=5, metadata={"help": "steps of the folder's sampler"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     batch_size: int = field(default=16, metadata={"help": "samples per network batch"})
     reference: bool = field(default=True, metadata={"help": "a row of held-out chains through the same metrics"})
-    teacher_sampler: str = field(default="euler", metadata={"help": "euler (ODE) or sde (Proteina's noise-scaled reverse SDE)"})
-    teacher_temperature: float = field(default=1.0, metadata={"help": "noise scaling of teacher_sampler=sde, in [0, 1]"})
+    teacher_sampler: str = field(default="sde", metadata={"help": "sde (Proteina's noise-scaled reverse SDE, the teacher's default) or euler (ODE)"})
+    teacher_temperature: float = field(default=0.45, metadata={"help": "noise scaling gamma of teacher_sampler=sde, in [0, 1] (Proteina: 0.45)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
     progress: bool = field(default=True, metadata={"help": "progress messages"})
 
@@ -774,15 +774,16 @@ def heldout_batch(domain, lengths) -> "Batch":
     return Batch(x=x, mask=mask)
 
 
-def bench_backbone(out_dir, *, n: int = 16, lengths: Sequence[int] = (60, 80, 100), teacher_steps: int = 200,
+def bench_backbone(out_dir, *, n: int = 16, lengths: Sequence[int] = (60, 80, 100), teacher_steps: int = 400,
                    teacher: Optional[str] = None, generators: Sequence[str] = (), student_steps: Sequence[int] = (1, 8, 16),
-                   noise_scales: Sequence[float] = (1.0,), designability: bool = True, n_seq: int = 8, fold_steps: int = 5,
-                   seed: int = 0, batch_size: int = 16, reference: bool = True, teacher_sampler: str = "euler",
-                   teacher_temperature: float = 1.0, progress: bool = True, models=None) -> dict:
+                   noise_scales: Sequence[float] = (0.45,), designability: bool = True, n_seq: int = 8, fold_steps: int = 5,
+                   seed: int = 0, batch_size: int = 16, reference: bool = True, teacher_sampler: str = "sde",
+                   teacher_temperature: float = 0.45, progress: bool = True, models=None) -> dict:
     """The ``protein_backbone`` teacher vs distilled generators.
 
     Every row draws the same ``n`` lengths (uniform over ``lengths``) and initial noises (sample
-    ``i`` from seed ``seed + i``). The teacher row is ``euler`` with ``teacher_steps`` steps on
+    ``i`` from seed ``seed + i``). The teacher row is ``teacher_sampler`` (default the teacher's
+    default: Proteina's SDE at noise scaling ``teacher_temperature`` 0.45) with ``teacher_steps`` steps on
     the teacher (``teacher``: a checkpoint path, default the shipped one; its domain config is
     taken from the checkpoint header). Each generator (a ``generator.safetensors`` of
     ``workbench distill domain=protein_backbone``) gives one row per ``student_steps`` x

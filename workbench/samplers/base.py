@@ -11,20 +11,27 @@ point is the clean end ``t = 0``, return the data prediction of its last model c
 ``af3_edm`` with ``step_scale_eta != 1``, which takes Protenix's over-shooting last step.
 The finiteness check of every model output costs one reduction (``sum``) per call; the
 elementwise check runs only when that sum is not finite, to confirm before raising.
+
+Discrete-state samplers have the same shape, ``fn(model: DiscreteModelFn, x: LongTensor[B, N],
+ts: Tensor[n+1], **opts) -> LongTensor[B, N]`` (:mod:`workbench.samplers._discrete`), and live
+in the same registry: :class:`SamplerSpec` ``.state`` says which kind of state a sampler works
+on, ``.requires`` what more it needs of the process (an absorbing one), and
+``available(state=..., process=...)`` lists them.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
-from ..processes import GaussianProcess, append_dims, canonical_prediction, prediction_coefficients
+from ..processes import DiscreteProcess, GaussianProcess, append_dims, canonical_prediction, prediction_coefficients
 from ..utils import Generator, model_kwargs, randn_like
 
-__all__ = ["Prediction", "ModelFn", "SamplerSpec", "register", "get", "available", "SAMPLERS"]
+__all__ = ["Prediction", "ModelFn", "SamplerSpec", "register", "get", "available", "SAMPLERS", "REGISTRY", "STATES", "REQUIREMENTS"]
 
 
 @dataclass
@@ -247,10 +254,22 @@ def expand(v: Tensor, x: Tensor) -> Tensor:
     return append_dims(v, x.ndim)
 
 
+#: the kinds of state a sampler works on (``SamplerSpec.state``): ``continuous`` samplers take a
+#: :class:`ModelFn` over a Gaussian process, ``discrete`` ones a
+#: :class:`~workbench.samplers._discrete.DiscreteModelFn` over a discrete process
+STATES = ("continuous", "discrete")
+#: what a sampler may further require of its process (``SamplerSpec.requires``):
+#: ``absorbing``: a masked (absorbing-state) discrete process (``process.mask_id is not None``)
+REQUIREMENTS = ("absorbing",)
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """Registry entry. ``nfe(steps)`` is the exact number of model calls for a grid of
-    ``steps`` intervals ending at the clean end; ``stochastic`` samplers inject noise."""
+    ``steps`` intervals ending at the clean end (an upper bound for samplers that skip calls,
+    ``mdlm_cached``; ``run_sampler`` reports the real count); ``stochastic`` samplers inject
+    noise. ``state`` is the kind of state it works on (:data:`STATES`) and ``requires`` what it
+    further needs of the process (:data:`REQUIREMENTS`)."""
 
     name: str
     fn: Callable
@@ -259,6 +278,8 @@ class SamplerSpec:
     stochastic: bool
     reference: str
     options: dict = field(default_factory=dict)
+    state: str = "continuous"
+    requires: tuple = ()
 
     def steps_for_nfe(self, nfe: int) -> Optional[int]:
         """Smallest ``steps`` with exactly ``nfe`` model calls, or ``None`` if unreachable."""
@@ -269,30 +290,92 @@ class SamplerSpec:
                 return None
         return None
 
+    def supports(self, process) -> bool:
+        """True if this sampler runs on ``process``: a Gaussian process for ``continuous``
+        samplers, a discrete one (absorbing where required) for ``discrete`` ones."""
+        if self.state == "continuous":
+            return isinstance(process, GaussianProcess)
+        if not isinstance(process, DiscreteProcess):
+            return False
+        return "absorbing" not in self.requires or process.absorbing
 
-SAMPLERS: dict[str, SamplerSpec] = {}
+    def mismatch(self, process) -> str:
+        """The one-line reason this sampler cannot run on ``process``, naming the valid samplers."""
+        need = "an absorbing (masked) discrete process" if "absorbing" in self.requires else \
+            ("a discrete process" if self.state == "discrete" else "a continuous Gaussian process")
+        valid = available(process=process)
+        return (f"sampler {self.name!r} needs {need}, got {type(process).__name__}; "
+                f"valid for this process: {', '.join(valid) or '(none)'}")
+
+
+#: the ONE registry of every sampler, continuous and discrete (``name -> SamplerSpec``)
+REGISTRY: dict[str, SamplerSpec] = {}
+
+
+class _StateView(Mapping):
+    """Read-only view of :data:`REGISTRY` restricted to one ``state``."""
+
+    def __init__(self, registry: dict, state: str):
+        self._registry, self._state = registry, state
+
+    def __getitem__(self, name: str) -> SamplerSpec:
+        spec = self._registry[name]
+        if spec.state != self._state:
+            raise KeyError(name)
+        return spec
+
+    def __iter__(self):
+        return (k for k, v in self._registry.items() if v.state == self._state)
+
+    def __len__(self) -> int:
+        return sum(1 for v in self._registry.values() if v.state == self._state)
+
+    def __repr__(self) -> str:
+        return f"SAMPLERS({self._state}: {', '.join(sorted(self))})"
+
+
+#: the continuous samplers (a live view of :data:`REGISTRY`): what callers that iterate
+#: ``SAMPLERS`` (the sampler benchmark, convergence tests) have always meant; use
+#: :data:`REGISTRY`, :func:`available` ``(state=...)`` or ``(process=...)`` for the others
+SAMPLERS: Mapping = _StateView(REGISTRY, "continuous")
 
 
 def register(name: str, *, nfe: Callable[[int], int] = lambda n: n, order: Optional[int] = None, stochastic: bool = False,
-             reference: str = "", **options):
+             reference: str = "", state: str = "continuous", requires: tuple = (), **options):
     """Decorator: register a sampler function under ``name``. ``options`` fixes keyword
-    arguments (so ``deis_2`` is ``deis`` with ``order=2``)."""
+    arguments (so ``deis_2`` is ``deis`` with ``order=2``); ``state`` (:data:`STATES`) and
+    ``requires`` (:data:`REQUIREMENTS`) say which processes it runs on."""
+    if state not in STATES:
+        raise ValueError(f"unknown sampler state {state!r}; valid: {', '.join(STATES)}")
+    bad = [r for r in requires if r not in REQUIREMENTS]
+    if bad:
+        raise ValueError(f"unknown sampler requirement(s) {', '.join(map(repr, bad))}; valid: {', '.join(REQUIREMENTS)}")
 
     def deco(fn):
-        if name in SAMPLERS:
+        if name in REGISTRY:
             raise ValueError(f"sampler {name!r} registered twice")
-        SAMPLERS[name] = SamplerSpec(name=name, fn=fn, nfe=nfe, order=order, stochastic=stochastic, reference=reference, options=dict(options))
+        REGISTRY[name] = SamplerSpec(name=name, fn=fn, nfe=nfe, order=order, stochastic=stochastic, reference=reference,
+                                     options=dict(options), state=state, requires=tuple(requires))
         return fn
 
     return deco
 
 
-def available() -> list[str]:
-    """Names of all registered samplers."""
-    return sorted(SAMPLERS)
+def available(state: Optional[str] = "continuous", *, process=None) -> list[str]:
+    """Names of the registered samplers, sorted.
+
+    ``state``: ``continuous`` (default: what every caller before discrete state meant),
+    ``discrete``, or ``None`` for all. ``process``: if given, exactly the samplers that run on
+    it (``state`` is then ignored)."""
+    if process is not None:
+        return sorted(k for k, v in REGISTRY.items() if v.supports(process))
+    if state is not None and state not in STATES:
+        raise ValueError(f"unknown sampler state {state!r}; valid: {', '.join(STATES)}, or None for all")
+    return sorted(k for k, v in REGISTRY.items() if state is None or v.state == state)
 
 
 def get(name: str) -> SamplerSpec:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(available())}")
-    return SAMPLERS[name]
+    """The :class:`SamplerSpec` of ``name`` (any state)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(available(None))}")
+    return REGISTRY[name]

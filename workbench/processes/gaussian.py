@@ -236,7 +236,7 @@ class GaussianProcess(Process):
         """Draw ``x_1 ~ N(0, sigma(1)^2 I)`` of ``shape`` ``[B, ...]``, projected (padding zero,
         zero CoM). ``generator`` may be a list of per-sample generators: sample ``i`` then
         depends only on ``generator[i]``."""
-        from .utils import randn
+        from ..utils import randn
 
         return self.project(randn(shape, generator=generator, device=device, dtype=dtype) * self.prior_std(), mask)
 
