@@ -358,11 +358,14 @@ def cmd_check(cfg) -> int:
             print(f"  not supported: {k} ({v})")
     from .distill.api import METHODS
 
+    continuous = getattr(dom.process(), "continuous", True)  # the distillation methods act on continuous (Gaussian) state
     meth = {m: [r for r in METHODS[m].requires if not dom.supports(r)] for m in sorted(METHODS)}
-    ok = [m for m, missing in meth.items() if not missing]
-    print(f"distillation methods ({len(ok)} of {len(meth)}): {', '.join(ok)}")
+    ok = [m for m, missing in meth.items() if not missing and continuous]
+    print(f"distillation methods ({len(ok)} of {len(meth)}): {', '.join(ok) or '(none)'}")
+    if not continuous:
+        print(f"  not supported: all (the distillation methods need a continuous process; {type(dom.process()).__name__} is discrete)")
     for m, missing in meth.items():
-        if missing:
+        if missing and continuous:
             print(f"  not supported: {m} (needs {', '.join(missing)})")
     return 0
 
@@ -821,8 +824,8 @@ def _validate(cfg, cmd: str = "", kind=None) -> None:
     check_device(cfg.train.device, "train.device")
     if cfg.method not in available_methods():
         raise CLIError(f"unknown distillation method {cfg.method!r}; valid: {', '.join(available_methods())}")
-    if cfg.sampler not in available():
-        raise CLIError(f"unknown sampler {cfg.sampler!r}; valid: {', '.join(available())}")
+    if cfg.sampler not in available(None):  # continuous and discrete (which fit the domain's process: checked when it runs)
+        raise CLIError(f"unknown sampler {cfg.sampler!r}; valid: {', '.join(available(None))}")
     _check_types(cfg)
     if cmd in WRITES_OUT and not (cmd == "bench" and kind == "peers"):
         try:

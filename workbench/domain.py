@@ -315,10 +315,12 @@ def check_domain(domain: Domain, *, n: int = 4, steps: int = 3, tmpdir: Optional
     naming the first violation. Returns a small report dict. ``teacher``: ``True`` checks the
     shipped teacher, a path that checkpoint, ``False`` a fresh :meth:`Domain.build_backbone`.
 
-    Checks: a Gaussian process; a batch sampler returning a :class:`Batch` with a matching
-    mask; a generation batch whose noise already satisfies the constraints (zero padding,
-    zero CoM); the backbone and the teacher map ``[B, ...] -> [B, ...]`` with finite
-    outputs; a 3-step sample keeps the constraints; ``evaluate`` returns finite floats;
+    Checks: a Gaussian or a discrete process; a batch sampler returning a :class:`Batch` with a
+    matching mask; a generation batch whose noise already satisfies the constraints (zero / pad-id
+    padding, zero CoM); the backbone and the teacher map ``[B, ...] -> [B, ...]`` (a discrete
+    process: token ids ``[B, N]`` -> logits ``[B, N, vocab_size]``) with finite outputs; a
+    3-step sample (``euler``; a discrete process: the domain's teacher sampler if it is a discrete
+    one, else the first discrete sampler) keeps the constraints; ``evaluate`` returns finite floats;
     ``save_samples`` writes non-empty files of the declared formats; ``plot`` writes a PNG;
     sample ``i`` depends only on its own seed.
     """
@@ -329,19 +331,31 @@ def check_domain(domain: Domain, *, n: int = 4, steps: int = 3, tmpdir: Optional
         if not cond:
             raise ConformanceError(f"domain {domain.name!r}: {msg}")
 
+    from .processes import DiscreteProcess
+    from .samplers import available
+
+    def same(a, b):  # token ids compare exactly, float states up to round-off
+        if a.is_floating_point() or b.is_floating_point():
+            return torch.allclose(a.double(), b.double(), atol=1e-5)
+        return torch.equal(a, b)
+
     need(isinstance(domain.name, str) and domain.name, "has no name")
     proc = domain.process()
-    need(isinstance(proc, GaussianProcess), f"process() must return a GaussianProcess, got {type(proc).__name__}")
+    need(isinstance(proc, (GaussianProcess, DiscreteProcess)),
+         f"process() must return a GaussianProcess or a DiscreteProcess, got {type(proc).__name__}")
+    discrete = isinstance(proc, DiscreteProcess)
     g = torch.Generator().manual_seed(0)
     batch = domain.train_data("train")(n, g)
     need(isinstance(batch, Batch) and batch.x.shape[0] == n, "train_data(split)(n, generator) must return a Batch of n states")
     if batch.mask is not None:
         need(batch.mask.shape == batch.x.shape[:2], "Batch.mask must be [B, N] matching x [B, N, ...]")
-        need(torch.equal(proc.project(batch.x, batch.mask), batch.x) or torch.allclose(proc.project(batch.x, batch.mask), batch.x, atol=1e-5),
-             "training data violate the process constraints (padding / centre of mass)")
+        need(same(proc.project(batch.x, batch.mask), batch.x), "training data violate the process constraints (padding / centre of mass)")
     gb = domain.generation_batch(n, generator=per_sample_generators(0, n))
     need(isinstance(gb, GenerationBatch) and gb.x_T.shape[0] == n, "generation_batch(n) must return a GenerationBatch of n")
-    need(torch.allclose(proc.project(gb.x_T, gb.mask), gb.x_T, atol=1e-5), "generation noise violates the constraints")
+    need(same(proc.project(gb.x_T, gb.mask), gb.x_T), "generation noise violates the constraints")
+    if discrete:
+        need(not gb.x_T.is_floating_point() and gb.x_T.ndim == 2, f"generation noise of a discrete process must be token ids [B, N], got "
+             f"{gb.x_T.dtype} of shape {tuple(gb.x_T.shape)}")
     if teacher is False or teacher is None:
         net = domain.build_backbone().eval()
     else:
@@ -349,15 +363,24 @@ def check_domain(domain: Domain, *, n: int = 4, steps: int = 3, tmpdir: Optional
     t = torch.rand(n)
     with torch.no_grad():
         out = net(gb.x_T, t, mask=gb.mask, cond=gb.cond)
-    need(out.shape == gb.x_T.shape, f"teacher output shape {tuple(out.shape)} != input shape {tuple(gb.x_T.shape)}")
+    want = (*gb.x_T.shape, proc.vocab_size) if discrete else tuple(gb.x_T.shape)
+    need(tuple(out.shape) == want, f"teacher output shape {tuple(out.shape)} != {want}"
+         + (" (logits [B, N, vocab_size] over the clean tokens)" if discrete else " (the input shape)"))
     need(bool(torch.isfinite(out).all()), "teacher output is not finite")
     pred = getattr(net, "prediction", None)
     need(pred is not None, "teacher must declare .prediction")
-    x = api.sample(net, proc, gb.x_T, sampler="euler", steps=steps, prediction=pred, mask=gb.mask, cond=gb.cond)
-    need(torch.allclose(proc.project(x, gb.mask), x, atol=1e-5), "samples violate the constraints after sampling")
+    if discrete:
+        valid = available(process=proc)
+        need(bool(valid), f"no sampler runs on {type(proc).__name__}")
+        sampler = domain.teacher_sampler[0] if domain.teacher_sampler[0] in valid else valid[0]
+    else:
+        sampler = "euler"
+    x = api.sample(net, proc, gb.x_T, sampler=sampler, steps=steps, prediction=pred, mask=gb.mask, cond=gb.cond,
+                   generator=per_sample_generators(1, n))
+    need(same(proc.project(x, gb.mask), x), "samples violate the constraints after sampling")
     # sample i depends only on seed i
     gb2 = domain.generation_batch(2, generator=per_sample_generators(0, 2))
-    need(torch.allclose(gb2.x_T, gb.x_T[:2]), "generation noise of sample i must depend only on its own seed")
+    need(same(gb2.x_T, gb.x_T[:2]), "generation noise of sample i must depend only on its own seed")
     samples = Batch(x=x, mask=gb.mask, cond=gb.cond)
     metrics = domain.evaluate(samples)
     need(isinstance(metrics, dict) and metrics, "evaluate must return a non-empty dict")

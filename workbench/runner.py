@@ -94,11 +94,15 @@ def _prefix_groups(mask) -> Optional[list]:
 def ode_reference_error(domain: Domain, model, samples: Batch, *, seed: int, n_ref: int, device="cpu",
                         progress: bool = False) -> Optional[float]:
     """Mean per-sample RMS error of the first ``n_ref`` samples to the float64 adaptive
-    reference solution of the same model from the same noise (``None`` if ``n_ref = 0``)."""
+    reference solution of the same model from the same noise (``None`` if ``n_ref = 0``).
+    Continuous processes only (a discrete process has no ODE: a one-line ``ValueError``)."""
     from .reference import reference_solve
 
     if n_ref <= 0:
         return None
+    if not getattr(domain.process(), "continuous", True):
+        raise ValueError(f"n_ref={n_ref}: domain {domain.name!r} has discrete state ({type(domain.process()).__name__}); "
+                         "it has no probability-flow ODE to solve: pass n_ref=0")
     n_ref = min(n_ref, samples.x.shape[0])
     gb = next(iter(generation_batches(domain, n_ref, seed, n_ref, tree_map(lambda a: a[:n_ref], samples.cond))))[0]
     m64 = _Float64(model)
@@ -161,6 +165,9 @@ def generate(domain: Union[str, Domain], *, sampler: str = "dpm_solver_pp_2m", s
     out = Path(out_dir)
     with OutputDir(out, "generate", remove_stale=True) as owner:  # checked and locked before any work
         dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
+        if n_ref > 0 and generator is None and not getattr(dom.process(), "continuous", True):
+            raise ValueError(f"n_ref={n_ref}: the ODE reference error needs a continuous process, and domain {dom.name!r} has "
+                             f"discrete state ({type(dom.process()).__name__}, stochastic samplers); pass n_ref=0")
         if n is None:
             n = dom.default_n() or DEFAULT_N
         if generator is not None:  # a distilled few-step generator instead of a sampler on the teacher
@@ -236,7 +243,8 @@ def evaluate_dir(domain: Union[str, Domain, None], samples_dir: PathLike, *, out
 
 
 def _read_samples_npz(npz: Path):
-    """``(x, mask, cond)`` tensors of a ``samples.npz`` written by :func:`generate`; a file that is
+    """``(x, mask, cond)`` tensors of a ``samples.npz`` written by :func:`generate` (``x`` float32,
+    or int64 token ids when the file holds integers); a file that is
     cut short or not an npz, has no ``x``, holds no samples, pickled objects or non-numeric arrays
     is a one-line ``ValueError`` naming the file (nothing is unpickled)."""
     import zipfile
@@ -266,7 +274,8 @@ def _read_samples_npz(npz: Path):
         raise ValueError(f"{npz} holds 0 samples (x has shape {list(x.shape)}); nothing to evaluate{again}")
     mask = torch.from_numpy(arrays["mask"]).float() if "mask" in arrays else None
     cond = torch.from_numpy(arrays["cond"]).long() if "cond" in arrays else None
-    return torch.from_numpy(x).float(), mask, cond
+    # integer x are token ids (discrete state) and stay integers; any other x is a float state
+    return (torch.from_numpy(x).long() if x.dtype.kind in "biu" else torch.from_numpy(x).float()), mask, cond
 
 
 def _first_line(e: BaseException) -> str:
