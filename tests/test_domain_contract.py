@@ -175,7 +175,7 @@ def test_registered_domains_declare_the_contract(name):
     assert all(isinstance(k, str) and k.isidentifier() and isinstance(v, dict) for k, v in cls.demo_configs.items())
     from workbench.samplers import available
 
-    assert cls.teacher_sampler[0] in available() and set(cls.demo_fast_samplers) <= set(available())
+    assert cls.teacher_sampler[0] in available(state=None) and set(cls.demo_fast_samplers) <= set(available(state=None))
     assert cls.primary_metric in cls.metric_info, f"{name}: the primary metric has no definition/direction"
     assert all(d in ("lower", "higher") or d.startswith("target") for d, _ in cls.metric_info.values())
     for cfg in cls.demo_configs.values() or [{}]:  # every shipped student of a demo config exists
