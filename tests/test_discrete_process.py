@@ -293,3 +293,16 @@ def test_per_sample_generator_list_helpers():
     assert rand64((3, 4), gens).shape == (3, 4)
     with pytest.raises(ValueError, match="got 3 per-sample generators for a batch of 2"):
         rand64((2, 4), gens)
+
+
+def test_discrete_process_is_an_abstract_interface():
+    """The base class declares the interface (abstract methods), so a subclass missing a piece
+    cannot be built; both shipped processes implement all of it."""
+    import pytest as _pytest
+
+    from workbench.processes import DiscreteProcess, MaskedProcess, UniformProcess
+
+    with _pytest.raises(TypeError, match="abstract"):
+        DiscreteProcess(4)
+    assert not MaskedProcess.__abstractmethods__ and not UniformProcess.__abstractmethods__
+    assert {"prior", "add_noise", "marginal", "posterior", "reverse_rates"} <= DiscreteProcess.__abstractmethods__

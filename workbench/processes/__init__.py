@@ -19,25 +19,7 @@ from .gaussian import (  # noqa: F401
     PREDICTIONS, VE, _ALIASES, Coefficients, GaussianProcess, Process, RectifiedFlow, VPCosine, VPDiscrete, VPLinear,
     _betas_from_config, _interp, _lin, append_dims, canonical_prediction, from_diffusers, prediction_coefficients, project)
 
-__all__ = [
-    "PREDICTIONS",
-    "Coefficients",
-    "prediction_coefficients",
-    "canonical_prediction",
-    "Process",
-    "GaussianProcess",
-    "VPLinear",
-    "VPCosine",
-    "VPDiscrete",
-    "VE",
-    "RectifiedFlow",
-    "from_diffusers",
-    "project",
-    "append_dims",
-    "DiscreteProcess",
-    "MaskedProcess",
-    "UniformProcess",
-    "SCHEDULES",
-    "categorical",
-    "rand64",
-]
+from . import discrete as _discrete
+from . import gaussian as _gaussian
+
+__all__ = [*_gaussian.__all__, "canonical_prediction", *_discrete.__all__]

@@ -42,6 +42,7 @@ only, so it does not depend on the batch size), as :func:`workbench.utils.randn`
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Optional, Sequence, Union
 
 import torch
@@ -110,7 +111,7 @@ def _bcast(v: Tensor, ndim: int) -> Tensor:
     return v.reshape(v.shape[0], *([1] * (ndim - 1)))
 
 
-class DiscreteProcess(Process):
+class DiscreteProcess(Process, ABC):
     """Base class of discrete-state processes (``continuous = False``).
 
     Attributes:
@@ -212,37 +213,37 @@ class DiscreteProcess(Process):
         return a_t, a_s
 
     # -- the interface every discrete process implements ------------------------------------------
-    def prior(self, shape, generator: Generator = None, mask: Optional[Tensor] = None, device=None) -> Tensor:  # pragma: no cover
+    @abstractmethod
+    def prior(self, shape, generator: Generator = None, mask: Optional[Tensor] = None, device=None) -> Tensor:
         """``x_1`` ``LongTensor`` of ``shape`` ``[B, N]``, padding := ``pad_id``."""
-        raise NotImplementedError
 
-    def add_noise(self, x0: Tensor, t, generator: Generator = None, mask: Optional[Tensor] = None) -> Tensor:  # pragma: no cover
+    @abstractmethod
+    def add_noise(self, x0: Tensor, t, generator: Generator = None, mask: Optional[Tensor] = None) -> Tensor:
         """Draw ``x_t ~ q(x_t | x0)`` independently per position: ``x0`` ``[B, N]``, ``t`` ``[B]``."""
-        raise NotImplementedError
 
-    def marginal(self, x0: Tensor, t) -> Tensor:  # pragma: no cover
+    @abstractmethod
+    def marginal(self, x0: Tensor, t) -> Tensor:
         """Closed-form ``q(x_t | x0)``: ``x0`` ``[B, N]`` -> float64 ``[B, N, n_states]``."""
-        raise NotImplementedError
 
-    def posterior(self, x0_probs: Tensor, x_t: Tensor, t, s) -> Tensor:  # pragma: no cover
+    @abstractmethod
+    def posterior(self, x0_probs: Tensor, x_t: Tensor, t, s) -> Tensor:
         """``sum_{x0} p(x0) q(x_s | x_t, x0)`` for ``0 <= s < t``: float64 ``[B, N, n_states]``."""
-        raise NotImplementedError
 
-    def ratios(self, x0_probs: Tensor, x_t: Tensor, t) -> Tensor:  # pragma: no cover
+    @abstractmethod
+    def ratios(self, x0_probs: Tensor, x_t: Tensor, t) -> Tensor:
         """Concrete score ``p_t(y) / p_t(x_t)`` per position implied by ``x0_probs`` (SEDD's ratios)."""
-        raise NotImplementedError
 
-    def reverse_rates(self, x0_probs: Tensor, x_t: Tensor, t) -> Tensor:  # pragma: no cover
+    @abstractmethod
+    def reverse_rates(self, x0_probs: Tensor, x_t: Tensor, t) -> Tensor:
         """Reverse-time CTMC rates ``R_t(x_t -> y)`` per position, 0 at ``y = x_t``."""
-        raise NotImplementedError
 
-    def staggered_score(self, ratios: Tensor, t, s) -> Tensor:  # pragma: no cover
+    @abstractmethod
+    def staggered_score(self, ratios: Tensor, t, s) -> Tensor:
         """``(K^T)^{-1} r`` with ``K[z, y] = q(x_t = y | x_s = z)`` (SEDD's ``staggered_score``)."""
-        raise NotImplementedError
 
-    def transp_transition(self, x_t: Tensor, t, s) -> Tensor:  # pragma: no cover
+    @abstractmethod
+    def transp_transition(self, x_t: Tensor, t, s) -> Tensor:
         """``K[z, x_t] = q(x_t | x_s = z)`` over ``z`` (SEDD's ``transp_transition``)."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, schedule={self.schedule!r}, eps={self.eps!r}, pad_id={self.pad_id})"
