@@ -14,7 +14,9 @@ from workbench.samplers import REGISTRY, SAMPLERS, DiscreteModelFn, available, g
 from workbench.samplers.maskgit import mask_ratio
 
 MASKED, UNIFORM = MaskedProcess(V), UniformProcess(V)
-CASES = [(MASKED, s) for s in available(process=MASKED)] + [(UNIFORM, s) for s in available(process=UNIFORM)]
+#: samplers that need nothing from the caller (svdd needs a reward: tests/test_svdd.py)
+CASES = [(MASKED, s) for s in available(process=MASKED) if not get(s).needs] + \
+    [(UNIFORM, s) for s in available(process=UNIFORM) if not get(s).needs]
 IDS = [f"{'masked' if p.absorbing else 'uniform'}-{s}" for p, s in CASES]
 #: the samplers that sample the model's law as steps grow (maskgit's confidence order does not)
 LAW = [(p, s) for p, s in CASES if s != "maskgit"]
@@ -31,7 +33,7 @@ def _run(proc, name, n, steps, seed=0, **kw):
 
 
 def test_registry_lists_discrete_samplers_by_state():
-    assert available(state="discrete") == ["maskgit", "mdlm_ancestral", "mdlm_cached", "tau_leaping", "tweedie"]
+    assert available(state="discrete") == ["lsd", "maskgit", "mdlm_ancestral", "mdlm_cached", "svdd", "tau_leaping", "tweedie"]
     assert not set(available()) & set(available(state="discrete"))           # the default stays continuous
     assert set(available(None)) == set(REGISTRY) and set(SAMPLERS) == set(available())
     assert available(process=UNIFORM) == ["mdlm_ancestral", "tau_leaping", "tweedie"]

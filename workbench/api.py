@@ -66,8 +66,17 @@ def run_sampler(model: Callable, process: GaussianProcess, x_T: Tensor, *, sampl
             raise ValueError(f"mask must have shape [B, N] = {tuple(x_T.shape[:2])}, got {tuple(mask.shape)}")
     if not process.continuous and x0_clip is not None:
         raise ValueError("x0_clip applies to continuous processes only")
+    if spec.timesteps is not None and timesteps is None:  # a learned grid carried by the sampler (LSD+)
+        K = len(spec.timesteps) - 1
+        if int(steps) != K:
+            raise ValueError(f"sampler {sampler!r} carries its learned {K}-step grid; pass steps={K} (or your own timesteps=)")
+        timesteps = list(spec.timesteps)
     ts = resolve_timesteps(process, steps, timesteps, **(grid_options or {}))
     opts = {**spec.options, **options}
+    missing = [k for k in spec.needs if k not in opts]
+    if missing:
+        raise ValueError(f"sampler {sampler!r} needs the option(s) {', '.join(missing)} (e.g. options.reward=...: the runner passes "
+                         "the domain's Domain.reward)")
     import inspect
 
     params = inspect.signature(spec.fn).parameters

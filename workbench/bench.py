@@ -80,16 +80,27 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).flatten(1).pow(2).mean(1).sqrt().mean())
 
 
-def bench_samplers(domain: Union[str, Domain], *, out_dir, domain_config: Optional[dict] = None, nfes=(3, 4, 5, 6, 8, 10, 20),
+def bench_samplers(domain: Union[str, Domain], *, out_dir, domain_config: Optional[dict] = None, nfes=None,
                    samplers: Union[str, list] = "all", peers=PEERS, n: int = 256, n_ref: int = 256, seed: int = 0,
                    teacher: Optional[str] = None, device="cpu", repeats: int = 1, progress: bool = True, grid: Optional[str] = None) -> dict:
     """Run the sampler benchmark and write ``samplers.csv``, ``samplers.md``, ``samplers.png``
     and ``overhead.json`` under ``out_dir`` (locked for the run, ``manifest.json`` at the end).
     ``progress``: bars with an ETA on stderr for the reference solve and the sampler runs.
-    Returns their paths and the rows."""
+    ``nfes=None``: (3, 4, 5, 6, 8, 10, 20), or :data:`~workbench.bench_discrete.DEFAULT_NFES`
+    on discrete state. A domain with a discrete process runs
+    :func:`~workbench.bench_discrete.bench_discrete` instead (no ODE reference; ``samplers`` may
+    then name ``lsd:PATH`` files and ``SAMPLER@CHECKPOINT`` entries; ``peers`` and ``n_ref``
+    do not apply). Returns their paths and the rows."""
     dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
     proc = dom.process()
     model = dom.load_teacher(teacher)
+    if not getattr(proc, "continuous", True):
+        from .bench_discrete import DEFAULT_NFES, bench_discrete
+
+        with OutputDir(out_dir, "bench samplers"):
+            return bench_discrete(dom, model, Path(out_dir), nfes=tuple(nfes or DEFAULT_NFES), samplers=samplers, n=n, seed=seed,
+                                  device=device, progress=progress)
+    nfes = tuple(nfes or (3, 4, 5, 6, 8, 10, 20))
     pred = getattr(model, "prediction", dom.prediction)
     names = sorted(SAMPLERS) if samplers in ("all", None) else list(samplers)
     for s in names:

@@ -92,7 +92,9 @@ def bench_distill(domain: Union[str, Domain], *, methods: Optional[list] = None,
     metric = dom.primary_metric
     if not metric:
         raise ValueError(f"bench distill ranks by the domain's primary_metric, and domain {dom.name!r} declares none")
-    methods = list(methods) if methods else available_methods()
+    from .distill.api import METHODS
+
+    methods = list(methods) if methods else [m for m in available_methods() if not METHODS[m].missing(dom)]
     bad = [m for m in methods if m not in available_methods()]
     if bad:
         raise ValueError(f"unknown distillation method(s) {bad}; valid: {', '.join(available_methods())}")

@@ -358,14 +358,11 @@ def cmd_check(cfg) -> int:
             print(f"  not supported: {k} ({v})")
     from .distill.api import METHODS
 
-    continuous = getattr(dom.process(), "continuous", True)  # the distillation methods act on continuous (Gaussian) state
-    meth = {m: [r for r in METHODS[m].requires if not dom.supports(r)] for m in sorted(METHODS)}
-    ok = [m for m, missing in meth.items() if not missing and continuous]
+    meth = {m: METHODS[m].missing(dom) for m in sorted(METHODS)}  # the process's state, then optional capabilities
+    ok = [m for m, missing in meth.items() if not missing]
     print(f"distillation methods ({len(ok)} of {len(meth)}): {', '.join(ok) or '(none)'}")
-    if not continuous:
-        print(f"  not supported: all (the distillation methods need a continuous process; {type(dom.process()).__name__} is discrete)")
     for m, missing in meth.items():
-        if missing and continuous:
+        if missing:
             print(f"  not supported: {m} (needs {', '.join(missing)})")
     return 0
 
@@ -394,7 +391,8 @@ def cmd_bench(cfg, kind: str) -> int:
                             domain_config=kw, teacher=cfg.teacher, device=cfg.device, progress=bool(cfg.progress))
         print(f"wrote {res['csv']}, {res['markdown']}, {res['plot']}")
         return 0
-    res = bench_samplers(name, out_dir=cfg.out, domain_config=kw, nfes=list(cfg.bench.nfes), samplers=cfg.bench.samplers,
+    samp = cfg.bench.samplers if isinstance(cfg.bench.samplers, str) else list(cfg.bench.samplers)
+    res = bench_samplers(name, out_dir=cfg.out, domain_config=kw, nfes=None if cfg.bench.nfes is None else list(cfg.bench.nfes), samplers=samp,
                          peers=list(cfg.bench.peers), n=cfg.bench.n, n_ref=cfg.bench.n_ref, seed=cfg.seed, teacher=cfg.teacher,
                          device=cfg.device, repeats=cfg.bench.repeats, grid=cfg.timesteps if isinstance(cfg.timesteps, str) else None,
                          progress=bool(cfg.progress))
@@ -816,7 +814,6 @@ def _check_types(cfg) -> None:
 def _validate(cfg, cmd: str = "", kind=None) -> None:
     """Cheap checks before any work starts, so bad input fails fast with valid choices."""
     from .distill import available_methods
-    from .samplers import available
     from .timegrids import available as grids
     from .utils import check_output_dir
 
@@ -824,8 +821,14 @@ def _validate(cfg, cmd: str = "", kind=None) -> None:
     check_device(cfg.train.device, "train.device")
     if cfg.method not in available_methods():
         raise CLIError(f"unknown distillation method {cfg.method!r}; valid: {', '.join(available_methods())}")
-    if cfg.sampler not in available(None):  # continuous and discrete (which fit the domain's process: checked when it runs)
-        raise CLIError(f"unknown sampler {cfg.sampler!r}; valid: {', '.join(available(None))}")
+    if cfg.sampler is not None:  # continuous, discrete (which fit the domain's process: checked when it runs) or a sampler file
+        from .checkpoint import CheckpointError
+        from .samplers import get as get_sampler
+
+        try:
+            get_sampler(cfg.sampler)
+        except (ValueError, CheckpointError) as e:
+            raise CLIError(str(e)) from None
     _check_types(cfg)
     if cmd in WRITES_OUT and not (cmd == "bench" and kind == "peers"):
         try:

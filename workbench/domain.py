@@ -96,6 +96,8 @@ class Domain(ABC):
     #: the teacher's usual sampler: ``(sampler, steps)`` or ``(sampler, steps, options)``; the
     #: many-step row students are compared with (``workbench demo``, the domain's benchmarks)
     teacher_sampler: tuple = ("euler", 50)
+    #: the sampler ``generate`` / ``workbench generate`` use when none is named (``sampler=null``)
+    default_sampler: str = "dpm_solver_pp_2m"
     #: ``workbench demo``: the domain configs it runs (``{short name: config}``; empty: the
     #: domain's default config), samples per run, the training-free samplers tried at each
     #: student's NFE, and the metrics its table shows (default: :attr:`primary_metric`)

@@ -43,7 +43,10 @@ def sample_domain(domain: Domain, model, *, sampler: str = "dpm_solver_pp_2m", s
     parts, nfe, secs, ts = [], 0, 0.0, None
     prediction = getattr(model, "prediction", domain.prediction)
     bucket = getattr(domain, "bucket_lengths", False) if bucket is None else bool(bucket)
-    bucket = bucket and not get(sampler).stochastic
+    spec = get(sampler)
+    bucket = bucket and not spec.stochastic
+    if "reward" in spec.needs and "reward" not in (options or {}):  # reward-guided samplers (SVDD) get the domain's reward
+        options = {**(options or {}), "reward": domain_reward(domain)}
     bar = tqdm(total=n, desc=f"{domain.name}:{sampler}", disable=not progress, leave=False)
     for gb, gens in generation_batches(domain, n, seed, batch_size, cond):
         t0 = time.perf_counter()
@@ -149,7 +152,16 @@ def write_report(out_dir: Path, title: str, metrics: dict, plots: list[Path], ex
 DEFAULT_N = 64
 
 
-def generate(domain: Union[str, Domain], *, sampler: str = "dpm_solver_pp_2m", steps: int = 5, n: Optional[int] = None, seed: int = 0,
+def domain_reward(domain: Domain):
+    """``reward(x [B, ...], mask) -> [B]``: the domain's :meth:`~workbench.domain.Domain.reward`
+    on a batch of states (for reward-guided samplers, ``SamplerSpec.needs``); a domain without a
+    reward is a one-line error naming it."""
+    if not domain.supports("reward"):
+        raise NotImplementedError(f"domain {domain.name!r} defines no reward (Domain.reward), which reward-guided samplers (svdd) need")
+    return lambda x, mask=None: domain.reward(Batch(x=x, mask=mask))
+
+
+def generate(domain: Union[str, Domain], *, sampler: Optional[str] = None, steps: int = 5, n: Optional[int] = None, seed: int = 0,
              out_dir: PathLike = "outputs/generate", teacher: Optional[str] = None, timesteps=None, batch_size: int = 256,
              device="cpu", n_ref: int = 0, options: Optional[dict] = None, domain_config: Optional[dict] = None,
              progress: bool = True, generator: Optional[str] = None) -> dict:
@@ -170,6 +182,8 @@ def generate(domain: Union[str, Domain], *, sampler: str = "dpm_solver_pp_2m", s
                              f"discrete state ({type(dom.process()).__name__}, stochastic samplers); pass n_ref=0")
         if n is None:
             n = dom.default_n() or DEFAULT_N
+        if sampler is None:
+            sampler = dom.default_sampler
         if generator is not None:  # a distilled few-step generator instead of a sampler on the teacher
             model, gmeta = load_generator(dom, generator, device=resolve_device(device))
             samples, info = sample_generator(dom, model, steps=steps, n=n, seed=seed, batch_size=batch_size, device=device,
@@ -332,13 +346,20 @@ def distill(domain: Union[str, Domain], *, method: str = "consistency", student_
     opts = validated_options(method, method_options)  # type-checked before the teacher loads
     with OutputDir(out_dir, "distill"):  # checked and locked before any work; manifest.json at the end
         dom = get_domain(domain, **(domain_config or {})) if isinstance(domain, str) else domain
+        from .distill.api import METHODS, available_methods
+
+        missing = METHODS[method].missing(dom)
+        if missing:
+            valid = [m for m in available_methods() if not METHODS[m].missing(dom)]
+            raise ValueError(f"method {method!r} cannot distil domain {dom.name!r}: it needs {', '.join(missing)}; "
+                             f"valid here: {', '.join(valid) or '(none)'}")
         device = str(resolve_device(device))
         user = {k: v for k, v in (train or {}).items() if v is not None}
         user.setdefault("device", device)
         t_net = dom.load_teacher(teacher, device=device).eval().requires_grad_(False)
         out = Path(out_dir)
         ctx = RecipeContext(domain=dom, teacher=t_net, student_steps=int(student_steps), out_dir=out, device=device,
-                            seed=int(user.get("seed", 0)), train=dict(user))
+                            seed=int(user.get("seed", 0)), train=dict(user), teacher_path=None if teacher is None else str(teacher))
         setup = setup_method(method, ctx, opts)
         cfg = replace(replace(TrainConfig(**dom.train_defaults), **setup.train_defaults), **user)
         meta = {"kind": "generator", "method": method, "domain": dom.name, "config": dom.config, "student_steps": int(student_steps),

@@ -59,6 +59,7 @@ class SequencesConfig:
     n_layers: int = field(default=4, metadata={"help": "transformer blocks"})
     n_heads: int = field(default=4, metadata={"help": "attention heads"})
     max_reference: int = field(default=500, metadata={"help": "held-out sequences the metrics compare with (at most)"})
+    reward_motif: str = field(default="TBP", metadata={"help": "dna: the JASPAR motif (MOTIF_PANEL name) whose best PWM score is the reward"})
 
 
 class SequencesDomain(Domain):
@@ -85,6 +86,7 @@ class SequencesDomain(Domain):
                                           "(degenerate repetitive text also scores low: read with unigram_entropy)"),
     }
     teacher_sampler = ("mdlm_ancestral", 256)
+    default_sampler = "mdlm_ancestral"
     demo_skip_reason = "no shipped sequences teacher yet (domains/sequences/checkpoints/{dataset}_mdlm.safetensors is not trained)"
     demo_fast_samplers = ("mdlm_cached", "maskgit")
     demo_fast_steps = (16,)
@@ -260,6 +262,21 @@ class SequencesDomain(Domain):
                 lm.config_max_len = int(lm.meta["model_config"].get("max_len", LM_CONFIGS[self.dataset]["max_len"]))
             self._ref_stats["lm"] = lm
         return self._ref_stats["lm"]
+
+    # -- reward (reward-guided sampling: svdd) -------------------------------------------------
+    def reward(self, samples: Batch) -> torch.Tensor:
+        """Per-sample reward ``[B]`` (float64, higher is better) of clean token sequences: dna,
+        the best log2-odds PWM score of JASPAR motif ``reward_motif`` (default TBP, the TATA box)
+        over both strands (:func:`~domains.sequences.metrics.motif_reward`); protein, the GRAVY
+        hydropathy (:func:`~domains.sequences.metrics.gravy`); text has none (a one-line error).
+        Not differentiable (token ids)."""
+        x = torch.as_tensor(samples.x).long()
+        if self.dataset == "dna":
+            return M.motif_reward(x, samples.mask, self.config["reward_motif"])
+        if self.dataset == "protein":
+            return M.gravy(x, samples.mask)
+        raise NotImplementedError("the text data set defines no reward; reward-guided sampling (svdd) runs on domain.dataset=dna "
+                                  "(JASPAR motif score) or protein (GRAVY hydropathy)")
 
     # -- I/O ------------------------------------------------------------------------------------
     def decode(self, samples: Batch) -> list[str]:

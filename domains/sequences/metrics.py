@@ -410,3 +410,29 @@ def baseline_repeat(like: Batch, kmer: Tensor) -> Batch:
     if like.mask is not None:
         x = x * (like.mask > 0)
     return Batch(x=x, mask=like.mask)
+
+
+# -- rewards (reward-guided sampling, SVDD) -------------------------------------------------------
+#: Kyte & Doolittle 1982 hydropathy index per amino acid (J. Mol. Biol. 157:105, table 2)
+KYTE_DOOLITTLE = {"A": 1.8, "R": -4.5, "N": -3.5, "D": -3.5, "C": 2.5, "Q": -3.5, "E": -3.5, "G": -0.4, "H": -3.2, "I": 4.5,
+                  "L": 3.8, "K": -3.9, "M": 1.9, "F": 2.8, "P": -1.6, "S": -0.8, "T": -0.7, "W": -0.9, "Y": -1.3, "V": 4.2}
+
+
+def gravy(tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """Grand average of hydropathy (Kyte & Doolittle 1982) of protein token sequences
+    ``[B, N]`` over their real residues -> float64 ``[B]`` (ProtParam's GRAVY)."""
+    scale = torch.tensor([KYTE_DOOLITTLE[a] for a in D.PROTEIN_SYMBOLS], dtype=torch.float64)
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    m = torch.ones(tokens.shape, dtype=torch.float64) if mask is None else torch.as_tensor(mask).to(torch.float64)
+    h = scale[tokens.clamp(0, len(scale) - 1).cpu()].to(m.device)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def motif_reward(tokens: Tensor, mask: Optional[Tensor] = None, motif: str = "TBP") -> Tensor:
+    """The best log2-odds score of JASPAR motif ``motif`` (a name of :data:`MOTIF_PANEL`) over
+    every window of each DNA sequence, both strands -> float64 ``[B]`` (SVDD's reward for DNA)."""
+    names = {v: k for k, v in MOTIF_PANEL.items()}
+    if motif not in names:
+        raise ValueError(f"unknown motif {motif!r}; valid: {', '.join(names)}")
+    (m,) = load_motifs((names[motif],))
+    return motif_scores(m, tokens, mask).amax(1)

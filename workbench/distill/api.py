@@ -48,6 +48,9 @@ class RecipeContext:
     seed: int = 0
     #: the user's ``train.*`` overrides (recipes with inner trainings, e.g. reflow rounds, start from them)
     train: dict = field(default_factory=dict)
+    #: the teacher checkpoint the user named (``None``: the domain's shipped one); generators that
+    #: reference the teacher instead of copying it (LSD) record it
+    teacher_path: Optional[str] = None
 
     @classmethod
     def for_domain(cls, domain, *, teacher: Optional[str] = None, **kw) -> "RecipeContext":
@@ -55,7 +58,7 @@ class RecipeContext:
         loaded frozen: ``RecipeContext.for_domain(ToyDomain(), student_steps=2)``; ``kw`` sets
         the other fields."""
         net = domain.load_teacher(teacher, device=kw.get("device", "cpu")).requires_grad_(False)
-        return cls(domain=domain, teacher=net, **kw)
+        return cls(domain=domain, teacher=net, teacher_path=None if teacher is None else str(teacher), **kw)
 
     @property
     def process(self):
@@ -189,26 +192,41 @@ class Method:
     description: str
     paper: str = ""
     requires: tuple = ()
+    #: the state the method distils: ``continuous`` (Gaussian processes) or ``discrete``
+    #: (discrete processes; e.g. LSD, SDTT)
+    state: str = "continuous"
 
     def defaults(self) -> dict:
         return _defaults(self.options)
+
+    def missing(self, domain) -> list[str]:
+        """What ``domain`` lacks for this method: its process's state, then the Domain
+        capabilities of :attr:`requires` (empty: the method runs on the domain)."""
+        continuous = getattr(domain.process(), "continuous", True)
+        out = [] if (self.state == "continuous") == continuous else \
+            [f"a {self.state} process ({type(domain.process()).__name__} is {'continuous' if continuous else 'discrete'})"]
+        return out + [r for r in self.requires if not domain.supports(r)]
 
 
 #: method name -> :class:`Method` (filled by the modules of :mod:`workbench.distill` on import)
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, *, options: type, kind: str, description: str, paper: str = "", requires: tuple = ()):
+def register_method(name: str, *, options: type, kind: str, description: str, paper: str = "", requires: tuple = (),
+                    state: str = "continuous"):
     """Register ``recipe(ctx, opts: options) -> DistillSetup`` under ``name``; ``options`` is a
-    :class:`MethodOptions` dataclass, ``requires`` the Domain capabilities it calls."""
+    :class:`MethodOptions` dataclass, ``requires`` the Domain capabilities it calls, ``state``
+    the kind of process it distils (``continuous`` or ``discrete``)."""
     if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
         raise TypeError(f"method {name!r}: options must be a dataclass type, got {options!r}")
+    if state not in ("continuous", "discrete"):
+        raise ValueError(f"method {name!r}: unknown state {state!r}; valid: continuous, discrete")
 
     def deco(fn):
         old = METHODS.get(name)
         if old is not None and (old.recipe.__module__, old.recipe.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"distillation method {name!r} is already registered by {old.recipe.__module__}")
-        METHODS[name] = Method(name, fn, options, kind, description, paper, tuple(requires))
+        METHODS[name] = Method(name, fn, options, kind, description, paper, tuple(requires), state)
         return fn
 
     return deco
@@ -252,7 +270,7 @@ def describe_methods(name: Optional[str] = None) -> str:
     lines = []
     for n in names:
         m = METHODS[n]
-        lines.append(f"{n} ({m.kind}): {m.description}" + (f" [{m.paper}]" if m.paper else ""))
+        lines.append(f"{n} ({m.kind}{', discrete state' if m.state == 'discrete' else ''}): {m.description}" + (f" [{m.paper}]" if m.paper else ""))
         if m.requires:
             lines.append(f"    requires: {', '.join(m.requires)}")
         hints = typing.get_type_hints(m.options)

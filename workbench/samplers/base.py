@@ -31,7 +31,8 @@ from torch import Tensor
 from ..processes import DiscreteProcess, GaussianProcess, append_dims, canonical_prediction, prediction_coefficients
 from ..utils import Generator, model_kwargs, randn_like
 
-__all__ = ["Prediction", "ModelFn", "SamplerSpec", "register", "get", "available", "SAMPLERS", "REGISTRY", "STATES", "REQUIREMENTS"]
+__all__ = ["Prediction", "ModelFn", "SamplerSpec", "register", "register_loader", "get", "available", "SAMPLERS", "REGISTRY", "STATES",
+           "REQUIREMENTS", "NEEDS", "LOADERS"]
 
 
 @dataclass
@@ -261,6 +262,9 @@ STATES = ("continuous", "discrete")
 #: what a sampler may further require of its process (``SamplerSpec.requires``):
 #: ``absorbing``: a masked (absorbing-state) discrete process (``process.mask_id is not None``)
 REQUIREMENTS = ("absorbing",)
+#: what a sampler may need from its caller (``SamplerSpec.needs``): ``reward``: a
+#: ``reward(x LongTensor|Tensor [B, ...], mask) -> [B]`` option (reward-guided samplers, SVDD)
+NEEDS = ("reward",)
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,12 @@ class SamplerSpec:
     options: dict = field(default_factory=dict)
     state: str = "continuous"
     requires: tuple = ()
+    #: a learned grid the sampler carries (``[K + 1]`` floats, e.g. LSD+): ``run_sampler`` uses it
+    #: (and then needs ``steps = K``) unless the caller passes its own ``timesteps``
+    timesteps: Optional[tuple] = None
+    #: what the caller must supply besides the model (:data:`NEEDS`), e.g. ``reward`` for SVDD;
+    #: the runner passes the domain's (``Domain.reward``)
+    needs: tuple = ()
 
     def steps_for_nfe(self, nfe: int) -> Optional[int]:
         """Smallest ``steps`` with exactly ``nfe`` model calls, or ``None`` if unreachable."""
@@ -341,7 +351,7 @@ SAMPLERS: Mapping = _StateView(REGISTRY, "continuous")
 
 
 def register(name: str, *, nfe: Callable[[int], int] = lambda n: n, order: Optional[int] = None, stochastic: bool = False,
-             reference: str = "", state: str = "continuous", requires: tuple = (), **options):
+             reference: str = "", state: str = "continuous", requires: tuple = (), needs: tuple = (), **options):
     """Decorator: register a sampler function under ``name``. ``options`` fixes keyword
     arguments (so ``deis_2`` is ``deis`` with ``order=2``); ``state`` (:data:`STATES`) and
     ``requires`` (:data:`REQUIREMENTS`) say which processes it runs on."""
@@ -350,12 +360,15 @@ def register(name: str, *, nfe: Callable[[int], int] = lambda n: n, order: Optio
     bad = [r for r in requires if r not in REQUIREMENTS]
     if bad:
         raise ValueError(f"unknown sampler requirement(s) {', '.join(map(repr, bad))}; valid: {', '.join(REQUIREMENTS)}")
+    bad = [r for r in needs if r not in NEEDS]
+    if bad:
+        raise ValueError(f"unknown sampler need(s) {', '.join(map(repr, bad))}; valid: {', '.join(NEEDS)}")
 
     def deco(fn):
         if name in REGISTRY:
             raise ValueError(f"sampler {name!r} registered twice")
         REGISTRY[name] = SamplerSpec(name=name, fn=fn, nfe=nfe, order=order, stochastic=stochastic, reference=reference,
-                                     options=dict(options), state=state, requires=tuple(requires))
+                                     options=dict(options), state=state, requires=tuple(requires), needs=tuple(needs))
         return fn
 
     return deco
@@ -374,8 +387,27 @@ def available(state: Optional[str] = "continuous", *, process=None) -> list[str]
     return sorted(k for k, v in REGISTRY.items() if state is None or v.state == state)
 
 
+#: ``prefix -> loader(path) -> SamplerSpec``: learned samplers stored in files, named
+#: ``prefix:PATH`` wherever a sampler name is accepted (e.g. ``sampler=lsd:runs/lsd/generator.safetensors``)
+LOADERS: dict[str, Callable[[str], SamplerSpec]] = {}
+
+
+def register_loader(prefix: str, loader: Callable[[str], SamplerSpec]) -> None:
+    """Make ``get(f"{prefix}:PATH")`` return ``loader(PATH)`` (a learned sampler file)."""
+    if prefix in LOADERS and LOADERS[prefix] is not loader:
+        raise ValueError(f"sampler file prefix {prefix!r} registered twice")
+    LOADERS[prefix] = loader
+
+
 def get(name: str) -> SamplerSpec:
-    """The :class:`SamplerSpec` of ``name`` (any state)."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(available(None))}")
-    return REGISTRY[name]
+    """The :class:`SamplerSpec` of ``name`` (any state), or of a learned sampler file
+    ``prefix:PATH`` (:data:`LOADERS`, e.g. ``lsd:PATH``)."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    prefix, sep, path = str(name).partition(":")
+    if sep and prefix in LOADERS:
+        if not path:
+            raise ValueError(f"sampler {name!r} names no file; write {prefix}:PATH")
+        return LOADERS[prefix](path)
+    files = f"; or a trained sampler file: {', '.join(p + ':PATH' for p in sorted(LOADERS))}" if LOADERS else ""
+    raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(available(None))}{files}")
