@@ -186,7 +186,7 @@ def test_dispatch_and_model_errors_are_one_line():
     with pytest.raises(TypeError) as e:
         workbench.sample(model, MASKED, x, sampler="euler")
     assert "\n" not in str(e.value) and "needs a continuous Gaussian process, got MaskedProcess" in str(e.value)
-    assert "valid for this process: maskgit, mdlm_ancestral, mdlm_cached, tau_leaping, tweedie" in str(e.value)
+    assert "valid for this process: lsd, maskgit, mdlm_ancestral, mdlm_cached, svdd, tau_leaping, tweedie" in str(e.value)
     with pytest.raises(TypeError, match=r"'mdlm_ancestral' needs a discrete process, got VPLinear; valid for this process: .*euler"):
         workbench.sample(lambda x, t: x, VPLinear(), torch.randn(2, 3), sampler="mdlm_ancestral")
     for name in ("maskgit", "mdlm_cached"):

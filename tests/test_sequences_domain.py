@@ -83,7 +83,9 @@ def test_check_with_trained_teacher_lists_discrete_samplers(dna_run, capsys):
     assert code == 0 and "passes the conformance check" in out, err
     line = next(s for s in out.splitlines() if s.startswith("samplers ("))
     assert "mdlm_ancestral" in line and "euler" not in line
-    assert "distillation methods (0 of" in out
+    methods = next(s for s in out.splitlines() if s.startswith("distillation methods ("))
+    assert methods.split(": ", 1)[1] == "lsd, lsd_plus, sdtt", methods          # the discrete-state methods
+    assert "not supported: consistency (needs a continuous process (MaskedProcess is discrete))" in out
 
 
 def test_n_ref_and_continuous_sampler_are_one_line_errors(dna_run, capsys, tmp_path):
@@ -143,3 +145,22 @@ def test_teacher_of_another_dataset_is_refused(dna_run):
     _, teacher = dna_run
     with pytest.raises(CheckpointError, match="dataset='dna', not 'protein'; pass domain.dataset=dna"):
         get_domain("sequences", dataset="protein").load_teacher(str(teacher))
+
+
+def test_rotary_positions_make_attention_scores_relative():
+    """RoPE (positions="rope"): q_i . k_j depends on i - j only; a network built with it runs
+    and a bad name is a one-line error naming the choices."""
+    from domains.sequences.nets import SequenceTransformer, apply_rope, rope_tables
+
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    cos, sin = rope_tables(40, 8)
+
+    def score(i, j):
+        return float((apply_rope(q, cos[i:i + 1], sin[i:i + 1]) * apply_rope(k, cos[j:j + 1], sin[j:j + 1])).sum())
+
+    assert abs(score(3, 7) - score(20, 24)) < 1e-5 and abs(score(3, 7) - score(3, 9)) > 1e-3
+    net = SequenceTransformer(4, d_model=16, n_heads=2, n_layers=1, positions="rope")
+    assert net(torch.randint(0, 5, (2, 10)), torch.rand(2)).shape == (2, 10, 4)
+    with pytest.raises(ValueError, match="unknown positions 'abs'; valid: sinusoidal, rope"):
+        SequenceTransformer(4, positions="abs")

@@ -44,7 +44,7 @@ SCHEDULES = ("loglinear", "cosine")
 #: i.i.d. baselines best at ~200 sequences, README "Metrics")
 PRIMARY_K = {"text": 3, "dna": 4, "protein": 2}
 #: the architecture options a checkpoint's recorded config overrides when it is loaded
-ARCH_KEYS = ("d_model", "n_layers", "n_heads")
+ARCH_KEYS = ("d_model", "n_layers", "n_heads", "positions")
 
 
 @dataclass
@@ -58,6 +58,7 @@ class SequencesConfig:
     d_model: int = field(default=128, metadata={"help": "transformer width"})
     n_layers: int = field(default=4, metadata={"help": "transformer blocks"})
     n_heads: int = field(default=4, metadata={"help": "attention heads"})
+    positions: str = field(default="sinusoidal", metadata={"help": "position encoding: sinusoidal (added) or rope (rotary, MDLM's)"})
     max_reference: int = field(default=500, metadata={"help": "held-out sequences the metrics compare with (at most)"})
     reward_motif: str = field(default="TBP", metadata={"help": "dna: the JASPAR motif (MOTIF_PANEL name) whose best PWM score is the reward"})
 
@@ -104,6 +105,8 @@ class SequencesDomain(Domain):
             raise ValueError(f"protein sequences are padded to {D.PROTEIN_MAX_LEN}; domain.seq_len must be {D.PROTEIN_MAX_LEN} or unset, got {c['seq_len']}")
         if c["seq_len"] is not None and int(c["seq_len"]) < 1:
             raise ValueError(f"domain.seq_len must be a positive integer, got {c['seq_len']}")
+        if c["positions"] not in ("sinusoidal", "rope"):
+            raise ValueError(f"unknown sequences positions {c['positions']!r}; valid: sinusoidal, rope")
         for k in ("d_model", "n_layers", "n_heads", "max_reference"):
             if int(c[k]) < 1:
                 raise ValueError(f"domain.{k} must be a positive integer, got {c[k]}")
@@ -146,7 +149,7 @@ class SequencesDomain(Domain):
         cond=None) -> logits [B, N, vocab_size]``; ``n_states`` is the process's (``V + 1`` with the
         mask token, ``V`` for uniform noise); ``.prediction = "x0"``. ``kwargs`` override the
         config's ``d_model``, ``n_layers``, ``n_heads`` (or other constructor arguments)."""
-        arch = {k: int(self.config[k]) for k in ARCH_KEYS}
+        arch = {k: (self.config[k] if k == "positions" else int(self.config[k])) for k in ARCH_KEYS}
         arch.update(kwargs)
         net = SequenceTransformer(self.vocab_size, n_states=self.process().n_states, **arch)
         net.prediction = self.prediction
@@ -183,7 +186,7 @@ class SequencesDomain(Domain):
         cfg = meta.get("config") or {}
         for k in ARCH_KEYS:
             if k in cfg:
-                self.config[k] = int(cfg[k])
+                self.config[k] = cfg[k] if k == "positions" else int(cfg[k])
 
     # -- generation -----------------------------------------------------------------------------
     def generation_batch(self, n: int, *, generator=None, cond: Any = None) -> GenerationBatch:

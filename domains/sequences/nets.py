@@ -8,7 +8,10 @@ uniform process ``n_states == vocab_size``) and time ``t`` ``[B]`` in ``[0, 1]``
 convention: 0 data, 1 noise) -> logits ``[B, N, vocab_size]`` over the clean tokens. Padding
 (``mask == 0``) is excluded from attention as keys, so outputs at real positions do not depend on
 padded tokens; outputs at padded positions are meaningless. Positions: fixed sinusoidal
-encodings (any length). Optional class conditioning: ``num_classes`` adds a label embedding to
+encodings added to the token embeddings (``positions="sinusoidal"``, the default) or rotary
+embeddings of queries and keys (``positions="rope"``, Su et al. 2021, "RoFormer", eq. 34; what
+MDLM's and SEDD's DiT backbones use: attention scores then depend on relative positions only).
+Optional class conditioning: ``num_classes`` adds a label embedding to
 the time embedding (``cond`` ``LongTensor [B]``; ``num_classes`` is the null label).
 """
 from __future__ import annotations
@@ -42,6 +45,26 @@ def modulate(h: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return h * (1 + scale[:, None]) + shift[:, None]
 
 
+#: position encodings of :class:`SequenceTransformer`
+POSITIONS = ("sinusoidal", "rope")
+
+
+def rope_tables(n: int, head_dim: int, device=None) -> tuple:
+    """``(cos, sin)`` ``[n, head_dim // 2]`` of rotary embeddings (base 10000; RoFormer eq. 15)."""
+    half = head_dim // 2
+    inv = 1.0 / (10000.0 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
+    ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv[None]
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` ``[B, H, N, Dh]`` pairwise (first half, second half) by the position angles."""
+    h = cos.shape[-1]
+    x1, x2 = x[..., :h], x[..., h:2 * h]
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return torch.cat([out, x[..., 2 * h:]], dim=-1) if x.shape[-1] > 2 * h else out
+
+
 class AdaLNBlock(nn.Module):
     """Pre-norm transformer block whose LayerNorms are shifted/scaled and whose residual
     branches are gated by the conditioning vector ``c`` ``[B, d]`` (zero-initialised: each block
@@ -61,10 +84,12 @@ class AdaLNBlock(nn.Module):
         nn.init.zeros_(self.ada.bias)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h: Tensor, c: Tensor, attn_mask: Optional[Tensor]) -> Tensor:
+    def forward(self, h: Tensor, c: Tensor, attn_mask: Optional[Tensor], rope: Optional[tuple] = None) -> Tensor:
         B, N, C = h.shape
         s1, sc1, g1, s2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
         q, k, v = self.qkv(modulate(self.ln1(h), s1, sc1)).view(B, N, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         h = h + g1[:, None] * self.drop(self.proj(a.transpose(1, 2).reshape(B, N, C)))
         return h + g2[:, None] * self.drop(self.mlp(modulate(self.ln2(h), s2, sc2)))
@@ -80,18 +105,23 @@ class SequenceTransformer(nn.Module):
         d_model, n_layers, n_heads, mlp_ratio, dropout: transformer size.
         num_classes: optional class conditioning (``cond`` ``[B]`` in ``0..num_classes``, the
             last id being "no class").
+        positions: ``sinusoidal`` (added to the embeddings) or ``rope`` (rotary, in attention).
     """
 
     def __init__(self, vocab_size: int, n_states: Optional[int] = None, d_model: int = 128, n_layers: int = 4,
-                 n_heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0, num_classes: Optional[int] = None):
+                 n_heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0, num_classes: Optional[int] = None,
+                 positions: str = "sinusoidal"):
         super().__init__()
+        if positions not in POSITIONS:
+            raise ValueError(f"unknown positions {positions!r}; valid: {', '.join(POSITIONS)}")
+        self.positions, self.n_heads = positions, n_heads
         n_states = vocab_size + 1 if n_states is None else n_states
         if n_states < vocab_size:
             raise ValueError(f"n_states ({n_states}) must be at least vocab_size ({vocab_size})")
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
         self.config = dict(vocab_size=vocab_size, n_states=n_states, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-                           mlp_ratio=mlp_ratio, dropout=dropout, num_classes=num_classes)
+                           mlp_ratio=mlp_ratio, dropout=dropout, num_classes=num_classes, positions=positions)
         self.vocab_size, self.n_states, self.d_model = vocab_size, n_states, d_model
         self.embed = nn.Embedding(n_states, d_model)
         self.time_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
@@ -122,7 +152,10 @@ class SequenceTransformer(nn.Module):
         if self.label is not None:
             labels = torch.full((B,), self.label.num_embeddings - 1, dtype=torch.long, device=x_t.device) if cond is None else cond
             c = c + self.label(torch.as_tensor(labels, device=x_t.device).long())
-        h = self.embed(x_t) + sinusoidal_positions(N, self.d_model, x_t.device)[None]
+        h = self.embed(x_t)
+        rope = rope_tables(N, self.d_model // self.n_heads, x_t.device) if self.positions == "rope" else None
+        if rope is None:
+            h = h + sinusoidal_positions(N, self.d_model, x_t.device)[None]
         attn_mask = None
         if mask is not None:
             if mask.shape != (B, N):
@@ -131,6 +164,6 @@ class SequenceTransformer(nn.Module):
             keep = keep | ~keep.any(1, keepdim=True)  # an all-padding row attends everywhere (no NaN)
             attn_mask = keep[:, None, None, :]  # [B, 1, 1, N]: real keys only
         for blk in self.blocks:
-            h = blk(h, c, attn_mask)
+            h = blk(h, c, attn_mask, rope)
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
         return self.head(modulate(self.ln_out(h), shift, scale))
