@@ -164,3 +164,16 @@ def test_rotary_positions_make_attention_scores_relative():
     assert net(torch.randint(0, 5, (2, 10)), torch.rand(2)).shape == (2, 10, 4)
     with pytest.raises(ValueError, match="unknown positions 'abs'; valid: sinusoidal, rope"):
         SequenceTransformer(4, positions="abs")
+
+
+def test_elbo_perplexity_of_uniform_logits_is_the_vocabulary_size():
+    """A model with uniform logits has per-token NLL log V at every masked position and the ELBO
+    weight 1/t integrates the masking rate t to 1, so the ELBO perplexity is V (DNA: 4)."""
+    dom = get_domain("sequences", dataset="dna")
+
+    class Uniform(torch.nn.Module):
+        def forward(self, x, t, mask=None, cond=None):
+            return torch.zeros(*x.shape, 4)
+
+    ppl = dom.elbo_perplexity(Uniform(), split="val", repeats=2, max_sequences=256)
+    assert abs(ppl - 4.0) < 0.08, ppl

@@ -28,6 +28,12 @@ __all__ = ["bench_discrete", "DEFAULT_NFES"]
 DEFAULT_NFES = (4, 8, 16, 32, 64, 256)
 
 
+def _short(path: str) -> str:
+    """A file's stem, or its folder's name for the generic names the CLI writes."""
+    p = Path(path)
+    return p.parent.name if p.stem in ("generator", "teacher", "student", "model") and p.parent.name else p.stem
+
+
 def _entries(dom, proc, samplers) -> list:
     """``[(label, sampler name, checkpoint or None)]`` from ``samplers``: ``all`` (every
     discrete sampler that runs on ``proc`` and needs nothing from the caller), registry names,
@@ -42,9 +48,10 @@ def _entries(dom, proc, samplers) -> list:
         spec = get(name)  # one-line error for unknown names / files
         if not spec.supports(proc):
             raise ValueError(spec.mismatch(proc))
-        label = name if not ckpt else f"{name}@{Path(ckpt).parent.name or Path(ckpt).stem}"
-        if spec.timesteps is not None:
-            label = f"{Path(name.split(':', 1)[1]).parent.name or Path(name).stem} ({name.split(':', 1)[0]})" if not ckpt else label
+        label = name if not ckpt else f"{name}@{_short(ckpt)}"
+        if spec.timesteps is not None and ":" in name:  # a learned sampler file: name it by its file
+            prefix, _, path = name.partition(":")
+            label = f"{prefix}:{_short(path)}" + (f"@{_short(ckpt)}" if ckpt else "")
         out.append((label, name, ckpt or None))
     return out
 

@@ -43,6 +43,15 @@ SCHEDULES = ("loglinear", "cosine")
 #: the k of the primary k-mer JS per data set (the k that separates held-out data from shuffled /
 #: i.i.d. baselines best at ~200 sequences, README "Metrics")
 PRIMARY_K = {"text": 3, "dna": 4, "protein": 2}
+#: the settings the shipped teachers were trained with (``workbench train`` keys; CPU, one thread)
+TEACHER_RECIPES = {
+    "text": {"domain.d_model": 128, "domain.n_layers": 4, "train.batch_size": 32, "train.steps": 6000, "train.lr": 1e-3,
+             "train.warmup": 200},
+    "dna": {"domain.d_model": 96, "domain.n_layers": 3, "domain.positions": "rope", "train.batch_size": 32, "train.steps": 6000,
+            "train.lr": 1e-3, "train.warmup": 200},
+    "protein": {"domain.d_model": 96, "domain.n_layers": 3, "domain.positions": "rope", "train.batch_size": 16, "train.steps": 4000,
+                "train.lr": 1e-3, "train.warmup": 200},
+}
 #: the architecture options a checkpoint's recorded config overrides when it is loaded
 ARCH_KEYS = ("d_model", "n_layers", "n_heads", "positions")
 
@@ -168,7 +177,9 @@ class SequencesDomain(Domain):
         return CHECKPOINT_DIR / f"{self.dataset}_mdlm.safetensors"
 
     def teacher_regenerate_command(self) -> str:
-        return (f"workbench train domain=sequences domain.dataset={self.dataset} "
+        """The command that trained the shipped teacher of this data set (:data:`TEACHER_RECIPES`)."""
+        keys = " ".join(f"{k}={v}" for k, v in TEACHER_RECIPES[self.dataset].items())
+        return (f"workbench train domain=sequences domain.dataset={self.dataset} {keys} threads=1 "
                 f"out=runs/sequences_mdlm/{self.dataset} && cp runs/sequences_mdlm/{self.dataset}/teacher.safetensors "
                 f"domains/sequences/checkpoints/{self.dataset}_mdlm.safetensors")
 
@@ -265,6 +276,29 @@ class SequencesDomain(Domain):
                 lm.config_max_len = int(lm.meta["model_config"].get("max_len", LM_CONFIGS[self.dataset]["max_len"]))
             self._ref_stats["lm"] = lm
         return self._ref_stats["lm"]
+
+    def elbo_perplexity(self, model, *, split: str = "test", repeats: int = 4, batch_size: int = 64, seed: int = 0,
+                        max_sequences: Optional[int] = None) -> float:
+        """The teacher's perplexity bound on held-out data: ``exp`` of the mean per-token
+        negative ELBO (MDLM's, :class:`~workbench.losses.MaskedDiffusionELBO`, antithetic times)
+        over every sequence of ``split`` (at most ``max_sequences``), ``repeats`` independent
+        time/mask draws each. An upper bound of the model's true perplexity (MDLM reports the
+        same bound); compare with the AR reference model's test perplexity."""
+        ref = self.reference_batch(max_sequences or 10**9, split=split)
+        obj = MaskedDiffusionELBO(self.process())
+        g = torch.Generator().manual_seed(seed)
+        tot, cnt = 0.0, 0.0
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            for _ in range(int(repeats)):
+                for i in range(0, ref.x.shape[0], batch_size):
+                    b = Batch(x=ref.x[i:i + batch_size], mask=ref.mask[i:i + batch_size])
+                    n_real = b.mask.sum(1).double()
+                    tot += float((obj(model, b, g).double() * n_real).sum())
+                    cnt += float(n_real.sum())
+        model.train(was)
+        return float(np.exp(tot / max(cnt, 1.0)))
 
     # -- reward (reward-guided sampling: svdd) -------------------------------------------------
     def reward(self, samples: Batch) -> torch.Tensor:
