@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "workbench"
 #: the application layer: entry points and jobs built on the library
-APP = {"workbench.cli", "workbench.runner", "workbench.bench", "workbench.bench_distill", "workbench.bench_peers", "workbench.demo"}
+APP = {"workbench.cli", "workbench.runner", "workbench.bench", "workbench.bench_distill", "workbench.bench_peers", "workbench.bench_discrete", "workbench.demo"}
 
 
 def _modules(root: Path = ROOT) -> dict:

@@ -177,3 +177,28 @@ def test_elbo_perplexity_of_uniform_logits_is_the_vocabulary_size():
 
     ppl = dom.elbo_perplexity(Uniform(), split="val", repeats=2, max_sequences=256)
     assert abs(ppl - 4.0) < 0.08, ppl
+
+
+def test_cli_distill_lsd_then_generate_with_the_file_and_the_default_sampler(dna_run, capsys):
+    """`workbench distill method=lsd` writes a sampler file; `generate sampler=lsd:PATH` uses it;
+    `generate` without `sampler=` uses the domain's default (mdlm_ancestral); a continuous method
+    is refused in one line naming the discrete ones."""
+    root, teacher = dna_run
+    code, out, err = run(capsys, "distill", "domain=sequences", "domain.dataset=dna", f"teacher={teacher}", "method=lsd",
+                         "student_steps=2", "distill.teacher_steps=4", "train.steps=2", "train.batch_size=2", "progress=false",
+                         f"out={root / 'lsd'}")
+    assert code == 0, err
+    path = root / "lsd" / "generator.safetensors"
+    code, out, err = run(capsys, "generate", "domain=sequences", "domain.dataset=dna", f"teacher={teacher}", f"sampler=lsd:{path}",
+                         "steps=2", "n=2", "progress=false", f"out={root / 'gl'}")
+    assert code == 0, err
+    assert json.loads((root / "gl" / "metrics.json").read_text())["metrics"]["nfe"] == 2
+    code, out, err = run(capsys, "generate", "domain=sequences", "domain.dataset=dna", f"teacher={teacher}", "steps=2", "n=2",
+                         "progress=false", f"out={root / 'gd'}")
+    assert code == 0, err
+    assert json.loads((root / "gd" / "metrics.json").read_text())["sampler"] == "mdlm_ancestral"
+    code, out, err = run(capsys, "distill", "domain=sequences", "domain.dataset=dna", f"teacher={teacher}", "method=consistency",
+                         "train.steps=1", "progress=false", f"out={root / 'bad'}")
+    assert code == 2 and "cannot distil domain 'sequences': it needs a continuous process" in err and "lsd, lsd_plus, sdtt" in err
+    code, out, err = run(capsys, "generate", "domain=sequences", "sampler=lsd:/nope.safetensors", f"out={root / 'bad2'}")
+    assert code == 2 and "LSD sampler file not found" in err and len(err.strip().splitlines()) == 1

@@ -72,7 +72,7 @@ def test_runner_passes_the_domain_reward(tmp_path):
     save_weights(teacher, dom.build_backbone(), {"config": dom.config})
     m = generate(dom, sampler="svdd", steps=3, n=4, out_dir=tmp_path / "g", teacher=str(teacher), progress=False,
                  options={"n_candidates": 2})
-    assert m["nfe"] == 3 + 2 * 2
+    assert m["nfe"] == 3 + 2 * 2 and "reward_mean" in m and "kmer_js" in m      # the reward beside the unguided metrics
     tata = torch.tensor([[3, 0, 3, 0, 0, 0, 0, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1]])  # TATAAAA + GC repeat
     gc = torch.tensor([[1, 2] * 12])
     r = dom.reward(Batch(x=torch.cat([tata, gc]), mask=None))

@@ -282,7 +282,12 @@ def cmd_samplers(_cfg) -> int:
 
     for name, spec in sorted(REGISTRY.items()):
         kind = "stochastic" if spec.stochastic else f"order {spec.order}"
-        print(f"{name:18s} {spec.state:10s} {kind:12s} NFE(5 steps)={spec.nfe(5):<3d} {spec.reference}")
+        needs = f" [needs: {', '.join(spec.needs)}]" if spec.needs else ""
+        print(f"{name:18s} {spec.state:10s} {kind:12s} NFE(5 steps)={spec.nfe(5):<3d} {spec.reference}{needs}")
+    from .samplers.base import LOADERS
+
+    if LOADERS:
+        print(f"trained sampler files: {', '.join(p + ':PATH' for p in sorted(LOADERS))} (e.g. from `workbench distill method=lsd`)")
     return 0
 
 

@@ -196,6 +196,9 @@ def generate(domain: Union[str, Domain], *, sampler: Optional[str] = None, steps
                                           batch_size=batch_size, device=device, options=options, progress=progress)
         with show_progress(progress):
             metrics = {k: float(v) for k, v in dom.evaluate(samples).items()}
+        if generator is None and "reward" in api.get(sampler).needs and "reward" not in (options or {}):
+            # a reward-guided run reports the reward it raised beside the unguided metrics
+            metrics["reward_mean"] = float(torch.as_tensor(dom.reward(samples)).double().mean())
         metrics["nfe"] = info["nfe"]
         metrics["seconds_per_sample"] = info["seconds"] / max(1, n)
         err = ode_reference_error(dom, model, samples, seed=seed, n_ref=n_ref, device=device, progress=progress)
