@@ -202,3 +202,26 @@ def test_cli_distill_lsd_then_generate_with_the_file_and_the_default_sampler(dna
     assert code == 2 and "cannot distil domain 'sequences': it needs a continuous process" in err and "lsd, lsd_plus, sdtt" in err
     code, out, err = run(capsys, "generate", "domain=sequences", "sampler=lsd:/nope.safetensors", f"out={root / 'bad2'}")
     assert code == 2 and "LSD sampler file not found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_shipped_dna_teacher_8_steps_beats_iid_bases_on_the_6mer_spectrum(tmp_path, capsys):
+    """The issue's acceptance: `workbench generate domain=sequences domain.dataset=dna n=64 steps=8`
+    writes a FASTA whose 6-mer spectrum is closer to the held-out genome windows than i.i.d. bases
+    with the genome's composition (5 draws). Measured: 0.145 vs 0.162-0.167 (64 held-out val
+    windows: 0.141)."""
+    from domains.sequences import data as D
+    from domains.sequences import metrics as M
+    from domains.sequences.io import read_fasta
+    from workbench.losses import Batch
+
+    code, out, err = run(capsys, "generate", "domain=sequences", "domain.dataset=dna", "n=64", "steps=8", "threads=1", "progress=false",
+                         f"out={tmp_path / 'g'}")
+    assert code == 0, err
+    recs = read_fasta(tmp_path / "g" / "samples" / "samples.fasta")
+    x = torch.stack([D.encode("dna", s) for _, s in recs])
+    samples = Batch(x=x, mask=torch.ones(x.shape))
+    ref = get_domain("sequences", dataset="dna").reference_batch()
+    js = M.kmer_js(samples, ref, 6)
+    iid = [M.kmer_js(M.baseline_iid(samples, D.unigram_probs("dna"), torch.Generator().manual_seed(i)), ref, 6) for i in range(5)]
+    print(f"6-mer JS: samples {js:.4f}, iid {[round(v, 4) for v in iid]}")
+    assert len(recs) == 64 and js < min(iid), (js, iid)
