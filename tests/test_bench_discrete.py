@@ -40,6 +40,7 @@ def test_rows_tables_and_plot(tiny):
     assert {("mdlm_ancestral", 2), ("mdlm_ancestral", 4), ("maskgit", 2), ("maskgit", 4), ("lsd:lsd", 2),
             ("mdlm_ancestral@net1", 2), ("mdlm_ancestral@net1", 4)} <= got
     assert ("lsd:lsd", 4) not in got                       # a learned file runs at its own NFE only
+    assert ("mdlm_ancestral", 256) in got and ("maskgit", 256) not in got   # the teacher's usual row, always
     md = res["markdown"].read_text()
     assert "### `kmer_js` (lower better)" in md and "| lsd:lsd | " in md and res["plot"].exists()
     r = next(r for r in rows if r["method"] == "mdlm_ancestral" and r["nfe"] == "4")

@@ -57,10 +57,12 @@ def _entries(dom, proc, samplers) -> list:
 
 
 def bench_discrete(dom, model, out_path: Path, *, nfes=DEFAULT_NFES, samplers="all", n: int = 256, seed: int = 0,
-                   device="cpu", progress: bool = True) -> dict:
+                   device="cpu", progress: bool = True, teacher_row: bool = True) -> dict:
     """Run the discrete benchmark into ``out_path`` (see the module docstring). ``model`` is
     the teacher; rows are ``(method, nfe)`` with the domain's metrics (``m_*``), ``steps``,
-    the real NFE and ``ms_per_sample``. Returns ``{"csv", "markdown", "plot", "rows"}``."""
+    the real NFE and ``ms_per_sample``. ``teacher_row``: also run the domain's
+    ``teacher_sampler`` at its own steps when ``nfes`` leaves it out (e.g. ``nfes`` up to 64
+    and the 256-step teacher row). Returns ``{"csv", "markdown", "plot", "rows"}``."""
     from tqdm.auto import tqdm
 
     proc = dom.process()
@@ -84,6 +86,9 @@ def bench_discrete(dom, model, out_path: Path, *, nfes=DEFAULT_NFES, samplers="a
             steps = spec.steps_for_nfe(k)
             if steps is not None:
                 jobs.append((label, name, ckpt, steps))
+    t_name, t_steps = dom.teacher_sampler[0], int(dom.teacher_sampler[1])
+    if teacher_row and not any(j[1] == t_name and j[2] is None and j[3] == t_steps for j in jobs):
+        jobs.append((t_name, t_name, None, t_steps))  # the teacher's usual many-step row, always
     for label, name, ckpt, steps in tqdm(jobs, desc="bench", disable=not progress, leave=False):
         gens = [torch.Generator().manual_seed(seed + 10_000 + i) for i in range(n)]
         t0 = time.perf_counter()

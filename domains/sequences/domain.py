@@ -11,12 +11,14 @@ Config keys (hydra ``domain.*``, :class:`SequencesConfig`):
 * ``schedule``: ``loglinear`` (default) or ``cosine`` (MDLM's ``alpha(t)``);
 * ``seq_len``: window length of text / dna (default 128); protein is fixed at 300 (padded, with
   lengths drawn from the training length histogram at generation);
-* ``d_model``, ``n_layers``, ``n_heads``: backbone size;
-* ``max_reference``: size cap of the held-out reference set the metrics compare with.
+* ``d_model``, ``n_layers``, ``n_heads``, ``positions`` (``sinusoidal`` or ``rope``): backbone
+  size and position encoding (a shipped teacher's own values are read from its file);
+* ``max_reference``: size cap of the held-out reference set the metrics compare with;
+* ``reward_motif``: dna, the JASPAR motif of :meth:`SequencesDomain.reward`.
 
 States are ``LongTensor [B, N]`` token ids with a ``mask [B, N]`` (1 real, 0 padding; padded ids
-are ``pad_id = 0``). No teacher is shipped yet: ``default_teacher_path()`` names
-``checkpoints/{dataset}_mdlm.safetensors`` and loading it raises a one-line
+are ``pad_id = 0``). Shipped teachers: ``checkpoints/{dataset}_mdlm.safetensors`` (masked process,
+log-linear schedule; trained by :data:`TEACHER_RECIPES`); a missing one raises a one-line
 :class:`~workbench.checkpoint.CheckpointError` naming the command that trains it.
 """
 from __future__ import annotations
@@ -97,9 +99,10 @@ class SequencesDomain(Domain):
     }
     teacher_sampler = ("mdlm_ancestral", 256)
     default_sampler = "mdlm_ancestral"
-    demo_skip_reason = "no shipped sequences teacher yet (domains/sequences/checkpoints/{dataset}_mdlm.safetensors is not trained)"
-    demo_fast_samplers = ("mdlm_cached", "maskgit")
-    demo_fast_steps = (16,)
+    demo_configs = {"dna": {"dataset": "dna"}}
+    demo_fast_samplers = ("mdlm_ancestral", "mdlm_cached", "tau_leaping", "maskgit")
+    demo_fast_steps = (8,)
+    demo_metrics = ("kmer_js", "reference_perplexity", "unigram_entropy")
     demo_n = 64
 
     def __init__(self, **config):
@@ -198,6 +201,18 @@ class SequencesDomain(Domain):
         for k in ARCH_KEYS:
             if k in cfg:
                 self.config[k] = cfg[k] if k == "positions" else int(cfg[k])
+
+    def shipped_students(self) -> tuple:
+        """The shipped 8-step samplers of this data set's teacher: LSD+ (a learned sampler file)
+        and the SDTT student (``checkpoints/README.md``), where their files exist."""
+        from workbench.domain import ShippedStudent
+
+        out = []
+        for name, desc in (("lsd_plus", "LSD+ learned sampler, 8 steps"), ("sdtt", "SDTT student, 8 ancestral steps")):
+            p = CHECKPOINT_DIR / f"{self.dataset}_{name}_8.safetensors"
+            if p.exists() and self.config["process"] == "masked" and self.config["schedule"] == "loglinear":
+                out.append(ShippedStudent(f"{name}_8step", p, 8, description=desc))
+        return tuple(out)
 
     # -- generation -----------------------------------------------------------------------------
     def generation_batch(self, n: int, *, generator=None, cond: Any = None) -> GenerationBatch:
