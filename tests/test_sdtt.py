@@ -56,6 +56,7 @@ def test_padding_is_never_supervised():
 
 
 def test_rounds_hand_the_student_to_the_teacher_and_need_a_power_of_two():
+    pytest.importorskip("pyrodigal", reason="the DNA data set ships with pip pyrodigal (the `sequences` extra)")
     from domains.sequences.domain import SequencesDomain
 
     dom = SequencesDomain(dataset="dna", seq_len=16, d_model=16, n_layers=1, n_heads=2)
@@ -85,6 +86,7 @@ def test_rounds_hand_the_student_to_the_teacher_and_need_a_power_of_two():
 
 
 def test_distill_exports_an_ancestral_generator(tmp_path):
+    pytest.importorskip("pyrodigal", reason="the DNA data set ships with pip pyrodigal (the `sequences` extra)")
     from domains.sequences.domain import SequencesDomain
     from workbench.checkpoint import save_weights
     from workbench.runner import distill, generate
