@@ -124,3 +124,15 @@ class ChainDenoiser(ExactDenoiser):
             bwd.insert(0, b / b.sum(-1, keepdim=True))
         post = torch.stack([f * b for f, b in zip(fwd, bwd)], dim=1)
         return (post / post.sum(-1, keepdim=True)).log()
+
+
+def tiny_dna_teacher(path, seed: int = 0, seq_len: int = 16):
+    """``(domain, path)``: an untrained one-layer sequences/dna network saved at ``path`` as a
+    teacher checkpoint (the plumbing tests of LSD, SDTT, SVDD and the discrete benchmark)."""
+    from domains.sequences.domain import SequencesDomain
+    from workbench.checkpoint import save_weights
+
+    dom = SequencesDomain(dataset="dna", seq_len=seq_len, d_model=16, n_layers=1, n_heads=2)
+    torch.manual_seed(seed)
+    save_weights(path, dom.build_backbone(), {"config": dom.config})
+    return dom, path

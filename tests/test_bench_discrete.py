@@ -4,25 +4,18 @@ and the tables and plot it writes."""
 import csv
 
 import pytest
-import torch
 
 pytest.importorskip("pyrodigal")  # ships the DNA data set
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from domains.sequences.domain import SequencesDomain
-    from workbench.checkpoint import save_weights
+    from discrete_helpers import tiny_dna_teacher
     from workbench.runner import distill
 
     tmp = tmp_path_factory.mktemp("bd")
-    dom = SequencesDomain(dataset="dna", seq_len=16, d_model=16, n_layers=1, n_heads=2)
-    paths = []
-    for i in range(2):
-        torch.manual_seed(i)
-        p = tmp / f"net{i}.safetensors"
-        save_weights(p, dom.build_backbone(), {"config": dom.config})
-        paths.append(p)
+    dom, _ = tiny_dna_teacher(tmp / "net0.safetensors", seed=0)
+    paths = [tmp / "net0.safetensors", tiny_dna_teacher(tmp / "net1.safetensors", seed=1)[1]]
     res = distill(dom, method="lsd", student_steps=2, out_dir=tmp / "lsd", teacher=str(paths[0]), method_options={"teacher_steps": 4},
                   train={"steps": 2, "batch_size": 4, "progress": False})
     return tmp, dom, paths, res["generator"]

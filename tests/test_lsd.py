@@ -48,6 +48,27 @@ def test_coefficients_change_the_sampler_and_the_transition_is_a_distribution():
         _run("lsd", 4, coeffs=[1.0, 1.0])
 
 
+def test_euler_step_is_the_official_formula():
+    """The official ``EulerScheduler.step`` with ``coeffs[i]`` on the log-score: at a masked
+    position ``P(y) = dt sigma(t) exp(c (log(alpha / (1 - alpha)) + log p_y))`` for real ``y``,
+    ``P(mask) = 1 - sum``, ``sigma = -alpha' / alpha``; re-derived here from the schedule."""
+    x = PROC.prior((20, L))
+    x[:, :2] = torch.randint(0, V, (20, 2))
+    probs = DiscreteModelFn(ChainDenoiser(PROC), PROC)(x, 0.7)
+    t, s, eps = 0.7, 0.55, PROC.eps
+    alpha, d_alpha = 1 - (1 - eps) * t, -(1 - eps)
+    for c in (0.7, 1.0, 1.3):
+        score = alpha / (1 - alpha) * probs[:, 2:]
+        jump = (t - s) * (-d_alpha / alpha) * score ** c
+        want = torch.cat([jump, 1 - jump.sum(-1, keepdim=True)], -1)
+        got = lsd_transition(PROC, probs, x, t, s, c, "euler")
+        assert torch.allclose(got[:, 2:], want, rtol=1e-10, atol=1e-14), c
+        tau = lsd_transition(PROC, probs, x, t, s, c, "tau_leaping")[:, 2:]
+        rate = jump / (t - s)
+        p_jump = 1 - torch.exp(-(t - s) * rate.sum(-1, keepdim=True))
+        assert torch.allclose(tau[..., :V], p_jump * rate / rate.sum(-1, keepdim=True), rtol=1e-10)
+
+
 def test_gradient_reaches_coefficients_and_times():
     params = LSDParams(4, learn_times=True)
     ts = params.grid()
@@ -89,14 +110,10 @@ def test_distill_writes_a_small_sampler_file_usable_as_lsd_path(tmp_path):
     """`distill method=lsd_plus` on the sequences domain with a tiny untrained teacher: the file
     holds only the coefficients and the grid, and `sampler=lsd:PATH` reproduces the generator."""
     pytest.importorskip("pyrodigal", reason="the DNA data set ships with pip pyrodigal (the `sequences` extra)")
-    from domains.sequences.domain import SequencesDomain
-    from workbench.checkpoint import save_weights
+    from discrete_helpers import tiny_dna_teacher
     from workbench.runner import distill, generate
 
-    dom = SequencesDomain(dataset="dna", seq_len=16, d_model=16, n_layers=1, n_heads=2)
-    teacher = tmp_path / "teacher.safetensors"
-    torch.manual_seed(0)
-    save_weights(teacher, dom.build_backbone(), {"config": dom.config})
+    dom, teacher = tiny_dna_teacher(tmp_path / "teacher.safetensors")
     res = distill(dom, method="lsd_plus", student_steps=3, out_dir=tmp_path / "lsd", teacher=str(teacher),
                   method_options={"teacher_steps": 6}, train={"steps": 3, "batch_size": 4, "progress": False})
     path = res["generator"]

@@ -69,6 +69,7 @@ def test_rounds_hand_the_student_to_the_teacher_and_need_a_power_of_two():
     data = dom.train_data()
     g = torch.Generator().manual_seed(0)
     first = {k: v.clone() for k, v in nets["teacher"].state_dict().items()}
+    before: dict = {}  # the student's weights after the previous step
     for step in range(4):
         loss = setup.objective(nets, data(8, g), g).mean()
         if step == 3:  # the first call of round 1 copied the student into the teacher before its loss
@@ -87,14 +88,10 @@ def test_rounds_hand_the_student_to_the_teacher_and_need_a_power_of_two():
 
 def test_distill_exports_an_ancestral_generator(tmp_path):
     pytest.importorskip("pyrodigal", reason="the DNA data set ships with pip pyrodigal (the `sequences` extra)")
-    from domains.sequences.domain import SequencesDomain
-    from workbench.checkpoint import save_weights
+    from discrete_helpers import tiny_dna_teacher
     from workbench.runner import distill, generate
 
-    dom = SequencesDomain(dataset="dna", seq_len=16, d_model=16, n_layers=1, n_heads=2)
-    teacher = tmp_path / "t.safetensors"
-    torch.manual_seed(0)
-    save_weights(teacher, dom.build_backbone(), {"config": dom.config})
+    dom, teacher = tiny_dna_teacher(tmp_path / "t.safetensors")
     res = distill(dom, method="sdtt", student_steps=2, out_dir=tmp_path / "d", teacher=str(teacher),
                   method_options={"start_steps": 8, "steps_per_round": 2}, train={"batch_size": 4, "warmup": 0, "progress": False})
     assert res["steps"] == 4 and math.isfinite(res["final_loss"]["main"])
@@ -102,3 +99,47 @@ def test_distill_exports_an_ancestral_generator(tmp_path):
     assert m["nfe"] == 2 and (tmp_path / "g" / "samples" / "samples.fasta").exists()
     with pytest.raises(ValueError, match="method 'sdtt' cannot distil domain 'toy': it needs a discrete process"):
         distill("toy", method="sdtt", out_dir=tmp_path / "x")
+
+
+def test_loss_equals_an_independent_replay_of_the_official_target():
+    """Replays the objective's random draws (same generator, same order) and rebuilds the official
+    target by hand: the teacher's k = 2 ancestral steps at t and t - dt, each masked position's
+    target the log p of the step that unmasked it (the last step's if still masked), and the
+    reverse KL of the student's one call at t, averaged over the sample's masked positions."""
+    from domains.sequences.nets import SequenceTransformer
+    from workbench.processes import categorical, rand64
+
+    torch.manual_seed(0)
+    teacher, student = SequenceTransformer(V, d_model=16, n_layers=1, n_heads=2), SequenceTransformer(V, d_model=16, n_layers=1, n_heads=2)
+    for net in (teacher, student):
+        for b in net.blocks:
+            torch.nn.init.normal_(b.ada.weight, std=0.3)  # make the networks depend on t
+    x0 = torch.randint(0, V, (16, N), generator=torch.Generator().manual_seed(3))
+    obj = SDTTObjective(PROC, start_steps=8, k=2, steps_per_round=10, rounds=1, loss="kl_bwd")
+    got = obj({"student": student, "teacher": teacher, "rounds": _Round()}, Batch(x=x0, mask=None), torch.Generator().manual_seed(5))
+
+    def logp(net, x, t):
+        lp = torch.log_softmax(net(x, t.float()).float(), -1)
+        oh = torch.nn.functional.one_hot(x.clamp(max=V - 1), V).bool()
+        return torch.where((x != PROC.mask_id)[..., None], torch.where(oh, 0.0, -1e6), lp)
+
+    g = torch.Generator().manual_seed(5)
+    dt = 1.0 / 8
+    t = 2 * dt + (1 - 2 * dt) * rand64((16,), g)
+    x_t = PROC.add_noise(x0, t, generator=g)
+    with torch.no_grad():
+        x, target = x_t, None
+        for i in range(2):
+            ti, si = t - i * dt, t - (i + 1) * dt
+            lp = logp(teacher, x, ti)
+            still = (x == PROC.mask_id)[..., None]
+            target = lp if target is None else torch.where(still, lp, target)
+            a_t, a_s = 1 - (1 - PROC.eps) * ti, 1 - (1 - PROC.eps) * si
+            u = rand64(x.shape, g)
+            draw = categorical(lp.double().exp(), g)
+            x = torch.where((x == PROC.mask_id) & (u < ((a_s - a_t) / (1 - a_t))[:, None]), draw, x)
+        ls = logp(student, x_t, t)
+        kl = (ls.exp() * (ls - target)).sum(-1)
+        m = (x_t == PROC.mask_id).float()
+        want = (kl * m).sum(1) / m.sum(1).clamp_min(1)
+    assert torch.allclose(got.detach(), want, rtol=1e-5, atol=1e-7) and bool((want > 0).any())

@@ -61,15 +61,12 @@ def test_runner_passes_the_domain_reward(tmp_path):
     """generate(sampler=svdd) on DNA with a tiny untrained network: the runner supplies the
     domain's JASPAR-motif reward; the text data set has none (one-line error)."""
     pytest.importorskip("pyjaspar", reason="the DNA reward reads JASPAR matrices from pip pyjaspar (the `sequences` extra)")
+    from discrete_helpers import tiny_dna_teacher
     from domains.sequences.domain import SequencesDomain
-    from workbench.checkpoint import save_weights
     from workbench.losses import Batch
     from workbench.runner import generate
 
-    dom = SequencesDomain(dataset="dna", seq_len=24, d_model=16, n_layers=1, n_heads=2)
-    teacher = tmp_path / "t.safetensors"
-    torch.manual_seed(0)
-    save_weights(teacher, dom.build_backbone(), {"config": dom.config})
+    dom, teacher = tiny_dna_teacher(tmp_path / "t.safetensors", seq_len=24)
     m = generate(dom, sampler="svdd", steps=3, n=4, out_dir=tmp_path / "g", teacher=str(teacher), progress=False,
                  options={"n_candidates": 2})
     assert m["nfe"] == 3 + 2 * 2 and "reward_mean" in m and "kmer_js" in m      # the reward beside the unguided metrics
@@ -77,5 +74,12 @@ def test_runner_passes_the_domain_reward(tmp_path):
     gc = torch.tensor([[1, 2] * 12])
     r = dom.reward(Batch(x=torch.cat([tata, gc]), mask=None))
     assert r[0] > r[1] + 5
-    with pytest.raises(NotImplementedError, match="the text data set defines no reward"):
+    from domains.sequences.metrics import gravy
+
+    # GRAVY (Kyte & Doolittle): IRK = (4.5 - 4.5 - 3.9) / 3; padding is left out; hydrophobic > charged
+    ids = {a: i for i, a in enumerate("ACDEFGHIKLMNPQRSTVWY")}
+    irk = torch.tensor([[ids["I"], ids["R"], ids["K"], 0]])
+    assert torch.allclose(gravy(irk, torch.tensor([[1, 1, 1, 0]])), torch.tensor([-1.3], dtype=torch.float64))
+    assert float(gravy(torch.tensor([[ids["I"]] * 5]))) == 4.5 > float(gravy(torch.tensor([[ids["D"]] * 5])))
+    with pytest.raises(ValueError, match="the text data set defines no reward; .* runs on domain.dataset=dna"):
         SequencesDomain(dataset="text").reward(Batch(x=torch.zeros(1, 4, dtype=torch.long), mask=None))

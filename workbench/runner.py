@@ -157,7 +157,8 @@ def domain_reward(domain: Domain):
     on a batch of states (for reward-guided samplers, ``SamplerSpec.needs``); a domain without a
     reward is a one-line error naming it."""
     if not domain.supports("reward"):
-        raise NotImplementedError(f"domain {domain.name!r} defines no reward (Domain.reward), which reward-guided samplers (svdd) need")
+        raise ValueError(f"domain {domain.name!r} defines no reward (Domain.reward), which reward-guided samplers (svdd) need; "
+                         "use a sampler without a reward")
     return lambda x, mask=None: domain.reward(Batch(x=x, mask=mask))
 
 

@@ -320,14 +320,15 @@ class SequencesDomain(Domain):
         """Per-sample reward ``[B]`` (float64, higher is better) of clean token sequences: dna,
         the best log2-odds PWM score of JASPAR motif ``reward_motif`` (default TBP, the TATA box)
         over both strands (:func:`~domains.sequences.metrics.motif_reward`); protein, the GRAVY
-        hydropathy (:func:`~domains.sequences.metrics.gravy`); text has none (a one-line error).
+        hydropathy (:func:`~domains.sequences.metrics.gravy`); text has none (a one-line
+        ``ValueError`` naming the data sets that have one).
         Not differentiable (token ids)."""
         x = torch.as_tensor(samples.x).long()
         if self.dataset == "dna":
             return M.motif_reward(x, samples.mask, self.config["reward_motif"])
         if self.dataset == "protein":
             return M.gravy(x, samples.mask)
-        raise NotImplementedError("the text data set defines no reward; reward-guided sampling (svdd) runs on domain.dataset=dna "
+        raise ValueError("the text data set defines no reward; reward-guided sampling (svdd) runs on domain.dataset=dna "
                                   "(JASPAR motif score) or protein (GRAVY hydropathy)")
 
     # -- I/O ------------------------------------------------------------------------------------
