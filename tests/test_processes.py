@@ -105,6 +105,24 @@ def test_project_masks_and_centres():
         project(x, mask[:, :5], zero_com=True)
 
 
+def test_project_centres_only_the_leading_channels_with_com_dims():
+    """A product state ``[positions (3), features]`` (EDM's ``[x, h]``): ``com_dims=3`` centres
+    the positions and leaves the features as they are; the process carries it."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 8, generator=g) + 3.0
+    mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2], dtype=torch.float32)
+    y = project(x, mask, zero_com=True, com_dims=3)
+    com = (y * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    assert com[:, :3].abs().max() < 1e-6 and com[:, 3:].abs().min() > 1.0
+    assert torch.equal(y[..., 3:], x[..., 3:] * mask[..., None])
+    p = VPLinear(zero_com=True, com_dims=3)
+    assert torch.equal(p.project(x, mask), y)
+    with pytest.raises(ValueError, match="com_dims=9 needs a state"):
+        project(x, mask, zero_com=True, com_dims=9)
+    with pytest.raises(ValueError, match="com_dims must be a positive integer"):
+        VPLinear(zero_com=True, com_dims=0)
+
+
 def test_prior_is_projected_and_per_sample_reproducible():
     p = VPLinear(zero_com=True)
     mask = torch.ones(4, 6)

@@ -125,6 +125,8 @@ def check_recipe(setup: DistillSetup, domain, *, batch_size: int = 8, steps: int
     if getattr(proc, "zero_com", False):
         m = gb.mask[..., None] if gb.mask is not None else torch.ones_like(x[..., :1])
         com = (x * m).sum(1) / m.sum(1)
+        if getattr(proc, "com_dims", None) is not None:
+            com = com[..., :proc.com_dims]
         assert float(com.abs().max()) < 1e-4, f"generator output is not centred: |CoM| = {float(com.abs().max()):.2e}"
     out["sample"] = x
     return out

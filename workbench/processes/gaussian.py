@@ -65,7 +65,7 @@ def append_dims(v: Tensor, ndim: int) -> Tensor:
     return v.reshape(*v.shape, *([1] * (ndim - v.ndim)))
 
 
-def project(x: Tensor, mask: Optional[Tensor] = None, *, zero_com: bool = False) -> Tensor:
+def project(x: Tensor, mask: Optional[Tensor] = None, *, zero_com: bool = False, com_dims: Optional[int] = None) -> Tensor:
     """Apply state constraints: zeroed padding and (optionally) zero centre of mass.
 
     Args:
@@ -73,6 +73,9 @@ def project(x: Tensor, mask: Optional[Tensor] = None, *, zero_com: bool = False)
             otherwise any ``[B, ...]``.
         mask: ``[B, N]`` with 1 for real elements and 0 for padding, or ``None``.
         zero_com: subtract the mean over the real elements of dim 1.
+        com_dims: with ``zero_com``, centre only the first ``com_dims`` channels of the last
+            dim (``x [B, N, D]``; e.g. 3 for a molecule whose state is positions then atom
+            features, EDM's ``[x, h]``); ``None`` centres every channel.
     Returns:
         Tensor of the same shape as ``x``.
     """
@@ -91,6 +94,11 @@ def project(x: Tensor, mask: Optional[Tensor] = None, *, zero_com: bool = False)
     if zero_com:
         n = m.sum(dim=1, keepdim=True).clamp_min(1.0)
         com = x.sum(dim=1, keepdim=True) / n
+        if com_dims is not None:
+            if x.ndim != 3 or not 0 < int(com_dims) <= x.shape[-1]:
+                raise ValueError(f"com_dims={com_dims} needs a state [B, N, D] with D >= com_dims, got {tuple(x.shape)}")
+            keep = torch.arange(x.shape[-1], device=x.device) < int(com_dims)
+            com = com * keep.to(x.dtype)
         x = (x - com) * m
     return x
 
@@ -116,10 +124,14 @@ class Process:
 
     continuous: bool = True
     zero_com: bool = False
+    #: with ``zero_com``: centre only the first ``com_dims`` channels (``None``: all); a product
+    #: state such as a molecule's ``[positions, atom features]`` under one schedule
+    com_dims: Optional[int] = None
 
     def project(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """Zero the padding of ``x`` ``[B, N, ...]`` and, if ``zero_com``, its centre of mass."""
-        return project(x, mask, zero_com=self.zero_com)
+        """Zero the padding of ``x`` ``[B, N, ...]`` and, if ``zero_com``, its centre of mass
+        (of the first ``com_dims`` channels when set)."""
+        return project(x, mask, zero_com=self.zero_com, com_dims=self.com_dims)
 
 
 class Coefficients(NamedTuple):
@@ -166,8 +178,11 @@ class GaussianProcess(Process):
     t_max_finite: float = 1.0
     default_grid: str = "uniform_t"
 
-    def __init__(self, *, zero_com: bool = False):
+    def __init__(self, *, zero_com: bool = False, com_dims: Optional[int] = None):
         self.zero_com = bool(zero_com)
+        if com_dims is not None and (not isinstance(com_dims, int) or isinstance(com_dims, bool) or com_dims < 1):
+            raise ValueError(f"com_dims must be a positive integer or None, got {com_dims!r}")
+        self.com_dims = com_dims
 
     # -- schedule ---------------------------------------------------------------------------
     def log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
@@ -322,8 +337,8 @@ class VPLinear(GaussianProcess):
     #: exact 16-D mixture it beats ``uniform_lambda`` at every NFE from 3 to 50 (2x at NFE 5-10)
     default_grid = "time_quadratic"
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-3, zero_com: bool = False):
-        super().__init__(zero_com=zero_com)
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-3, zero_com: bool = False, com_dims: Optional[int] = None):
+        super().__init__(zero_com=zero_com, com_dims=com_dims)
         self.beta_min, self.beta_max, self.t_min = float(beta_min), float(beta_max), float(t_min)
 
     def log_alpha_sigma(self, t):
@@ -354,8 +369,8 @@ class VPCosine(GaussianProcess):
     t_max_finite = 0.9946
     default_grid = "uniform_lambda"
 
-    def __init__(self, s: float = 0.008, *, t_min: float = 1e-3, zero_com: bool = False):
-        super().__init__(zero_com=zero_com)
+    def __init__(self, s: float = 0.008, *, t_min: float = 1e-3, zero_com: bool = False, com_dims: Optional[int] = None):
+        super().__init__(zero_com=zero_com, com_dims=com_dims)
         self.s, self.t_min = float(s), float(t_min)
 
     def log_alpha_sigma(self, t):
@@ -390,8 +405,8 @@ class VPDiscrete(GaussianProcess):
     #: (``squaredcos_cap_v2``), where it is the more accurate of the two up to ~10 steps.
     default_grid = "time_quadratic"
 
-    def __init__(self, alphas_cumprod, *, prediction: str = "epsilon", zero_com: bool = False):
-        super().__init__(zero_com=zero_com)
+    def __init__(self, alphas_cumprod, *, prediction: str = "epsilon", zero_com: bool = False, com_dims: Optional[int] = None):
+        super().__init__(zero_com=zero_com, com_dims=com_dims)
         self.prediction = canonical_prediction(prediction)
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         if ac.ndim != 1 or len(ac) < 2 or not bool(((ac > 0) & (ac <= 1)).all()):
@@ -432,8 +447,8 @@ class VE(GaussianProcess):
 
     default_grid = "edm"
 
-    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, *, zero_com: bool = False):
-        super().__init__(zero_com=zero_com)
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, *, zero_com: bool = False, com_dims: Optional[int] = None):
+        super().__init__(zero_com=zero_com, com_dims=com_dims)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.t_min = self.sigma_min / self.sigma_max
 
@@ -460,8 +475,8 @@ class RectifiedFlow(GaussianProcess):
     t_max_finite = 0.999
     default_grid = "uniform_t"
 
-    def __init__(self, *, t_min: float = 1e-3, zero_com: bool = False):
-        super().__init__(zero_com=zero_com)
+    def __init__(self, *, t_min: float = 1e-3, zero_com: bool = False, com_dims: Optional[int] = None):
+        super().__init__(zero_com=zero_com, com_dims=com_dims)
         self.t_min = float(t_min)
 
     def log_alpha_sigma(self, t):
