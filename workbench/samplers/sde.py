@@ -61,19 +61,28 @@ def sde(model: ModelFn, x: Tensor, ts: Tensor, *, noise_scale: float = 1.0, temp
         raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    eta2 = float(noise_scale) ** 2
     for i in range(len(ts) - 1):
         s, t = float(ts[i]), float(ts[i + 1])
         pred = model(x, s)
         if is_clean(t):
             return model.project(pred.x0)
-        a_t, s_t = model.coef(t)
-        _, s_s = model.coef(s)
-        h = model.lam(t) - model.lam(s)  # > 0; +inf when lambda_s = -inf (alpha_s = 0)
-        decay = 1.0 if eta2 == 0.0 else math.exp(-eta2 * h)  # e^(-eta^2 h), avoiding 0 * inf
-        x = (s_t / s_s) * decay * x - (a_t * math.expm1(-(1.0 + eta2) * h)) * pred.x0
-        var = -math.expm1(-2.0 * eta2 * h) if eta2 > 0 else 0.0
-        if var > 0 and temperature > 0:
-            x = x + (s_t * math.sqrt(temperature * var)) * model.noise_like(x)
-        x = model.project(x)
+        x = sde_step(model, x, pred.x0, s, t, noise_scale=noise_scale, temperature=temperature)
     return x
+
+
+def sde_step(model: ModelFn, x: Tensor, x0: Tensor, s: float, t: float, *, noise_scale: float = 1.0, temperature: float = 1.0,
+             noise: Tensor = None) -> Tensor:
+    """One step ``s -> t > 0`` of :func:`sde` from the data prediction ``x0`` at ``(x, s)``
+    (the module docstring's update; ``noise``: the standard normal draw, default
+    ``model.noise_like(x)``). Shared by the reward-guided samplers that propose with it
+    (``svdd_sde``, ``fk_steering``)."""
+    eta2 = float(noise_scale) ** 2
+    a_t, s_t = model.coef(t)
+    _, s_s = model.coef(s)
+    h = model.lam(t) - model.lam(s)  # > 0; +inf when lambda_s = -inf (alpha_s = 0)
+    decay = 1.0 if eta2 == 0.0 else math.exp(-eta2 * h)  # e^(-eta^2 h), avoiding 0 * inf
+    x = (s_t / s_s) * decay * x - (a_t * math.expm1(-(1.0 + eta2) * h)) * x0
+    var = -math.expm1(-2.0 * eta2 * h) if eta2 > 0 else 0.0
+    if var > 0 and temperature > 0:
+        x = x + (s_t * math.sqrt(temperature * var)) * (model.noise_like(x) if noise is None else noise)
+    return model.project(x)
