@@ -131,3 +131,24 @@ def test_bad_config_gives_one_line_errors():
         MoleculesDomain(backbone="gcn")
     with pytest.raises(ValueError, match="train_limit must be a positive integer"):
         MoleculesDomain(train_limit=0)
+
+
+def test_qed_reward_on_real_and_broken_molecules(dom):
+    """The guidance reward: QED of real QM9 molecules (all valid, QED in (0, 1), equal to RDKit's
+    QED of the CSV SMILES' molecule up to the 3D bond perception) and 0 for broken ones."""
+    from rdkit import Chem
+    from rdkit.Chem import QED
+
+    data = dom.train_data("test")(32, torch.Generator().manual_seed(3))
+    r = dom.reward(data)
+    assert r.shape == (32,) and bool(((r > 0) & (r < 1)).all())
+    pos, types, mask = dom.decode(data)
+    from domains.molecules.metrics import molecule_smiles
+
+    ref = torch.tensor([QED.qed(Chem.MolFromSmiles(molecule_smiles(pos[i][mask[i]].numpy(), types[i][mask[i]].numpy())))
+                        for i in range(32)], dtype=torch.float64)
+    assert torch.allclose(r, ref, atol=1e-9)
+    broken = Batch(x=data.x.clone(), mask=data.mask)
+    broken.x[..., :3] = broken.x[..., :3] * 0.3                      # squashed: no valid valences
+    assert float(dom.reward(broken).mean()) < 0.1 * float(r.mean())
+    assert dom.supports("reward")

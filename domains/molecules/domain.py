@@ -242,6 +242,36 @@ class MoleculesDomain(Domain):
         x = self._process.prior((int(n), self.n_max, self.dim), generator=generator, mask=mask)
         return GenerationBatch(x_T=x, mask=mask, info={"sizes": [int(v) for v in k]})
 
+    # -- reward (guidance) ----------------------------------------------------------------------
+    def reward(self, samples: Batch) -> Tensor:
+        """``[B]`` float64: the QED drug-likeness (Bickerton et al. 2012, RDKit ``QED.qed``) of each
+        decoded molecule's largest fragment when it is valid (RDKit sanitises it, EDM's rule), 0
+        otherwise (an invalid or non-finite molecule). For the reward-guided samplers
+        (``svdd_sde``, ``fk_steering``), which evaluate it on data predictions; report stability
+        and validity beside it (a reward can be gamed)."""
+        from rdkit import Chem
+        from rdkit.Chem import QED
+
+        from .metrics import _rdkit, build_molecule
+
+        _, quiet = _rdkit()
+        pos, types, mask = self.decode(samples)
+        out = torch.zeros(pos.shape[0], dtype=torch.float64)
+        for i in range(pos.shape[0]):
+            m = mask[i]
+            p = pos[i][m]
+            if len(p) == 0 or not bool(torch.isfinite(p).all()):
+                continue
+            with quiet():
+                mol = build_molecule(p.numpy(), types[i][m].numpy())
+                try:
+                    Chem.SanitizeMol(mol)
+                    frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+                    out[i] = float(QED.qed(max(frags, key=lambda f: f.GetNumAtoms())))
+                except Exception:  # noqa: BLE001 - RDKit raises several types for invalid molecules
+                    out[i] = 0.0
+        return out
+
     # -- evaluation and I/O --------------------------------------------------------------------
     def reference_smiles(self) -> frozenset:
         """Canonical SMILES of the training molecules (novelty reference, memoised)."""
