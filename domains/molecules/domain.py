@@ -81,6 +81,11 @@ class MoleculesConfig:
     train_limit: Optional[int] = None
     #: report novelty against the training SMILES
     novelty: bool = True
+    #: FCD (ChemNet), QED / SA / logP and their W1 distances, PoseBusters-style geometry checks
+    #: (:mod:`domains.molecules.chem_metrics`) in :meth:`MoleculesDomain.evaluate`
+    chemistry: bool = True
+    #: the reference set of FCD and the property distances: the first N molecules of the test split
+    chemistry_reference: int = 10000
     #: EDM's feature scales: one-hot / 4, atomic number / 10
     type_scale: float = 0.25
     charge_scale: float = 0.1
@@ -284,7 +289,10 @@ class MoleculesDomain(Domain):
     def evaluate(self, samples: Batch, *, reference: Optional[Batch] = None) -> dict:
         """EDM's protocol: ``atom_stable``, ``mol_stable`` (bond tables; needs hydrogens),
         RDKit ``validity``, ``uniqueness``, ``valid_unique`` and ``novelty`` (against the training
-        SMILES, or the molecules of ``reference``). Non-finite samples count as failures."""
+        SMILES, or the molecules of ``reference``); with ``chemistry``, FCD, QED / SA / logP means
+        and W1 distances to the first ``chemistry_reference`` test molecules, and the
+        PoseBusters-style geometry checks (``geom_*``; :func:`~domains.molecules.chem_metrics.chemistry_metrics`).
+        Non-finite samples count as failures."""
         from .metrics import rdkit_metrics, reference_smiles, stability
 
         pos, types, mask = self.decode(samples)
@@ -308,6 +316,13 @@ class MoleculesDomain(Domain):
         if m["novelty"] is not None:
             out["novelty"] = float(m["novelty"])
         out["mean_atoms"] = float(mask.sum(1).double().mean())
+        if self.config["chemistry"]:
+            from .chem_metrics import chemistry_metrics
+
+            k = int(self.config["chemistry_reference"])
+            ref_smiles = list(self.split("test").smiles[:k]) if k > 0 else None
+            chem = chemistry_metrics(pos.numpy(), types.numpy(), mask.numpy(), reference_smiles=ref_smiles)
+            out.update({key: float(v) for key, v in chem.items() if key not in ("n_molecules", "n_valid", "validity")})
         return out
 
     def save_samples(self, samples: Batch, out_dir: Path) -> list[Path]:
