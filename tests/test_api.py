@@ -40,9 +40,10 @@ def test_every_sampler_counts_nfe_exactly_and_returns_finite(name):
     p = VPLinear()
     spec = workbench.samplers.get(name)
     x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    extra = {"reward": lambda x, mask=None: x[:, 0].double()} if "reward" in spec.needs else {}  # reward-guided samplers
     for steps in (1, 2, 5):
         out = workbench.run_sampler(gauss_x0(p=p), p, x, sampler=name, steps=steps, prediction="x0",
-                                    generator=torch.Generator().manual_seed(1))
+                                    generator=torch.Generator().manual_seed(1), **extra)
         assert out.nfe == spec.nfe(steps), (name, steps)
         assert out.x.shape == x.shape and bool(torch.isfinite(out.x).all())
 

