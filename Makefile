@@ -34,6 +34,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && ! (dpkg -s dssp && dpkg -s theseus-examples) >/dev/null 2>&1; then \
 	  (apt-get install -y -qq dssp theseus-examples || (apt-get update -qq && apt-get install -y -qq dssp theseus-examples)) >/dev/null 2>&1 \
 	  || echo "note: dssp / theseus-examples not installed; the tests that need them will skip"; fi
+	# assimp-testmodels (BSD-3-Clause sample meshes; the shapes domain reads three of them in place), optional
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && ! dpkg -s assimp-testmodels >/dev/null 2>&1; then \
+	  (apt-get install -y -qq assimp-testmodels || (apt-get update -qq && apt-get install -y -qq assimp-testmodels)) >/dev/null 2>&1 \
+	  || echo "note: assimp-testmodels not installed; the tests that need it will skip"; fi
 	@touch $(STAMP)
 
 install: $(STAMP)
