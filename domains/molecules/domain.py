@@ -109,8 +109,10 @@ class MoleculesDomain(Domain):
     }
     #: EDM samples with 1000 ancestral steps; the first-order reverse SDE (eta = 1) at 1000 steps is its continuous-time form
     teacher_sampler = ("sde", 1000)
-    #: no teacher is shipped yet (its CPU training runs in resumable chunks across sessions)
-    demo_skip_reason = "no molecules teacher is shipped yet (train one: workbench train domain=molecules)"
+    #: the shipped teacher is an in-progress CPU model without students yet; its 1000-step row alone
+    #: takes about 2 minutes for 64 molecules on one core, most of the demo's 3-minute budget
+    demo_skip_reason = ("no distilled molecules student is shipped yet and the teacher's 1000-step row would take most of the demo's "
+                        "time; see notebooks/05_molecules.ipynb and docs/benchmarks.md")
     #: CPU-sized teacher training, resumable in chunks (``workbench train domain=molecules``): EDM
     #: trains 256 x 9 EGNNs with batch 64, lr 1e-4 and EMA 0.9999 for 3000 epochs on a GPU
     train_defaults = {"steps": 20000, "batch_size": 32, "lr": 3e-4, "warmup": 500, "schedule": "constant", "ema_decay": 0.999,
