@@ -102,7 +102,8 @@ def bench_samplers(domain: Union[str, Domain], *, out_dir, domain_config: Option
                                   device=device, progress=progress)
     nfes = tuple(nfes or (3, 4, 5, 6, 8, 10, 20))
     pred = getattr(model, "prediction", dom.prediction)
-    names = sorted(SAMPLERS) if samplers in ("all", None) else list(samplers)
+    # "all": the training-free samplers; reward-guided ones (SamplerSpec.needs) target another law
+    names = sorted(k for k, v in SAMPLERS.items() if not v.needs) if samplers in ("all", None) else list(samplers)
     for s in names:
         if s not in SAMPLERS:
             raise ValueError(f"unknown sampler {s!r}; valid: {', '.join(sorted(SAMPLERS))}")

@@ -350,6 +350,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--n_layers", type=int, default=4)
     ap.add_argument("--pool", default="sum", choices=["sum", "mean"])
+    ap.add_argument("--half", default="first", choices=["first", "second"],
+                    help="EDM's half of the training split (first: the classifiers' half; second: an independent evaluator)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = ap.parse_args(argv)
     if not str(a.out).endswith(".safetensors"):
@@ -361,7 +363,7 @@ def main(argv=None) -> int:
     domain = MoleculesDomain(remove_h=a.remove_h, include_charges=not a.no_charges)
     _, info = train_regressor(domain, a.prop, steps=a.steps, batch_size=a.batch_size, lr=a.lr, out_path=a.out, seed=a.seed,
                               resume=not a.fresh, train_limit=a.train_limit, val_limit=a.val_limit, eval_every=a.eval_every,
-                              ckpt_every=a.ckpt_every, net={"hidden": a.hidden, "n_layers": a.n_layers, "pool": a.pool},
+                              ckpt_every=a.ckpt_every, net={"hidden": a.hidden, "n_layers": a.n_layers, "pool": a.pool}, half=a.half,
                               log=lambda s: print(s, file=sys.stderr, flush=True))
     print(json.dumps({k: v for k, v in info.items() if k != "history"}))
     return 0
