@@ -91,3 +91,42 @@ def test_masks_zero_com_and_errors():
     with pytest.raises(ValueError, match="reward must return one value per sample"):
         _run("svdd_sde", n=2, reward=lambda x, m=None: x.sum(), n_candidates=2)
     assert get("svdd_sde").needs == ("reward",) and get("fk_steering").needs == ("reward",)
+
+
+def test_fk_weights_replay_the_official_resample():
+    """``fk_weights`` against the official ``FKD.resample`` re-derived here line by line
+    (``fkd_class.py``): the potential per type, the last-step division by the product of the
+    potentials for ``max`` / ``add`` / ``rt``, the clamp and NaN handling."""
+    import math
+
+    from workbench.samplers.fk_steering import fk_weights
+
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(3, 4, generator=g, dtype=torch.float64)
+    r_prev = torch.rand(3, 4, generator=g, dtype=torch.float64)
+    prod = 1 + torch.rand(3, 4, generator=g, dtype=torch.float64)
+    lam = 2.5
+    for pot in ("diff", "max", "add", "rt"):
+        for last in (False, True):
+            rs = r.clone()
+            if pot == "max":
+                rs = torch.max(rs, r_prev)
+                want = torch.exp(lam * rs)
+            elif pot == "add":
+                rs = rs + r_prev
+                want = torch.exp(lam * rs)
+            elif pot == "diff":
+                want = torch.exp(lam * (rs - r_prev))
+            else:
+                want = torch.exp(lam * rs)
+            if last and pot in ("max", "add", "rt"):
+                want = torch.exp(lam * rs) / prod
+            want = torch.clamp(want, 0, 1e10)
+            got_r, got_w = fk_weights(r, r_prev, prod, potential=pot, lmbda=lam, last=last)
+            assert torch.allclose(got_w, want, rtol=1e-14) and torch.allclose(got_r, rs), (pot, last)
+    big = fk_weights(torch.full((1, 2), 100.0, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
+                     potential="rt", lmbda=1.0, last=False)[1]
+    assert float(big.max()) == 1e10 and math.isfinite(float(big.sum()))
+    nan = fk_weights(torch.tensor([[float("nan"), 1.0]], dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64),
+                     torch.ones(1, 2, dtype=torch.float64), potential="diff", lmbda=1.0, last=False)[1]
+    assert float(nan[0, 0]) == 0.0

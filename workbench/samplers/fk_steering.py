@@ -83,6 +83,29 @@ def _multinomial(w: Tensor, u: Tensor) -> Tensor:
     return torch.searchsorted(cdf, u.to(w.dtype).contiguous(), right=True).clamp(max=w.shape[1] - 1)
 
 
+def fk_weights(r: Tensor, r_prev: Tensor, prod: Tensor, *, potential: str, lmbda: float, last: bool) -> tuple[Tensor, Tensor]:
+    """The official ``FKD.resample`` weights: ``(r', w)`` for rewards ``r [B, K]`` of the current
+    data predictions, the particles' previous rewards ``r_prev`` and their products of potentials
+    ``prod``; ``r'`` is the reward the population keeps (the running max / sum for ``max`` /
+    ``add``). At the ``last`` step ``max``, ``add`` and ``rt`` use ``exp(lmbda r') / prod``.
+    Clamped to ``[0, 1e10]``, NaN -> 0."""
+    if potential == "max":
+        r = torch.maximum(r, r_prev)
+        w = torch.exp(lmbda * r)
+    elif potential == "add":
+        r = r + r_prev
+        w = torch.exp(lmbda * r)
+    elif potential == "diff":
+        w = torch.exp(lmbda * (r - r_prev))
+    elif potential == "rt":
+        w = torch.exp(lmbda * r)
+    else:
+        raise ValueError(f"unknown FK potential {potential!r}; valid: {', '.join(POTENTIALS)}")
+    if last and potential != "diff":
+        w = torch.exp(lmbda * r) / prod
+    return r, torch.nan_to_num(w.clamp(0.0, 1e10), nan=0.0)
+
+
 @register("fk_steering", nfe=lambda n: DEFAULT_PARTICLES * n, order=1, stochastic=True, needs=("reward",),
           reference="Singhal et al. 2025 (Feynman-Kac steering), zacharyhorvitz/Fk-Diffusion-Steering fkd_class.py")
 def fk_steering(model: ModelFn, x: Tensor, ts: Tensor, *, reward: Callable, particles: int = DEFAULT_PARTICLES, potential: str = "diff",
@@ -128,19 +151,7 @@ def fk_steering(model: ModelFn, x: Tensor, ts: Tensor, *, reward: Callable, part
             if K == 1 or i not in steps:
                 continue
             r = torch.as_tensor(reward(x0, mask), dtype=torch.float64, device=x.device).reshape(B, K)
-            if potential == "max":
-                r = torch.maximum(r, r_prev)
-                w = torch.exp(lmbda * r)
-            elif potential == "add":
-                r = r + r_prev
-                w = torch.exp(lmbda * r)
-            elif potential == "diff":
-                w = torch.exp(lmbda * (r - r_prev))
-            else:
-                w = torch.exp(lmbda * r)
-            if i == n - 1 and potential != "diff":
-                w = torch.exp(lmbda * r) / prod
-            w = torch.nan_to_num(w.clamp(0.0, 1e10), nan=0.0)
+            r, w = fk_weights(r, r_prev, prod, potential=potential, lmbda=lmbda, last=i == n - 1)
             w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))
             idx = _multinomial(w, _uniforms(model, B, K, (K,), x.device))
             if adaptive or i == n - 1:
