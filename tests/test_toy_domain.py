@@ -87,6 +87,8 @@ def test_pointset_constraints_under_every_sampler(teacher):
     for name in workbench.samplers.available():
         spec = workbench.samplers.get(name)
         kw = {"generator": per_sample_generators(5, 6)} if spec.stochastic else {}
+        if "reward" in spec.needs:  # reward-guided samplers (svdd_sde, fk_steering) keep the constraints too
+            kw["reward"] = lambda x, mask=None: (x.norm(dim=-1) * (mask if mask is not None else 1)).sum(1).double()
         x = workbench.sample(m, d.process(), gb.x_T, sampler=name, steps=4, prediction=m.prediction, mask=gb.mask, **kw)
         assert torch.isfinite(x).all(), name
         assert torch.equal(x * pad, torch.zeros_like(x)), f"{name}: padding not exactly zero"
