@@ -241,7 +241,7 @@ def _all_finite(out: Tensor) -> bool:
         return bool(torch.isfinite(out).all())
     if out.numel() == 0:
         return True
-    if math.isfinite(float(out.sum())):
+    if math.isfinite(float(out.detach().sum())):
         return True
     return bool(torch.isfinite(out).all())
 
