@@ -92,7 +92,8 @@ def test_domain_contract_with_a_tiny_network(dom, tmp_path):
     from workbench.domain import check_domain
 
     res = check_domain(dom, n=4, steps=2, tmpdir=tmp_path, teacher=False)
-    assert res is not None
+    assert res["domain"] == "molecules" and res["files"] >= 3           # samples.sdf, samples.smi, samples.npz
+    assert {"atom_stable", "mol_stable", "validity", "valid_unique"} <= set(res["metrics"])
 
 
 def test_written_sdf_is_read_by_rdkit_with_the_reported_validity(dom, tmp_path):
