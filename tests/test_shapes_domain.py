@@ -109,8 +109,18 @@ def test_two_step_samples_are_written_as_ply(dom, tmp_path):
     with torch.no_grad():
         x = run_sampler(net, dom.process(), gb.x_T, sampler="euler", steps=2, prediction=net.prediction, cond=gb.cond).x
     paths = dom.save_samples(Batch(x=x, cond=gb.cond), tmp_path / "s")
-    plys = sorted(p for p in paths if str(p).endswith(".ply"))
+    plys = sorted(p for p in paths if p.name.startswith("sample_") and p.suffix == ".ply")
     assert len(plys) == 4 and any(str(p).endswith("samples.npz") for p in paths)
+    meshes = sorted(p for p in paths if p.name.startswith("mesh_"))
+    assert meshes, "the default (Poisson) reconstruction wrote no mesh"
+    for p in meshes:  # trimesh reads each mesh; its vertices lie near the sample's own points
+        m = trimesh.load(p, process=False)
+        i = int(p.stem.split("_")[1])
+        assert len(m.faces) > 0
+        d = torch.cdist(torch.as_tensor(np.asarray(m.vertices)), (x[i] / dom.scale).double()).min(1).values
+        assert float(d.max()) <= 0.1 + 1e-6  # Poisson's unsupported surface is trimmed at 0.1
+    renders = [p for p in paths if p.name.startswith("render_")]
+    assert len(renders) == 4 and all(p.read_bytes()[:4] == b"\x89PNG" for p in renders)
     clouds = []
     for p in plys:
         pc = trimesh.load(p)
@@ -156,3 +166,19 @@ def test_evaluate_tells_real_clouds_from_noise(dom):
     assert c["valid_fraction"] == 0.0 and "1nna_cd" not in c
     bad = Batch(x=torch.full((2, 96, 3), float("nan")))
     assert dom.evaluate(bad)["finite_fraction"] == 0.0
+
+
+def test_bench_reference_is_fresh_shapes_of_every_family(dom):
+    from domains.shapes.bench import _parse, reference_batch
+
+    ref = reference_batch(dom, 3, seed=1)
+    assert ref.x.shape == (3 * len(FAMILIES), dom.n_points, 3) and ref.cond.tolist() == sorted(ref.cond.tolist())
+    assert torch.bincount(ref.cond).tolist() == [3] * len(FAMILIES)
+    train = dom.split("train").points[:, : dom.n_points] * dom.scale
+    # another data seed: no reference cloud is a training cloud
+    assert float(torch.cdist(ref.x.flatten(1), train.flatten(1)).min()) > 1e-3
+    assert _parse("mdt=a/b.safetensors:2,cd=c:1", "students") == [("mdt", "a/b.safetensors", 2), ("cd", "c", 1)]
+    with pytest.raises(SystemExit, match="expected LABEL=PATH:STEPS"):
+        _parse("mdt=a.safetensors", "students")
+    with pytest.raises(SystemExit, match="expected SAMPLER:STEPS"):
+        _parse("euler", "runs")

@@ -402,13 +402,14 @@ def load_generator(domain: Domain, path: PathLike, *, device="cpu"):
 
 
 def sample_generator(domain: Domain, gen, *, steps: int, n: int, seed: int, batch_size: int = 256, device="cpu",
-                     noise_scale: Optional[float] = None) -> tuple[Batch, dict]:
+                     noise_scale: Optional[float] = None, cond: Any = None) -> tuple[Batch, dict]:
     """``n`` samples from a distilled few-step generator with ``steps`` steps (its own grid when
     it has one of that length, else uniform in ``t``); ``noise_scale=None`` keeps the
-    generator's own default (the scale it was trained with)."""
+    generator's own default (the scale it was trained with); ``cond``: the conditioning as in
+    :func:`sample_domain` (``None``: the domain's own draw)."""
     device = resolve_device(device)
     parts, secs = [], 0.0
-    for gb, gens in generation_batches(domain, n, seed, batch_size):
+    for gb, gens in generation_batches(domain, n, seed, batch_size, cond):
         c = tree_map(lambda a: a.to(device), gb.cond)
         mask = gb.mask.to(device) if gb.mask is not None else None
         t0 = time.perf_counter()

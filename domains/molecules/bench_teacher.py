@@ -21,11 +21,13 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--runs", default="sde:1000,sde:250,sde:100,dpm_solver_pp_2m:20,dpm_solver_pp_2m:10",
                     help="comma-separated SAMPLER:STEPS")
+    ap.add_argument("--students", default="",
+                    help="comma-separated LABEL=PATH:STEPS of distilled generators (workbench distill), e.g. dmd2=runs/g.safetensors:4")
     ap.add_argument("--out", required=True, help="JSON file of the rows (rewritten after each row)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from workbench.runner import sample_domain
+    from workbench.runner import load_generator, sample_domain, sample_generator
     from workbench.utils import write_json
 
     from .domain import MoleculesDomain
@@ -36,6 +38,13 @@ def main(argv=None) -> int:
         if not steps.isdigit():
             raise SystemExit(f"bad --runs entry {r!r}: expected SAMPLER:STEPS, e.g. sde:1000")
         runs.append((name, int(steps)))
+    students = []
+    for r in filter(None, a.students.split(",")):
+        label, eq, rest = r.partition("=")
+        path, colon, steps = rest.rpartition(":")
+        if not (eq and colon and path and steps.isdigit()):
+            raise SystemExit(f"bad --students entry {r!r}: expected LABEL=PATH:STEPS, e.g. dmd2=runs/g.safetensors:4")
+        students.append((label, path, int(steps)))
     dom = MoleculesDomain(chemistry=True, chemistry_reference=10000)
     net = dom.load_teacher(a.teacher)
     res = {"teacher": a.teacher or str(dom.default_teacher_path()), "n": a.n, "seed": 0, "rows": {}}
@@ -47,6 +56,16 @@ def main(argv=None) -> int:
         m["seconds_per_1000"] = 1000 * info["seconds"] / a.n
         res["rows"][f"{sampler} {steps}"] = m
         print(f"{sampler} {steps}: " + ", ".join(f"{k}={v:.3g}" for k, v in m.items() if k in (
+            "atom_stable", "mol_stable", "validity", "valid_unique", "fcd", "seconds_per_1000")), flush=True)
+        write_json(a.out, res)
+    for label, path, steps in students:
+        gen, _ = load_generator(dom, path)
+        x, info = sample_generator(dom, gen, steps=steps, n=a.n, seed=0)
+        m = dom.evaluate(x)
+        m["nfe"] = info["nfe"]
+        m["seconds_per_1000"] = 1000 * info["seconds"] / a.n
+        res["rows"][f"{label} student, {steps} steps"] = m
+        print(f"{label} {steps}: " + ", ".join(f"{k}={v:.3g}" for k, v in m.items() if k in (
             "atom_stable", "mol_stable", "validity", "valid_unique", "fcd", "seconds_per_1000")), flush=True)
         write_json(a.out, res)
     return 0

@@ -58,7 +58,7 @@ class ShapesConfig:
 
     families: list = field(default_factory=lambda: list(PROCEDURAL_FAMILIES),
                             metadata={"help": "shape families (procedural and/or real mesh names); their order gives the labels"})
-    n_points: int = field(default=512, metadata={"help": "points per cloud (512: CPU-sized; the literature uses 2048)"})
+    n_points: int = field(default=256, metadata={"help": "points per cloud (256: CPU-sized, the shipped teacher's; the literature uses 2048)"})
     per_family: int = field(default=64, metadata={"help": "shapes per family (split 80/10/10 into train/val/test)"})
     seed: int = field(default=0, metadata={"help": "seed of the data set (shapes, surface samples, split)"})
     normalize: str = field(default="box", metadata={"help": "per-shape normalisation: box (longest side 1) or sphere"})
@@ -75,6 +75,9 @@ class ShapesConfig:
     eval_max: int = field(default=32, metadata={"help": "set metrics: at most this many samples (and test clouds per comparison)"})
     eval_emd_points: int = field(default=128, metadata={"help": "set metrics: EMD on this many points of each cloud (exact matching)"})
     eval_recover: int = field(default=2, metadata={"help": "parameter-recovery fits per procedural family (0: off)"})
+    mesh: str = field(default="poisson", metadata={"help": "generate: a surface mesh per sample from its points (poisson, ball_pivoting, none; PyMeshLab)"})
+    mesh_format: str = field(default="ply", metadata={"help": "generate: mesh file format (ply or obj)"})
+    renders: int = field(default=4, metadata={"help": "generate: multi-view PNG renders of the first this many samples (mesh + points)"})
 
 
 class LabelDropoutLoss:
@@ -159,9 +162,15 @@ class ShapesDomain(Domain):
         if not fams or unknown or len(set(fams)) != len(fams):
             known = ", ".join(PROCEDURAL_FAMILIES + tuple(REAL_MESHES))
             raise ValueError(f"families must be distinct names from {known}, got {list(fams)}")
+        from .mesh import MESH_METHODS
+
+        if c["mesh"] not in MESH_METHODS + ("none",):
+            raise ValueError(f"mesh must be one of {', '.join(MESH_METHODS + ('none',))}, got {c['mesh']!r}")
+        if c["mesh_format"] not in ("ply", "obj"):
+            raise ValueError(f"mesh_format must be ply or obj, got {c['mesh_format']!r}")
         if c["normalize"] not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {c['normalize']!r}")
-        for k, lo in (("n_points", 8), ("per_family", 1), ("pool_factor", 1), ("eval_max", 2), ("eval_emd_points", 8), ("eval_recover", 0)):
+        for k, lo in (("n_points", 8), ("per_family", 1), ("pool_factor", 1), ("eval_max", 2), ("eval_emd_points", 8), ("eval_recover", 0), ("renders", 0)):
             if not isinstance(c[k], int) or isinstance(c[k], bool) or c[k] < lo:
                 raise ValueError(f"{k} must be an integer >= {lo}, got {c[k]!r}")
         if not 0.0 <= float(c["p_uncond"]) <= 1.0:
@@ -527,15 +536,20 @@ class ShapesDomain(Domain):
 
     # -- files -----------------------------------------------------------------------------------
     def save_samples(self, samples: Batch, out_dir: Path) -> list[Path]:
-        """One binary PLY per sample (``sample_00000.ply``, ...; ``n_points`` vertices in
-        normalised units with normals estimated by PCA of the 16 nearest neighbours,
-        :func:`pca_normals`; the family in a header comment; non-finite samples get no PLY) and
-        ``samples.npz`` (``points [B, N, 3]`` normalised units, ``labels``, ``families``,
-        ``scale``)."""
+        """Per sample: a binary PLY of its points (``sample_00000.ply``, ...; ``n_points``
+        vertices in normalised units with normals estimated by PCA of the 16 nearest neighbours,
+        :func:`pca_normals`; the family in a header comment), a surface mesh reconstructed from
+        them (``mesh_00000.ply`` / ``.obj``; ``mesh`` config: screened Poisson or ball pivoting,
+        :func:`~domains.shapes.mesh.reconstruct_mesh`) and, for the first ``renders`` samples, a
+        three-view PNG render of mesh and points (``render_00000.png``); non-finite samples get
+        no files. Then ``samples.npz`` (``points [B, N, 3]`` normalised units, ``labels``,
+        ``families``, ``scale``). Every file is written atomically."""
         from workbench.utils import atomic_path
 
-        from .io import write_ply
+        from .io import write_mesh, write_ply
+        from .mesh import reconstruct_mesh, render_views
 
+        c = self.config
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         pts = self.decode(samples)
@@ -545,8 +559,21 @@ class ShapesDomain(Domain):
             if not bool(torch.isfinite(pts[i]).all()):
                 continue
             fam = self.family_names[int(labels[i])] if labels is not None else "unconditional"
-            paths.append(write_ply(out_dir / f"sample_{i:05d}.ply", pts[i], pca_normals(pts[i]),
+            nrm = pca_normals(pts[i])
+            paths.append(write_ply(out_dir / f"sample_{i:05d}.ply", pts[i], nrm,
                                    comment=f"family {fam}; normals: PCA of 16 nearest neighbours"))
+            mesh = None
+            if c["mesh"] != "none":
+                try:
+                    mesh = reconstruct_mesh(pts[i], nrm, c["mesh"])
+                except Exception as e:  # noqa: BLE001 - a degenerate cloud gets no mesh, the rest still do
+                    print(f"shapes: no mesh for sample {i}: {e}")
+                if mesh is not None and len(mesh[1]):
+                    paths.append(write_mesh(out_dir / f"mesh_{i:05d}.{c['mesh_format']}", mesh[0], mesh[1],
+                                            comment=f"family {fam}; {c['mesh']} reconstruction of sample_{i:05d}.ply"))
+            if i < int(c["renders"]):
+                paths.append(render_views(out_dir / f"render_{i:05d}.png", pts[i].numpy(),
+                                          mesh if mesh is not None and len(mesh[1]) else None, title=f"sample {i}: {fam}"))
         npz = out_dir / "samples.npz"
         lab = (labels if labels is not None else torch.full((pts.shape[0],), -1)).numpy()
         with atomic_path(npz) as tmp:
