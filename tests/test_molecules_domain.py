@@ -196,3 +196,24 @@ def test_evaluate_with_the_chemistry_metrics(tmp_path, monkeypatch):
     print({k: (round(good[k], 3), round(bad[k], 3)) for k in ("fcd", "qed_w1", "geom_pb_valid", "validity")})
     assert good["fcd"] < 5 and good["geom_pb_valid"] > 0.9
     assert bad["geom_pb_valid"] < 0.2 and (bad["fcd"] != bad["fcd"] or bad["fcd"] > 2 * good["fcd"])
+
+
+@pytest.mark.parametrize("name", ["dmd2_4step", "sid_4step"])
+def test_shipped_students_sample_centred_masked_molecules(name):
+    """The shipped 4-step students load (their header names the molecules domain and the
+    teacher's state) and sample molecules with zero position CoM, zero padding and finite types."""
+    _qm9_or_skip()
+    from domains.molecules.domain import MoleculesDomain
+    from workbench.runner import load_generator, sample_generator
+
+    dom = MoleculesDomain(chemistry=False)
+    student = {s.name: s for s in dom.shipped_students()}[name]
+    gen, meta = load_generator(dom, student.path)
+    assert meta["student_steps"] == 4 and meta["method"] == name.split("_")[0]
+    x, info = sample_generator(dom, gen, steps=4, n=6, seed=0)
+    assert info["nfe"] == 4 and torch.isfinite(x.x).all()
+    m = x.mask.float()
+    com = (x.x[..., :3] * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+    assert float(com.abs().max()) < 1e-4
+    assert float(x.x[x.mask == 0].abs().max()) == 0.0
+    assert MoleculesDomain(chemistry=False, remove_h=True).shipped_students() == ()

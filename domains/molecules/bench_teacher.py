@@ -1,7 +1,10 @@
 """The molecules teacher against NFE (the table in ``docs/benchmarks.md``, "Molecules"):
 
     python -m domains.molecules.bench_teacher --teacher domains/molecules/checkpoints/teacher_egnn.safetensors \\
-        --n 128 --out runs/bench_molecules.json --runs sde:1000,sde:250,sde:100,dpm_solver_pp_2m:20,dpm_solver_pp_2m:10
+        --n 128 --out runs/bench_molecules.json --runs sde:1000,sde:250,sde:100,dpm_solver_pp_2m:20,dpm_solver_pp_2m:10 \\
+        --students dmd2=domains/molecules/checkpoints/dmd2_student_4step.safetensors:4
+
+Students (``--students LABEL=PATH:STEPS``, distilled generators) are sampled with the same seeds.
 
 ``n`` molecules per row (seed 0: molecule ``i`` uses seed ``i`` in every row), sizes from the training
 histogram; every row through :meth:`MoleculesDomain.evaluate` with the chemistry metrics (FCD and the

@@ -109,15 +109,27 @@ class MoleculesDomain(Domain):
     }
     #: EDM samples with 1000 ancestral steps; the first-order reverse SDE (eta = 1) at 1000 steps is its continuous-time form
     teacher_sampler = ("sde", 1000)
-    #: the shipped teacher is an in-progress CPU model without students yet; its 1000-step row alone
-    #: takes about 2 minutes for 64 molecules on one core, most of the demo's 3-minute budget
-    demo_skip_reason = ("no distilled molecules student is shipped yet and the teacher's 1000-step row would take most of the demo's "
-                        "time; see notebooks/05_molecules.ipynb and docs/benchmarks.md")
+    #: the teacher's 1000-step row alone takes about 3 minutes for 64 molecules on one core, more
+    #: than the demo's whole budget
+    demo_skip_reason = ("the teacher's 1000-step row would take more than the demo's time; the teacher and its 4-step DMD2 / SiD "
+                        "students are compared in docs/benchmarks.md (python -m domains.molecules.bench_teacher) and "
+                        "notebooks/05_molecules.ipynb")
     #: CPU-sized teacher training, resumable in chunks (``workbench train domain=molecules``): EDM
     #: trains 256 x 9 EGNNs with batch 64, lr 1e-4 and EMA 0.9999 for 3000 epochs on a GPU
     train_defaults = {"steps": 20000, "batch_size": 32, "lr": 3e-4, "warmup": 500, "schedule": "constant", "ema_decay": 0.999,
                       "ckpt_every": 250, "grad_clip": 1.0, "log_every": 25}
     default_sampler = "dpm_solver_pp_2m"
+
+    def shipped_students(self) -> tuple:
+        """The 4-step DMD2 and SiD students distilled from the shipped teacher
+        (``checkpoints/README.md``); only for the configuration they were distilled in."""
+        from workbench.domain import ShippedStudent
+
+        c = self.config
+        if c["remove_h"] or not c["include_charges"] or c["backbone"] != "egnn" or c.get("net"):
+            return ()
+        return tuple(ShippedStudent(f"{m}_4step", CHECKPOINT_DIR / f"{m}_student_4step.safetensors", 4,
+                                    description=f"{label} student, 4 steps") for m, label in (("dmd2", "DMD2"), ("sid", "SiD")))
 
     def __init__(self, **config):
         super().__init__(**config)
