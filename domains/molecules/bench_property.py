@@ -3,7 +3,7 @@
 
     python -m domains.molecules.bench_property --prop alpha \\
         --guide domains/molecules/checkpoints/regressor_alpha.safetensors \\
-        --judge runs/molprop/alpha_second.safetensors --n 64 --out runs/bench_property.json
+        --judge domains/molecules/checkpoints/regressor_alpha_second.safetensors --n 32 --out runs/bench_property.json
 
 EDM's protocol (Hoogeboom et al. 2022, sec. 5.2) separates the model that steers from the one that
 judges: its property classifier is trained on the first half of QM9's training split, the
