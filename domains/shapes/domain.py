@@ -145,13 +145,30 @@ class ShapesDomain(Domain):
         "param_error": ("lower", "mean relative error of the fitted family parameters (only when true parameters are given)"),
     }
     teacher_sampler = ("euler", 50)
-    #: no teacher is shipped yet
-    demo_skip_reason = "no shapes teacher is shipped yet (train one: workbench train domain=shapes)"
+    #: the demo: 4 shapes per family, no mesh reconstruction (about 1 s per shape), 2 renders
+    demo_configs = {"procedural": {"mesh": "none", "renders": 2}}
+    demo_n = 28
+    demo_metrics = ("1nna_cd", "1nna_emd", "cov_cd", "param_fit_rms")
     #: CPU-sized teacher training, resumable in chunks (``workbench train domain=shapes``); measured
-    #: with the default network (1.27 M parameters) and 512 points on one shared CPU thread:
-    #: ~4 s per step at batch 32 (0.25 steps/s), so 10,000 steps take ~11 h
+    #: with the default network (1.27 M parameters) and 256 points on one shared CPU thread:
+    #: ~0.9-1.1 s per step at batch 32; the shipped teacher is 4,000 steps (``checkpoints/README.md``)
     train_defaults = {"steps": 10000, "batch_size": 32, "lr": 3e-4, "warmup": 500, "schedule": "constant", "ema_decay": 0.999,
                       "ckpt_every": 250, "grad_clip": 1.0, "log_every": 25}
+
+    def shipped_students(self) -> tuple:
+        """The 2-step MDT-dist and consistency-distillation students of the shipped teacher
+        (``checkpoints/README.md``); only for the configuration they were distilled in (the
+        default families, points, data and network)."""
+        from workbench.domain import ShippedStudent
+
+        c, d = self.config, ShapesConfig()
+        if (self.family_names != tuple(d.families) or self.n_points != d.n_points or c["per_family"] != d.per_family
+                or c["seed"] != d.seed or c["normalize"] != d.normalize or c.get("net")):
+            return ()
+        return (ShippedStudent("mdt_dist_2step", CHECKPOINT_DIR / "mdt_dist_student.safetensors", 2,
+                               description="MDT-dist student, 2 steps (VM + VD, the authors' objective)"),
+                ShippedStudent("cd_2step", CHECKPOINT_DIR / "cd_student.safetensors", 2,
+                               description="consistency-distillation student, 2 steps"))
 
     def __init__(self, **config):
         super().__init__(**config)
