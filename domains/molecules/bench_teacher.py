@@ -52,25 +52,20 @@ def main(argv=None) -> int:
     net = dom.load_teacher(a.teacher)
     res = {"teacher": a.teacher or str(dom.default_teacher_path()), "n": a.n, "seed": 0, "rows": {}}
     res["rows"]["QM9 test molecules (reference)"] = dom.evaluate(dom.reference_batch(a.n, split="test"))
-    for sampler, steps in runs:
-        x, info = sample_domain(dom, net, sampler=sampler, steps=steps, n=a.n, seed=0, progress=False)
+    def record(name: str, x, info: dict) -> None:
         m = dom.evaluate(x)
         m["nfe"] = info["nfe"]
         m["seconds_per_1000"] = 1000 * info["seconds"] / a.n
-        res["rows"][f"{sampler} {steps}"] = m
-        print(f"{sampler} {steps}: " + ", ".join(f"{k}={v:.3g}" for k, v in m.items() if k in (
+        res["rows"][name] = m
+        print(f"{name}: " + ", ".join(f"{k}={v:.3g}" for k, v in m.items() if k in (
             "atom_stable", "mol_stable", "validity", "valid_unique", "fcd", "seconds_per_1000")), flush=True)
         write_json(a.out, res)
+
+    for sampler, steps in runs:
+        record(f"{sampler} {steps}", *sample_domain(dom, net, sampler=sampler, steps=steps, n=a.n, seed=0, progress=False))
     for label, path, steps in students:
         gen, _ = load_generator(dom, path)
-        x, info = sample_generator(dom, gen, steps=steps, n=a.n, seed=0)
-        m = dom.evaluate(x)
-        m["nfe"] = info["nfe"]
-        m["seconds_per_1000"] = 1000 * info["seconds"] / a.n
-        res["rows"][f"{label} student, {steps} steps"] = m
-        print(f"{label} {steps}: " + ", ".join(f"{k}={v:.3g}" for k, v in m.items() if k in (
-            "atom_stable", "mol_stable", "validity", "valid_unique", "fcd", "seconds_per_1000")), flush=True)
-        write_json(a.out, res)
+        record(f"{label} student, {steps} steps", *sample_generator(dom, gen, steps=steps, n=a.n, seed=0))
     return 0
 
 
